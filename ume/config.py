@@ -1,0 +1,263 @@
+"""Strict dataclass configs with YAML load/save.
+
+Every section is a dataclass; loading a YAML mapping into it rejects unknown or misspelt keys
+with an error that names the key, the section, and the keys that are allowed.
+
+Example:
+    >>> cfg = load_config("configs/quick.yaml")
+    >>> cfg.model.encoder.d_model
+    144
+    >>> save_config(cfg, "exp/dense/config.yaml")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed (unknown key, wrong type, bad value)."""
+
+
+@dataclass
+class FeatureConfig:
+    num_mel_bins: int = 80
+    frame_shift_ms: float = 10.0
+    frame_length_ms: float = 25.0
+    dither: float = 0.0
+    spec_augment: bool = True
+    num_freq_masks: int = 2
+    max_freq_width: int = 10
+    num_time_masks: int = 2
+    max_time_width: int = 40
+    speed_perturb: list[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]; [] = off
+
+
+@dataclass
+class TokenizerConfig:
+    bpe_size: int = 256  # sentencepiece vocabulary for English pieces
+    case: str = "upper"  # English case after normalisation
+
+
+@dataclass
+class MoEConfig:
+    """Which FFN slots become Mixture-of-Experts, and how they route.
+
+    num_experts == 0 means a dense model (every slot is a plain FeedForward).
+    """
+
+    num_experts: int = 0
+    top_k: int = 2
+    slots: list[str] = field(default_factory=lambda: ["encoder_macaron", "encoder_ffn"])
+    layers: str = "all"  # "all", "every_other", "top_half", or comma list "0,2,4"
+    router_init: str = "zeros"  # "zeros" or "normal"
+    router_init_std: float = 0.02
+    capacity_factor: float = 0.0  # 0 = dropless
+    jitter: float = 0.0  # multiplicative router input noise during training
+    balance_coef: float = 0.01  # Switch load-balancing loss coefficient
+    z_loss_coef: float = 0.001  # ST-MoE router z-loss coefficient
+
+
+@dataclass
+class EncoderConfig:
+    input_dim: int = 80
+    d_model: int = 144
+    num_heads: int = 4
+    d_ff: int = 576
+    num_blocks: int = 6
+    subsampling: int = 8  # 4, 6 or 8
+    conv_kernel: int = 15
+    causal_conv: bool = True
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    macaron: bool = True
+
+
+@dataclass
+class DecoderConfig:
+    num_blocks: int = 2  # left-to-right blocks
+    r_num_blocks: int = 1  # right-to-left blocks (0 disables the r2l decoder)
+    num_heads: int = 4
+    d_ff: int = 576
+    dropout: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    ctc_weight: float = 0.3
+    reverse_weight: float = 0.3
+    lsm_weight: float = 0.1
+    ctc_reduction: str = "sum_over_batch"  # "sum_over_batch" or "mean" (PyTorch default)
+    # dynamic chunk training: each batch picks full context with prob full_context_prob,
+    # otherwise a chunk size uniform in [1, max_chunk] (in subsampled frames)
+    dynamic_chunk: bool = True
+    max_chunk: int = 25
+    full_context_prob: float = 0.5
+    dynamic_left_chunks: bool = True
+
+
+@dataclass
+class PhaseConfig:
+    """One phase of a freezing schedule.
+
+    trainable: which parameters learn in this phase: "all", "moe" (experts + routers),
+    "router" (routers only), "top:N" (MoE + the top N encoder blocks + heads), or a list
+    of parameter-name prefixes.
+    """
+
+    steps: int = 0  # 0 = until the end of training
+    trainable: Any = "all"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1234
+    max_steps: int = 2000
+    max_minutes: float = 0.0  # 0 = no time limit; else stop (and checkpoint) after this
+    lr: float = 2e-3
+    warmup_steps: int = 300
+    lr_schedule: str = "noam"  # "noam" (warmup then inverse sqrt) or "constant" (after warmup)
+    weight_decay: float = 1e-2
+    grad_clip: float = 5.0
+    accum_grad: int = 1
+    max_frames: int = 6000  # batch budget in input (10 ms) frames, padding included
+    max_batch_size: int = 64
+    sortagrad_steps: int = 0  # steps at the start that see batches shortest-first
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast)
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 5
+    average_last: int = 3  # average this many last checkpoints into final.safetensors
+    log_every: int = 20
+    eval_every: int = 0  # steps between dev evaluations (0 = only at the end)
+    eval_max_utts: int = 200  # dev subset size for periodic evaluation
+    num_threads: int = 0  # 0 = torch default
+    phases: list[PhaseConfig] = field(default_factory=list)  # freezing schedule; [] = all
+
+
+@dataclass
+class ExperimentConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming `where`."""
+    if _is_dataclass_type(tp):
+        return from_dict(tp, value, where)
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; allowed keys are {names}. "
+            "Check the spelling or remove the key."
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML experiment config strictly, then apply `key.sub=value` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    for ov in overrides or []:
+        apply_override(data, ov)
+    return from_dict(ExperimentConfig, data, where=str(path))
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply one `a.b.c=value` override (value parsed as YAML) to a nested dict in place."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def save_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:
+    """Write the config as YAML (atomically)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False, allow_unicode=True)
+    os.replace(tmp, path)
+
+
+def config_from_dict(data: dict) -> ExperimentConfig:
+    return from_dict(ExperimentConfig, data)
+
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def preset_config(name: str) -> Path:
+    """Path of a packaged preset config (tiny, quick, paper)."""
+    p = PRESET_DIR / f"{name}.yaml"
+    if not p.is_file():
+        avail = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown preset {name!r}; available: {avail}")
+    return p

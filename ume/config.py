@@ -74,6 +74,7 @@ class EncoderConfig:
     d_ff: int = 576
     num_blocks: int = 6
     subsampling: int = 8  # 4, 6 or 8
+    subsampling_channels: int = 0  # conv channels in the subsampling stem; 0 = d_model
     conv_kernel: int = 15
     causal_conv: bool = True
     dropout: float = 0.0
@@ -133,11 +134,12 @@ class TrainConfig:
     accum_grad: int = 1
     max_frames: int = 6000  # batch budget in input (10 ms) frames, padding included
     max_batch_size: int = 64
-    sortagrad_steps: int = 0  # steps at the start that see batches shortest-first
+    sortagrad: bool = False  # first epoch shortest-first (SortaGrad)
     precision: str = "fp32"  # "fp32" or "bf16" (autocast)
     checkpoint_every: int = 200
     keep_checkpoints: int = 5
-    average_last: int = 3  # average this many last checkpoints into final.safetensors
+    average_last: int = 3  # average this many checkpoints into model.safetensors (<=1: none)
+    average_by: str = "last"  # "last" checkpoints, or "best" by dev MER at checkpoint time
     log_every: int = 20
     eval_every: int = 0  # steps between dev evaluations (0 = only at the end)
     eval_max_utts: int = 200  # dev subset size for periodic evaluation

@@ -1,0 +1,79 @@
+"""Tests for ume.decode.score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jiwer
+import pytest
+
+from ume.data.manifest import write_text_file
+from ume.decode.score import ErrorCounts, main_score, score
+
+
+def test_english_matches_jiwer() -> None:
+    refs = {"a": "THE CAT SAT ON THE MAT", "b": "HELLO WORLD", "c": "A B C D"}
+    hyps = {"a": "THE CAT SAT ON MAT TODAY", "b": "HELLO WORD", "c": "A X C D E F"}
+    res = score(refs, hyps)
+    keys = sorted(refs)
+    expect = 100 * jiwer.wer([refs[k] for k in keys], [hyps[k] for k in keys])
+    assert res["wer_en"] == pytest.approx(expect)
+    assert res["mer"] == pytest.approx(expect)
+    assert res["cer_zh"] == 0.0 and res["counts"]["zh"]["ref"] == 0
+    assert res["by_lang"]["en"]["num_utts"] == 3 and res["by_lang"]["zh"]["num_utts"] == 0
+
+
+def test_chinese_matches_jiwer_cer() -> None:
+    refs = {"a": "今天天气很好", "b": "我们去公园"}
+    hyps = {"a": "今天天汽好", "b": "我们要去公园吧"}
+    res = score(refs, hyps)
+    keys = sorted(refs)
+    expect = 100 * jiwer.cer([refs[k] for k in keys], [hyps[k] for k in keys])
+    assert res["cer_zh"] == pytest.approx(expect) and res["mer"] == pytest.approx(expect)
+    assert res["wer_en"] == 0.0
+
+
+def test_mixed_hand_counts() -> None:
+    # ref units: 我 喜 欢 MACHINE LEARNING 和 你  (zh 5, en 2)
+    # hyp units: 我 喜 MACHINE LEANING 和 你 们 OK
+    #   zh: 欢 deleted, 们 inserted         -> del 1, ins 1
+    #   en: LEARNING->LEANING, OK inserted   -> sub 1, ins 1
+    refs = {"u": "我喜欢machine learning和你"}
+    hyps = {"u": "我喜 machine leaning 和你们 ok"}
+    res = score(refs, hyps)
+    assert res["counts"]["zh"] == {"ref": 5, "sub": 0, "del": 1, "ins": 1, "errors": 2}
+    assert res["counts"]["en"] == {"ref": 2, "sub": 1, "del": 0, "ins": 1, "errors": 2}
+    m = res["counts"]["mer"]
+    assert m["ref"] == 7 and m["errors"] == 4 and (m["sub"], m["del"], m["ins"]) == (1, 1, 2)
+    assert res["mer"] == pytest.approx(400 / 7)
+    assert res["by_lang"]["mix"]["num_utts"] == 1
+    # mixed MER equals jiwer WER over space-joined units
+    assert res["mer"] == pytest.approx(
+        100 * jiwer.wer("我 喜 欢 MACHINE LEARNING 和 你", "我 喜 MACHINE LEANING 和 你 们 OK")
+    )
+
+
+def test_missing_and_extra_hyps(caplog: pytest.LogCaptureFixture) -> None:
+    res = score({"a": "你好", "b": "HELLO THERE"}, {"a": "你好", "zzz": "x"})
+    assert res["missing_hyps"] == 1 and res["extra_hyps"] == 1 and res["num_utts"] == 2
+    assert res["counts"]["en"]["del"] == 2 and res["wer_en"] == 100.0 and res["cer_zh"] == 0.0
+    assert "no hypothesis" in caplog.text
+
+
+def test_error_counts_rate() -> None:
+    assert ErrorCounts(ref=4, sub=1, dele=0, ins=1).rate == 50.0
+    assert ErrorCounts().rate == 0.0
+    assert ErrorCounts(ins=1).rate == float("inf")
+
+
+def test_main_score(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_text_file({"a": "你好WORLD", "b": "HI"}, tmp_path / "ref")
+    write_text_file({"a": "你好 word", "b": "你"}, tmp_path / "hyp")
+    assert main_score(str(tmp_path / "ref"), str(tmp_path / "hyp"), as_json=True) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mer"] == pytest.approx(100 * 2 / 4) and out["cer_zh"] == 50.0
+    assert main_score(str(tmp_path / "ref"), str(tmp_path / "hyp"), as_json=False) == 0
+    assert "MER" in capsys.readouterr().out
+    assert main_score(str(tmp_path / "nope"), str(tmp_path / "hyp"), as_json=False) == 1
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,181 @@
+"""`ume` command line: thin dispatch to the modules that do the work.
+
+Examples:
+    ume data synth --preset quick --out data/quick
+    ume train --config configs/quick.yaml --train data/quick/train --dev data/quick/dev --exp runs/dense
+    ume decode --model runs/dense --data data/quick/test --mode attention_rescoring --out hyp.txt
+    ume score --ref data/quick/test/text --hyp hyp.txt [--json]
+    ume bench rtf --model runs/dense --data data/quick/test
+    ume demo --preset quick --workdir work
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ume.config import load_config, preset_config
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from ume.data.synth import synthesize
+
+    summary = synthesize(args.preset, args.out, seed=args.seed, num_workers=args.workers)
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _resolve_config(args: argparse.Namespace) -> Path:
+    if args.config:
+        return Path(args.config)
+    if args.init:
+        return Path(args.init) / "config.yaml"
+    return preset_config(args.preset)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ume.train.trainer import Trainer
+
+    cfg = load_config(_resolve_config(args), args.set)
+    trainer = Trainer(
+        cfg,
+        args.exp,
+        args.train,
+        args.dev,
+        init_dir=args.init,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
+    info = trainer.run()
+    if info:
+        print(json.dumps({k: v for k, v in info.items() if k != "curve"}, indent=2))
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from ume.decode.cli import run_decode
+
+    return run_decode(args)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from ume.decode.score import main_score
+
+    return main_score(args.ref, args.hyp, args.json)
+
+
+def cmd_bench_rtf(args: argparse.Namespace) -> int:
+    from ume.bench.rtf import main_rtf
+
+    return main_rtf(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ume.demo import run_demo
+
+    return run_demo(args)
+
+
+def add_decode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam", type=int, default=10)
+    p.add_argument(
+        "--chunk-size", type=int, default=0, help="streaming chunk (encoder frames); 0 = full"
+    )
+    p.add_argument("--left-chunks", type=int, default=-1, help="left chunks seen; -1 = all")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ume", description=__doc__.split("\n")[0])
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    data = sub.add_parser("data", help="corpus tools").add_subparsers(
+        dest="data_cmd", required=True
+    )
+    p = data.add_parser("synth", help="synthesise the embedded bilingual corpus (offline)")
+    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train (or fine-tune with --init) a model")
+    p.add_argument("--config", help="YAML config (default: the preset, or --init's config)")
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--init", help="experiment dir to start from (tokenizer, CMVN, weights)")
+    p.add_argument("--train", required=True, help="Kaldi dir or data.list")
+    p.add_argument("--dev", help="Kaldi dir or data.list for the dev curve")
+    p.add_argument("--exp", required=True, help="experiment dir (resumes if it has checkpoints)")
+    p.add_argument("--cache-dir", help="where to cache fbank features")
+    p.add_argument("--set", action="append", default=[], help="override, e.g. train.lr=1e-3")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("decode", help="decode a data dir into a Kaldi-style hypothesis file")
+    p.add_argument("--model", required=True, help="experiment dir")
+    p.add_argument("--data", required=True, help="Kaldi dir or data.list")
+    p.add_argument(
+        "--mode",
+        default="attention_rescoring",
+        choices=["ctc_greedy", "ctc_prefix_beam", "attention", "attention_rescoring"],
+    )
+    p.add_argument("--out", required=True, help="hypothesis file (utt-id text)")
+    p.add_argument("--batch-size", type=int, default=16)
+    add_decode_args(p)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("score", help="CER (zh) / WER (en) / MER")
+    p.add_argument("--ref", required=True)
+    p.add_argument("--hyp", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_score)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
+        dest="bench_cmd", required=True
+    )
+    p = bench.add_parser("rtf", help="real-time factor at batch 1 and 16")
+    p.add_argument("--model", required=True)
+    p.add_argument("--vs", help="a second experiment dir measured in the same run")
+    p.add_argument("--data", required=True)
+    p.add_argument("--mode", default="ctc_greedy")
+    p.add_argument("--max-utts", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--chunk-size", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_rtf)
+
+    p = sub.add_parser("demo", help="synthesise, fine-tune, decode, score: the README demo")
+    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])
+    p.add_argument("--workdir", required=True)
+    p.add_argument(
+        "--from-scratch", action="store_true", help="train the dense model, not the bundled one"
+    )
+    p.add_argument("--model", help="dense experiment dir to start from (default: bundled)")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"ume {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

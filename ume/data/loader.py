@@ -1,0 +1,214 @@
+"""In-memory feature store, length-bucketed batching with a frame budget, and collation.
+
+On 2 CPU cores recomputing fbank every epoch would cost as much as the model, so features are
+computed once (cached on disk as safetensors, keyed by the audio files and feature config) and
+kept in memory as float16.
+
+Example:
+    >>> store = FeatureStore.build(utts, feat_cfg, cache_dir="data/quick/.cache")
+    >>> sampler = BucketSampler(store.lengths, max_frames=6000, max_batch=64, seed=1)
+    >>> for idx in sampler.epoch_batches(0):
+    ...     feats, feat_lens = store.collate(idx)   # (B, T, 80), (B,)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ume.config import FeatureConfig
+from ume.data.features import compute_fbank, spec_augment, speed_perturb
+from ume.data.manifest import DataError, Utterance, load_audio
+
+log = logging.getLogger(__name__)
+
+
+def _cache_key(utts: list[Utterance], cfg: FeatureConfig, speeds: list[float]) -> str:
+    h = hashlib.sha1()
+    d = asdict(cfg)
+    d.pop("spec_augment", None)
+    for k in list(d):
+        if k.startswith(("num_freq", "max_freq", "num_time", "max_time")):
+            d.pop(k)
+    h.update(json.dumps([d, speeds], sort_keys=True).encode())
+    for u in utts:
+        try:
+            st = os.stat(u.wav)
+            h.update(f"{u.key}\t{u.wav}\t{st.st_size}\t{int(st.st_mtime)}\n".encode())
+        except OSError:
+            h.update(f"{u.key}\t{u.wav}\tmissing\n".encode())
+    return h.hexdigest()[:16]
+
+
+class FeatureStore:
+    """Features (float16, (T, F) each) for a list of utterances, in memory."""
+
+    def __init__(self, utts: list[Utterance], feats: list[torch.Tensor], skipped: list[str]):
+        self.utts = utts
+        self.feats = feats
+        self.skipped = skipped
+        self.lengths = [int(f.shape[0]) for f in feats]
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    @classmethod
+    def build(
+        cls,
+        utts: list[Utterance],
+        cfg: FeatureConfig,
+        cache_dir: str | os.PathLike | None = None,
+        speeds: list[float] | None = None,
+        min_frames: int = 1,
+        progress: bool = True,
+    ) -> FeatureStore:
+        """Compute (or load cached) fbank for every utterance; skip-and-count unreadable ones.
+
+        With speeds (e.g. [0.9, 1.0, 1.1]) each utterance is stored once per speed (offline
+        speed perturbation), keys suffixed with `-sp0.9` etc.
+        """
+        speeds = speeds or [1.0]
+        cache = None
+        if cache_dir is not None:
+            cache = Path(cache_dir) / f"feats-{_cache_key(utts, cfg, speeds)}.safetensors"
+            if cache.is_file():
+                return cls._from_cache(utts, speeds, cache)
+        out_utts: list[Utterance] = []
+        feats: list[torch.Tensor] = []
+        skipped: list[str] = []
+        for u in tqdm(utts, desc="fbank", disable=not progress, unit="utt", mininterval=2):
+            try:
+                wave = load_audio(u.wav)
+            except DataError as e:
+                skipped.append(f"{u.key}: {e}")
+                continue
+            for sp in speeds:
+                w = wave if sp == 1.0 else speed_perturb(wave, sp)
+                f = compute_fbank(w, cfg)  # (T, F)
+                if f.shape[0] < min_frames:
+                    skipped.append(f"{u.key}: only {f.shape[0]} frames (< {min_frames}), too short")
+                    break
+                key = u.key if sp == 1.0 else f"{u.key}-sp{sp}"
+                out_utts.append(Utterance(key, u.wav, u.text, u.lang, u.spk, u.duration))
+                feats.append(torch.from_numpy(f).to(torch.float16))
+        for msg in skipped:
+            log.warning("skipped %s", msg)
+        if not feats:
+            raise DataError(f"no usable utterances: all {len(utts)} were skipped ({skipped[:3]})")
+        store = cls(out_utts, feats, skipped)
+        if cache is not None:
+            store._save_cache(cache)
+        return store
+
+    def _save_cache(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tensors = {f"{i:07d}": f for i, f in enumerate(self.feats)}
+        meta = {
+            "keys": json.dumps([u.key for u in self.utts]),
+            "skipped": json.dumps(self.skipped, ensure_ascii=False),
+        }
+        save_file(tensors, str(tmp), meta)
+        os.replace(tmp, path)
+
+    @classmethod
+    def _from_cache(cls, utts: list[Utterance], speeds: list[float], path: Path) -> FeatureStore:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        tensors = load_file(str(path))
+        keys = json.loads(meta["keys"])
+        by_key = {u.key: u for u in utts}
+        out_utts = []
+        for k in keys:
+            base = k
+            for sp in speeds:
+                if sp != 1.0 and k.endswith(f"-sp{sp}"):
+                    base = k[: -len(f"-sp{sp}")]
+            u = by_key[base]
+            out_utts.append(Utterance(k, u.wav, u.text, u.lang, u.spk, u.duration))
+        feats = [tensors[f"{i:07d}"] for i in range(len(keys))]
+        return cls(out_utts, feats, json.loads(meta["skipped"]))
+
+    def collate(
+        self,
+        idx: list[int],
+        augment: FeatureConfig | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> feats (B, T, F) float32 zero-padded, lengths (B,). SpecAugment if `augment`."""
+        seqs = []
+        for i in idx:
+            f = self.feats[i].float()
+            if augment is not None and augment.spec_augment:
+                f = spec_augment(f, augment, generator)
+            seqs.append(f)
+        lens = torch.tensor([s.shape[0] for s in seqs])
+        return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True), lens
+
+
+def collate_tokens(token_lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ys (B, L) padded with -1, lengths (B,)."""
+    lens = torch.tensor([len(t) for t in token_lists])
+    ys = torch.full((len(token_lists), max(1, int(lens.max()))), -1, dtype=torch.long)
+    for i, t in enumerate(token_lists):
+        ys[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    return ys, lens
+
+
+class BucketSampler:
+    """Batches of similar length under a padded-frame budget (B · T_max ≤ max_frames).
+
+    Deterministic for (seed, epoch): the batch list is fixed, its order shuffled per epoch.
+    SortaGrad: `epoch_batches(e, sorted_order=True)` yields shortest batches first.
+    """
+
+    def __init__(self, lengths: list[int], max_frames: int, max_batch: int, seed: int) -> None:
+        self.lengths = lengths
+        self.seed = seed
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        self.batches: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            t = lengths[i]
+            if cur and ((len(cur) + 1) * t > max_frames or len(cur) >= max_batch):
+                self.batches.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            self.batches.append(cur)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def epoch_batches(
+        self, epoch: int, sorted_order: bool = False, rank: int = 0, world: int = 1
+    ) -> list[list[int]]:
+        batches = list(self.batches)
+        if not sorted_order:
+            random.Random(self.seed * 1000003 + epoch).shuffle(batches)
+        # every rank gets the same number of batches (DDP needs equal step counts)
+        n = len(batches) // world * world if len(batches) >= world else len(batches)
+        return batches[rank:n:world]
+
+
+def token_lengths_ok(feat_len: int, n_tokens: int, subsampling: int) -> bool:
+    """CTC needs at least as many encoder frames as tokens."""
+    return n_tokens > 0 and feat_len // subsampling >= n_tokens
+
+
+def numpy_seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

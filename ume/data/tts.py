@@ -1,0 +1,246 @@
+"""Thin wrappers around the offline TTS engines used by :mod:`ume.data.synth`.
+
+Two command-line engines are supported, both called through ``subprocess`` with an argument
+list (never a shell):
+
+* ``espeak-ng`` (English accents and Mandarin via ``cmn-latn-pinyin``), with voice variants
+  such as ``en-us+f2`` or ``cmn-latn-pinyin+m3``; per call we randomise rate (``-s``, words per
+  minute) and pitch (``-p``, 0-99).
+* ``flite`` (English only: ``kal``, ``kal16``, ``awb``, ``rms``, ``slt``); per call we randomise
+  ``duration_stretch`` and ``int_f0_target_mean`` (the latter is ignored by ``rms``).
+
+Every rendering is returned as float32 mono audio at 16 kHz (resampled with soxr), with the
+engine's own leading/trailing silence trimmed.
+
+Example:
+    >>> from ume.data.tts import ESPEAK_ZH_VOICES, render, sample_params
+    >>> import numpy as np
+    >>> v = ESPEAK_ZH_VOICES[0]
+    >>> audio = render(v, "春眠不觉晓", sample_params(v, np.random.default_rng(0)))
+    >>> audio.dtype, audio.ndim
+    (dtype('float32'), 1)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 16000
+_TIMEOUT_S = 60
+
+
+class TTSError(RuntimeError):
+    """A TTS engine failed (non-zero exit, timeout, unreadable or empty audio)."""
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One synthetic speaker.
+
+    Attributes:
+        id: Kaldi-safe identifier, also used as the speaker id (e.g. ``esp_en-us_f2``).
+        engine: ``"espeak"`` or ``"flite"``.
+        lang: ``"zh"`` or ``"en"``.
+        name: engine voice name (``en-us+f2`` for espeak, ``slt`` for flite).
+        f0: nominal mean F0 in Hz (flite only: centre of the randomised ``int_f0_target_mean``).
+    """
+
+    id: str
+    engine: str
+    lang: str
+    name: str
+    f0: float = 0.0
+
+    @property
+    def variant(self) -> str | None:
+        """espeak variant name (the part after ``+``), if any."""
+        return self.name.split("+", 1)[1] if "+" in self.name else None
+
+
+def _esp(lang_voice: str, variant: str | None, lang: str) -> Voice:
+    short = "cmn" if lang_voice.startswith("cmn") else lang_voice
+    vid = f"esp_{short}_{variant or 'default'}"
+    name = f"{lang_voice}+{variant}" if variant else lang_voice
+    return Voice(id=vid, engine="espeak", lang=lang, name=name)
+
+
+def _flite(name: str, f0: float) -> Voice:
+    return Voice(id=f"flite_{name}", engine="flite", lang="en", name=name, f0=f0)
+
+
+# Mandarin MUST use cmn-latn-pinyin: the plain `cmn` voice reads some Hanzi as English-spoken
+# pinyin with tone digits.
+_ZH = "cmn-latn-pinyin"
+
+# Ordered so that a prefix of each list is a diverse small pool (used by the `tiny` preset).
+ESPEAK_ZH_VOICES: tuple[Voice, ...] = tuple(
+    _esp(_ZH, v, "zh")
+    for v in (
+        "f1",
+        "m3",
+        "f2",
+        "m1",
+        "klatt",
+        "f3",
+        "m2",
+        "f5",
+        "m4",
+        None,
+        "m6",
+        "Annie",
+        "m7",
+        "Andy",
+    )
+)
+ENGLISH_VOICES: tuple[Voice, ...] = (
+    _esp("en-us", "f2", "en"),
+    _flite("awb", 130.0),
+    _esp("en-gb", "m1", "en"),
+    _flite("kal16", 105.0),
+    _esp("en-gb-scotland", "f3", "en"),
+    _esp("en-029", "m4", "en"),
+    _flite("rms", 105.0),
+    _esp("en-gb-x-rp", "f2", "en"),
+    _esp("en-us-nyc", "m7", "en"),
+    _flite("kal", 105.0),
+    _esp("en-us", "m3", "en"),
+    _esp("en-gb", "f1", "en"),
+    _esp("en-gb-scotland", "m2", "en"),
+    _esp("en-029", "f5", "en"),
+    _esp("en-gb-x-rp", "m6", "en"),
+    _esp("en-us-nyc", "f1", "en"),
+    _esp("en-us", "klatt", "en"),
+    _esp("en-gb", "klatt3", "en"),
+    _esp("en-us", "Annie", "en"),
+    _esp("en-gb", "Andy", "en"),
+)
+# Held-out voices (test split only). The espeak variants f4 and m5 and the flite voice slt are
+# never used by any train/dev voice.
+HELDOUT_ZH_VOICES: tuple[Voice, ...] = (_esp(_ZH, "f4", "zh"), _esp(_ZH, "m5", "zh"))
+HELDOUT_EN_VOICES: tuple[Voice, ...] = (_flite("slt", 175.0), _esp("en-gb-x-rp", "f4", "en"))
+
+
+@functools.cache
+def espeak_variants() -> frozenset[str]:
+    """Names of the installed espeak-ng voice variants (``f1``, ``m3``, ``klatt``, ...)."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        return frozenset()
+    try:
+        out = subprocess.run(
+            [exe, "--voices=variant"], capture_output=True, text=True, timeout=_TIMEOUT_S
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    names = set()
+    for line in out.splitlines()[1:]:
+        for field in line.split():
+            if field.startswith("!v/"):
+                names.add(field[3:])
+    return frozenset(names)
+
+
+def voice_available(voice: Voice) -> bool:
+    """True if the engine is installed (and, for espeak, the variant exists: espeak-ng silently
+    falls back to the default voice for an unknown variant)."""
+    if voice.engine == "flite":
+        return shutil.which("flite") is not None
+    if shutil.which("espeak-ng") is None:
+        return False
+    return voice.variant is None or voice.variant in espeak_variants()
+
+
+def sample_params(voice: Voice, rng: np.random.Generator) -> dict[str, float | int]:
+    """Random per-utterance prosody parameters for `voice` (JSON-serialisable)."""
+    if voice.engine == "espeak":
+        lo, hi = (140, 220) if voice.lang == "zh" else (130, 200)
+        return {"rate": int(rng.integers(lo, hi + 1)), "pitch": int(rng.integers(30, 71))}
+    return {
+        "stretch": round(float(rng.uniform(0.85, 1.2)), 3),
+        "f0": round(float(voice.f0 * rng.uniform(0.85, 1.2)), 1),
+    }
+
+
+def _command(voice: Voice, text: str, params: dict, wav_path: str) -> list[str]:
+    if voice.engine == "espeak":
+        if text.startswith("-"):  # never let the text be parsed as an option
+            text = " " + text
+        return [
+            "espeak-ng",
+            "-v",
+            voice.name,
+            "-s",
+            str(int(params["rate"])),
+            "-p",
+            str(int(params["pitch"])),
+            "-w",
+            wav_path,
+            text,
+        ]
+    if voice.engine == "flite":
+        return [
+            "flite",
+            "-voice",
+            voice.name,
+            "--setf",
+            f"duration_stretch={float(params['stretch']):.3f}",
+            "--setf",
+            f"int_f0_target_mean={float(params['f0']):.1f}",
+            "-t",
+            text,
+            "-o",
+            wav_path,
+        ]
+    raise ValueError(f"unknown TTS engine {voice.engine!r}")
+
+
+def trim_silence(x: np.ndarray, sr: int = SAMPLE_RATE, top_db: float = 45.0) -> np.ndarray:
+    """Cut leading/trailing parts quieter than `top_db` below the peak (keeps 10 ms margin)."""
+    if x.size == 0:
+        return x
+    thr = float(np.max(np.abs(x))) * 10 ** (-top_db / 20)
+    idx = np.flatnonzero(np.abs(x) > thr)
+    if idx.size == 0:
+        return x[:0]
+    margin = int(0.01 * sr)
+    return x[max(0, idx[0] - margin) : idx[-1] + 1 + margin]
+
+
+def render(voice: Voice, text: str, params: dict, tmp_dir: str | None = None) -> np.ndarray:
+    """Speak `text` with `voice`; returns trimmed float32 mono audio at 16 kHz.
+
+    Raises:
+        TTSError: if the engine fails or produces no audible audio.
+    """
+    if not text.strip():
+        raise TTSError(f"{voice.id}: empty text")
+    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="ume_tts_") as td:
+        wav_path = os.path.join(td, "out.wav")
+        cmd = _command(voice, text, params, wav_path)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=_TIMEOUT_S)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise TTSError(f"{voice.id}: {type(e).__name__}: {e}") from e
+        if proc.returncode != 0:
+            err = proc.stderr.decode("utf-8", "replace").strip()[:200]
+            raise TTSError(f"{voice.id}: exit status {proc.returncode}: {err}")
+        try:
+            audio, sr = sf.read(wav_path, dtype="float32", always_2d=True)
+        except Exception as e:  # any unreadable output is a TTS failure
+            raise TTSError(f"{voice.id}: unreadable audio: {e}") from e
+    audio = audio.mean(axis=1)
+    if sr != SAMPLE_RATE and audio.size:
+        audio = soxr.resample(audio, sr, SAMPLE_RATE).astype(np.float32)
+    audio = trim_silence(audio)
+    if audio.size < int(0.1 * SAMPLE_RATE) or float(np.max(np.abs(audio))) < 1e-3:
+        raise TTSError(f"{voice.id}: empty or silent audio for {text[:40]!r}")
+    return np.ascontiguousarray(audio, dtype=np.float32)

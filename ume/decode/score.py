@@ -1,0 +1,200 @@
+"""Bilingual scoring: mixed error rate (MER), Chinese CER and English WER.
+
+Both sides are normalised with ``normalize_text`` and split into units with ``split_units``
+(one unit per CJK character, one per English word). MER is the edit distance over the whole unit
+sequence; CER zh compares only the Chinese-character subsequences of reference and hypothesis,
+WER en only the English-word subsequences. Errors are summed over utterances, then divided by
+the summed reference length; rates are percentages.
+
+Example:
+    >>> res = score({"u1": "你好WORLD"}, {"u1": "你好WORD"})
+    >>> res["mer"], res["cer_zh"], res["wer_en"]
+    (33.333333333333336, 0.0, 100.0)
+    $ ume score --ref data/test/text --hyp exp/decode/hyp.txt --json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+
+import kaldialign
+
+from ume.data.manifest import DataError, read_text_file
+from ume.data.text import normalize_text, split_units, text_lang, unit_lang
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ErrorCounts:
+    """Summed edit-distance counts; ``dele`` is the deletion count (``del`` in dict output)."""
+
+    ref: int = 0
+    sub: int = 0
+    dele: int = 0
+    ins: int = 0
+
+    @property
+    def errors(self) -> int:
+        return self.sub + self.dele + self.ins
+
+    @property
+    def rate(self) -> float:
+        """Errors / reference units in percent; 0.0 if both are 0, inf if only ref is 0."""
+        if self.ref == 0:
+            return 0.0 if self.errors == 0 else math.inf
+        return 100.0 * self.errors / self.ref
+
+    def add(self, ref: list[str], hyp: list[str]) -> None:
+        """Accumulate the edit distance between unit lists `ref` and `hyp`."""
+        d = kaldialign.edit_distance(ref, hyp)
+        self.ref += len(ref)
+        self.sub += int(d["sub"])
+        self.dele += int(d["del"])
+        self.ins += int(d["ins"])
+
+    def to_dict(self) -> dict:
+        return {
+            "ref": self.ref,
+            "sub": self.sub,
+            "del": self.dele,
+            "ins": self.ins,
+            "errors": self.errors,
+        }
+
+
+class _Acc:
+    """MER / CER-zh / WER-en counts for a group of utterances."""
+
+    def __init__(self) -> None:
+        self.mer, self.zh, self.en = ErrorCounts(), ErrorCounts(), ErrorCounts()
+        self.num_utts = 0
+
+    def add(self, ref: list[str], hyp: list[str]) -> None:
+        self.num_utts += 1
+        self.mer.add(ref, hyp)
+        self.zh.add(
+            [u for u in ref if unit_lang(u) == "zh"], [u for u in hyp if unit_lang(u) == "zh"]
+        )
+        self.en.add(
+            [u for u in ref if unit_lang(u) == "en"], [u for u in hyp if unit_lang(u) == "en"]
+        )
+
+    def rates(self) -> dict:
+        return {
+            "mer": self.mer.rate,
+            "cer_zh": self.zh.rate,
+            "wer_en": self.en.rate,
+            "num_utts": self.num_utts,
+        }
+
+
+def score(refs: dict[str, str], hyps: dict[str, str]) -> dict:
+    """Score hypotheses against references (both {utt_id: text}); see module docstring.
+
+    Returns {"mer", "cer_zh", "wer_en"} (percent), "counts" ({"mer"|"zh"|"en": {ref, sub, del,
+    ins, errors}}), "num_utts", "missing_hyps" (refs without a hyp, scored as empty hyps),
+    "extra_hyps" (hyp ids not in refs, ignored) and "by_lang" ({"zh"|"en"|"mix": {"mer",
+    "cer_zh", "wer_en", "num_utts"}}, grouped by the reference's language).
+
+    Example:
+        >>> score({"a": "HELLO WORLD"}, {"a": "HELLO"})["wer_en"]
+        50.0
+    """
+    if not refs:
+        raise DataError("score: no reference utterances given")
+    total = _Acc()
+    by_lang = {lang: _Acc() for lang in ("zh", "en", "mix")}
+    missing: list[str] = []
+    for key in sorted(refs):
+        ref_text = normalize_text(refs[key])
+        if key not in hyps:
+            missing.append(key)
+        hyp_text = normalize_text(hyps.get(key, ""))
+        ref_u, hyp_u = split_units(ref_text), split_units(hyp_text)
+        total.add(ref_u, hyp_u)
+        by_lang[text_lang(ref_text)].add(ref_u, hyp_u)
+    extra = sum(1 for k in hyps if k not in refs)
+    if missing:
+        logger.warning(
+            "%d of %d reference utterances have no hypothesis (scored as empty), e.g. %s",
+            len(missing),
+            len(refs),
+            ", ".join(missing[:5]),
+        )
+    if extra:
+        logger.warning("%d hypothesis ids are not in the references and were ignored", extra)
+    return {
+        "mer": total.mer.rate,
+        "cer_zh": total.zh.rate,
+        "wer_en": total.en.rate,
+        "counts": {
+            "mer": total.mer.to_dict(),
+            "zh": total.zh.to_dict(),
+            "en": total.en.to_dict(),
+        },
+        "num_utts": total.num_utts,
+        "missing_hyps": len(missing),
+        "extra_hyps": extra,
+        "by_lang": {lang: acc.rates() for lang, acc in by_lang.items()},
+    }
+
+
+def _json_safe(x: object) -> object:
+    """Replace non-finite floats with None so the output is strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    return x
+
+
+def format_table(res: dict) -> str:
+    """Human-readable table of a :func:`score` result."""
+    rows = [f"{'metric':<10}{'rate%':>9}{'ref':>9}{'sub':>8}{'del':>8}{'ins':>8}{'errors':>9}"]
+    for name, key, ckey in (
+        ("MER", "mer", "mer"),
+        ("CER zh", "cer_zh", "zh"),
+        ("WER en", "wer_en", "en"),
+    ):
+        c = res["counts"][ckey]
+        rows.append(
+            f"{name:<10}{res[key]:>9.2f}{c['ref']:>9}{c['sub']:>8}{c['del']:>8}{c['ins']:>8}"
+            f"{c['errors']:>9}"
+        )
+    rows.append("")
+    rows.append(f"{'by lang':<10}{'utts':>9}{'MER%':>9}{'CER zh%':>9}{'WER en%':>9}")
+    for lang, r in res["by_lang"].items():
+        if r["num_utts"]:
+            rows.append(
+                f"{lang:<10}{r['num_utts']:>9}{r['mer']:>9.2f}{r['cer_zh']:>9.2f}{r['wer_en']:>9.2f}"
+            )
+    rows.append("")
+    rows.append(
+        f"utterances: {res['num_utts']}  missing hyps: {res['missing_hyps']}  "
+        f"extra hyps (ignored): {res['extra_hyps']}"
+    )
+    return "\n".join(rows)
+
+
+def main_score(ref: str, hyp: str, as_json: bool) -> int:
+    """CLI entry for ``ume score --ref TEXT --hyp HYP [--json]``; returns the exit code.
+
+    Example:
+        >>> main_score("data/test/text", "exp/decode/hyp.txt", as_json=False)
+        0
+    """
+    try:
+        res = score(read_text_file(ref), read_text_file(hyp))
+    except DataError as e:
+        print(f"ume score: error: {e}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(_json_safe(res), indent=2, allow_nan=False))
+    else:
+        print(format_table(res))
+    return 0

@@ -1,0 +1,155 @@
+"""Atomic, pickle-free training checkpoints and checkpoint averaging.
+
+A checkpoint is a directory `checkpoints/step-00000200/` holding
+    model.safetensors   model weights
+    optim.safetensors   AdamW moments keyed by parameter *name* (survives freezing changes)
+    rng.safetensors     torch CPU RNG state and the SpecAugment generator state
+    state.json          step, epoch, position in epoch, lr-schedule step, python/numpy RNG,
+                        train seconds, dev curve, phase index
+It is written to `step-N.tmp/` and renamed into place, so a crash mid-write leaves the previous
+checkpoint as the newest complete one.
+
+Example:
+    >>> save_checkpoint(exp / "checkpoints", step, model, optimizer, state, rng)
+    >>> ck = latest_checkpoint(exp / "checkpoints")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+PREFIX = "step-"
+
+
+def _name_of(model: torch.nn.Module) -> dict[int, str]:
+    return {id(p): n for n, p in model.named_parameters()}
+
+
+def optimizer_tensors(
+    opt: torch.optim.Optimizer, model: torch.nn.Module
+) -> dict[str, torch.Tensor]:
+    """Flatten optimizer state into {'<param name>/<state key>': tensor}."""
+    names = _name_of(model)
+    out = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if not st:
+                continue
+            for k, v in st.items():
+                t = v if torch.is_tensor(v) else torch.tensor(v)
+                out[f"{names[id(p)]}/{k}"] = t.detach().cpu().contiguous()
+    return out
+
+
+def load_optimizer_tensors(
+    opt: torch.optim.Optimizer, model: torch.nn.Module, tensors: dict[str, torch.Tensor]
+) -> None:
+    """Restore per-parameter state for the parameters this optimizer holds."""
+    names = _name_of(model)
+    for group in opt.param_groups:
+        for p in group["params"]:
+            prefix = names[id(p)] + "/"
+            st = {k[len(prefix) :]: v.clone() for k, v in tensors.items() if k.startswith(prefix)}
+            if st:
+                opt.state[p] = st
+
+
+def python_rng_state() -> dict:
+    ver, state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [ver, list(state), gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+
+
+def set_python_rng_state(d: dict) -> None:
+    ver, state, gauss = d["python"]
+    random.setstate((ver, tuple(state), gauss))
+    n = d["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+
+
+def save_checkpoint(
+    ck_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    state: dict,
+    rng: dict[str, torch.Tensor],
+    keep: int = 5,
+) -> Path:
+    ck_dir = Path(ck_dir)
+    ck_dir.mkdir(parents=True, exist_ok=True)
+    final = ck_dir / f"{PREFIX}{step:08d}"
+    tmp = ck_dir / f"{PREFIX}{step:08d}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(
+        {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+        str(tmp / "model.safetensors"),
+    )
+    save_file(optimizer_tensors(opt, model), str(tmp / "optim.safetensors"))
+    save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
+    with open(tmp / "state.json", "w", encoding="utf-8") as f:
+        json.dump({**state, "rng": python_rng_state()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(ck_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ck_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temp dirs from interrupted writes are ignored)."""
+    ck_dir = Path(ck_dir)
+    if not ck_dir.is_dir():
+        return []
+    done = [
+        p
+        for p in ck_dir.iterdir()
+        if p.is_dir()
+        and p.name.startswith(PREFIX)
+        and not p.name.endswith(".tmp")
+        and (p / "state.json").is_file()
+    ]
+    return sorted(done, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def latest_checkpoint(ck_dir: Path) -> Path | None:
+    cks = list_checkpoints(ck_dir)
+    return cks[-1] if cks else None
+
+
+def read_state(ck: Path) -> dict:
+    with open(ck / "state.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of model weights (integer buffers taken from the newest)."""
+    if not paths:
+        raise ValueError("no checkpoints to average")
+    avg: dict[str, torch.Tensor] = {}
+    for p in paths:
+        sd = load_file(str(p / "model.safetensors"))
+        for k, v in sd.items():
+            if v.is_floating_point():
+                avg[k] = avg[k] + v.double() if k in avg else v.double()
+            else:
+                avg[k] = v
+    n = len(paths)
+    return {k: (v / n).float() if v.is_floating_point() else v for k, v in avg.items()}

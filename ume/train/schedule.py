@@ -1,0 +1,93 @@
+"""Learning-rate schedule and layer-freezing phases.
+
+A freezing schedule is a list of phases, each `steps` long (the last may be 0 = open-ended),
+naming what is trainable. Parameters outside it get requires_grad=False (no gradient is computed)
+and are left out of the optimizer, so they stay bit-identical through the phase.
+
+Example:
+    >>> phases = [PhaseConfig(steps=300, trainable="moe"), PhaseConfig(steps=0, trainable="all")]
+    >>> phase_at(phases, 10)        # -> (0, phases[0])
+    >>> apply_trainable(model, "moe")  # experts + routers learn, the rest is frozen
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from ume.config import PhaseConfig, TrainConfig
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Multiplier on cfg.lr for a step: linear warmup, then inverse-sqrt decay ("noam") or flat."""
+    warm = max(1, cfg.warmup_steps)
+    if cfg.lr_schedule not in ("noam", "constant"):
+        raise ValueError(f"train.lr_schedule={cfg.lr_schedule!r}: use 'noam' or 'constant'")
+
+    def f(step: int) -> float:
+        s = step + 1
+        if s < warm:
+            return s / warm
+        return 1.0 if cfg.lr_schedule == "constant" else math.sqrt(warm / s)
+
+    return f
+
+
+def phase_at(phases: list[PhaseConfig], step: int) -> tuple[int, PhaseConfig]:
+    """(index, phase) active at `step` (0-based). No phases -> everything trainable."""
+    if not phases:
+        return 0, PhaseConfig(steps=0, trainable="all")
+    start = 0
+    for i, p in enumerate(phases):
+        if p.steps <= 0 or step < start + p.steps:
+            return i, p
+        start += p.steps
+    return len(phases) - 1, phases[-1]
+
+
+def is_moe_param(name: str) -> bool:
+    return ".experts." in name or ".router." in name or name.endswith((".experts", ".router"))
+
+
+def trainable_predicate(spec: object, num_blocks: int) -> Callable[[str], bool]:
+    """Turn a phase's `trainable` value into a name -> bool predicate."""
+    if spec == "all":
+        return lambda n: True
+    if spec == "moe":
+        return is_moe_param
+    if spec == "router":
+        return lambda n: ".router." in n or n.endswith(".router")
+    if isinstance(spec, str) and spec.startswith("top:"):
+        try:
+            top = int(spec.split(":", 1)[1])
+        except ValueError as e:
+            raise ValueError(f"trainable={spec!r}: use top:N with an integer N") from e
+        first = max(0, num_blocks - top)
+        prefixes = tuple(f"encoder.blocks.{i}." for i in range(first, num_blocks))
+        return lambda n: is_moe_param(n) or n.startswith(prefixes + ("ctc.", "decoder."))
+    if isinstance(spec, list) and all(isinstance(x, str) for x in spec):
+        pre = tuple(x for x in spec if x != "moe")
+        want_moe = "moe" in spec
+        return lambda n: n.startswith(pre) or (want_moe and is_moe_param(n))
+    raise ValueError(
+        f"trainable={spec!r}: use 'all', 'moe', 'router', 'top:N' or a list of parameter-name "
+        "prefixes such as ['encoder.blocks.5.', 'ctc.']"
+    )
+
+
+def apply_trainable(model: torch.nn.Module, spec: object, num_blocks: int) -> tuple[int, int]:
+    """Set requires_grad by the spec; returns (trainable, total) parameter counts."""
+    pred = trainable_predicate(spec, num_blocks)
+    n_train = n_total = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(pred(name))
+        n_total += p.numel()
+        n_train += p.numel() if p.requires_grad else 0
+    if n_train == 0:
+        raise ValueError(
+            f"trainable={spec!r} selects no parameters of this model "
+            "(e.g. 'moe' on a dense model): fix the freezing schedule"
+        )
+    return n_train, n_total

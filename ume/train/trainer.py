@@ -1,0 +1,446 @@
+"""Training loop: AdamW + warmup, grad clipping/accumulation, dynamic chunks, freezing phases,
+atomic checkpoints with exact resume, checkpoint averaging, dev curve, TensorBoard, DDP (gloo).
+
+Example:
+    $ ume train --config configs/quick.yaml --train data/quick/train --dev data/quick/dev \\
+          --exp runs/dense
+    $ torchrun --nproc_per_node=2 -m ume.cli train --config ... --exp runs/dense_ddp
+    $ ume train --init models/dense_paper --train ... --dev ... --exp runs/finetune \\
+          --set train.max_steps=200
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from ume.config import ExperimentConfig
+from ume.data.features import GlobalCMVN
+from ume.data.loader import BucketSampler, FeatureStore, collate_tokens, numpy_seed_everything
+from ume.data.manifest import load_manifest
+from ume.data.tokenizer import Tokenizer
+from ume.decode.runner import decode_store, references
+from ume.decode.score import score
+from ume.expdir import (
+    MODEL_FILE,
+    atomic_save_tensors,
+    atomic_write_json,
+    build_model,
+    load_weights,
+    write_experiment,
+)
+from ume.model.asr import ASRModel, count_params
+from ume.train.checkpoint import (
+    average_checkpoints,
+    latest_checkpoint,
+    list_checkpoints,
+    load_optimizer_tensors,
+    read_state,
+    save_checkpoint,
+    set_python_rng_state,
+)
+from ume.train.schedule import apply_trainable, lr_lambda, phase_at
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    pos: int = 0  # batches consumed in the current epoch (on this rank)
+    train_seconds: float = 0.0
+    curve: list[dict] = field(default_factory=list)  # {"step","minutes","dev_mer"}
+    ckpt_mer: dict[str, float] = field(default_factory=dict)  # checkpoint name -> dev MER
+    phase: int = 0
+    skipped_batches: int = 0
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def setup_distributed() -> tuple[int, int]:
+    """Initialise gloo process group when launched by torchrun; returns (rank, world)."""
+    if (
+        "WORLD_SIZE" in os.environ
+        and int(os.environ["WORLD_SIZE"]) > 1
+        and not dist.is_initialized()
+    ):
+        dist.init_process_group("gloo")
+    return _dist_info()
+
+
+def prepare_data(
+    cfg: ExperimentConfig, path: str, cache_root: Path | None, progress: bool
+) -> FeatureStore:
+    utts, skipped = load_manifest(path)
+    for msg in skipped:
+        log.warning("data %s: skipped %s", path, msg)
+    if skipped:
+        log.warning("data %s: %d utterance(s) skipped, %d kept", path, len(skipped), len(utts))
+    cache = Path(cache_root) if cache_root else None
+    store = FeatureStore.build(utts, cfg.features, cache, progress=progress)
+    store.skipped = skipped + store.skipped
+    return store
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        exp_dir: str | os.PathLike,
+        train_data: str,
+        dev_data: str | None = None,
+        init_dir: str | None = None,
+        cache_dir: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.exp = Path(exp_dir)
+        self.rank, self.world = setup_distributed()
+        self.main = self.rank == 0
+        self.progress = progress and self.main
+        tc = cfg.train
+        if tc.num_threads > 0:
+            torch.set_num_threads(tc.num_threads)
+        numpy_seed_everything(tc.seed + self.rank)
+        self.exp.mkdir(parents=True, exist_ok=True)
+        cache_root = Path(cache_dir) if cache_dir else None
+
+        # data
+        self.train_store = prepare_data(cfg, train_data, cache_root, self.progress)
+        self.dev_store = prepare_data(cfg, dev_data, cache_root, False) if dev_data else None
+
+        # tokenizer + CMVN: from the init model, from a previous run in exp, or fit on train
+        if init_dir is not None:
+            self.tokenizer = Tokenizer.load(Path(init_dir) / "tokenizer")
+        elif (self.exp / "tokenizer" / "tokenizer.json").is_file():
+            self.tokenizer = Tokenizer.load(self.exp / "tokenizer")
+        else:
+            texts = [u.text for u in self.train_store.utts]
+            self.tokenizer = Tokenizer.train(texts, cfg.tokenizer.bpe_size, self.exp / "tokenizer")
+        self.model: ASRModel = build_model(cfg, self.tokenizer)
+        if init_dir is not None:
+            load_weights(self.model, Path(init_dir) / MODEL_FILE)
+        elif not latest_checkpoint(self.exp / "checkpoints"):
+            cmvn = GlobalCMVN.from_features(f.float().numpy() for f in self.train_store.feats)
+            self.model.set_cmvn(*cmvn.as_tensors())
+        if self.main:
+            write_experiment(self.exp, cfg, self.tokenizer)
+            atomic_write_json(
+                {"mean": self.model.cmvn_mean.tolist(), "istd": self.model.cmvn_istd.tolist()},
+                self.exp / "cmvn.json",
+            )
+
+        # targets; drop utterances CTC cannot align (more tokens than encoder frames)
+        sub = cfg.model.encoder.subsampling
+        self.tokens: list[list[int]] = []
+        keep = []
+        for i, u in enumerate(self.train_store.utts):
+            ids = self.tokenizer.encode(u.text)
+            frames = self.model.encoder.embed.output_lengths(
+                torch.tensor(self.train_store.lengths[i])
+            )
+            if not ids or len(ids) > int(frames):
+                self.train_store.skipped.append(
+                    f"{u.key}: {len(ids)} tokens for {int(frames)} encoder frames (x{sub}); "
+                    "too short for CTC"
+                )
+                continue
+            keep.append(i)
+            self.tokens.append(ids)
+        self.train_idx = keep
+        self.sampler = BucketSampler(
+            [self.train_store.lengths[i] for i in keep], tc.max_frames, tc.max_batch_size, tc.seed
+        )
+        self.aug_gen = torch.Generator().manual_seed(tc.seed * 7 + self.rank)
+        self.state = TrainState()
+        self.writer = None
+        if self.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.exp / "tensorboard"))
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.ddp: torch.nn.Module | None = None
+        self._resume_ck = latest_checkpoint(self.exp / "checkpoints")
+
+    # ---- optimiser / phases -------------------------------------------------------------
+    def _build_optimizer(self, phase_idx: int) -> None:
+        tc = self.cfg.train
+        _, phase = phase_at(tc.phases, self.state.step)
+        n_train, n_total = apply_trainable(
+            self.model, phase.trainable, self.cfg.model.encoder.num_blocks
+        )
+        old = self.optimizer
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() > 1]
+        no_decay = [p for p in params if p.dim() <= 1]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": tc.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=tc.lr,
+            betas=(0.9, 0.98),
+            eps=1e-9,
+        )
+        if old is not None:  # carry AdamW moments of parameters that keep training
+            for p in params:
+                if p in old.state:
+                    self.optimizer.state[p] = old.state[p]
+        self.lr_fn = lr_lambda(tc)
+        self.state.phase = phase_idx
+        if self.world > 1:
+            moe = self.cfg.model.moe.num_experts > 0
+            self.ddp = DDP(self.model, find_unused_parameters=moe)
+        else:
+            self.ddp = self.model
+        if self.main:
+            log.info(
+                "phase %d (trainable=%s): %.2fM of %.2fM parameters train",
+                phase_idx,
+                phase.trainable,
+                n_train / 1e6,
+                n_total / 1e6,
+            )
+
+    def _set_lr(self) -> float:
+        lr = self.cfg.train.lr * self.lr_fn(self.state.step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def _rng(self) -> dict[str, torch.Tensor]:
+        return {"torch": torch.get_rng_state(), "augment": self.aug_gen.get_state()}
+
+    def save(self) -> Path | None:
+        if not self.main:
+            return None
+        st = self.state
+        state = {k: getattr(st, k) for k in TrainState.__dataclass_fields__}
+        return save_checkpoint(
+            self.exp / "checkpoints",
+            st.step,
+            self.model,
+            self.optimizer,
+            state,
+            self._rng(),
+            keep=max(self.cfg.train.keep_checkpoints, self.cfg.train.average_last),
+        )
+
+    def resume(self, ck: Path) -> None:
+        from safetensors.torch import load_file
+
+        st = read_state(ck)
+        rng = st.pop("rng")
+        self.state = TrainState(**st)
+        load_weights(self.model, ck / "model.safetensors")
+        self._build_optimizer(phase_at(self.cfg.train.phases, self.state.step)[0])
+        load_optimizer_tensors(self.optimizer, self.model, load_file(str(ck / "optim.safetensors")))
+        r = load_file(str(ck / "rng.safetensors"))
+        torch.set_rng_state(r["torch"])
+        self.aug_gen.set_state(r["augment"])
+        set_python_rng_state(rng)
+        if self.main:
+            log.info("resumed from %s at step %d", ck, self.state.step)
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def evaluate(self, max_utts: int = 0, mode: str = "ctc_greedy") -> dict:
+        store = self.dev_store
+        if store is None:
+            return {}
+        n = len(store)
+        idx = list(range(n))
+        if max_utts and n > max_utts:
+            idx = random.Random(0).sample(idx, max_utts)
+        hyps = decode_store(self.model, store, self.tokenizer, mode, indices=idx)
+        return score(references(store, idx), hyps)
+
+    # ---- main loop ----------------------------------------------------------------------
+    def batches(self):
+        """Yield (global batch number, index list) from the resume point, epoch after epoch."""
+        tc = self.cfg.train
+        while True:
+            sorted_order = tc.sortagrad and self.state.epoch == 0
+            epoch = self.sampler.epoch_batches(
+                self.state.epoch, sorted_order, self.rank, self.world
+            )
+            while self.state.pos < len(epoch):
+                yield epoch[self.state.pos]
+                self.state.pos += 1
+            self.state.epoch += 1
+            self.state.pos = 0
+
+    def train_step(self, batch: list[int]) -> dict[str, float]:
+        """One forward/backward on a batch (accumulating); returns float stats."""
+        tc = self.cfg.train
+        real = [self.train_idx[i] for i in batch]
+        feats, feat_lens = self.train_store.collate(real, self.cfg.features, self.aug_gen)
+        ys, ys_lens = collate_tokens([self.tokens[i] for i in batch])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+            out = self.ddp(feats, feat_lens, ys, ys_lens)
+        loss = out["loss"] / tc.accum_grad
+        if not torch.isfinite(loss):
+            self.state.skipped_batches += 1
+            log.warning("non-finite loss at step %d; batch skipped", self.state.step)
+            return {}
+        loss.backward()
+        stats = {k: float(v.detach()) for k, v in out.items()}
+        stats["frames"] = float(feat_lens.sum())
+        return stats
+
+    def run(self) -> dict:
+        tc = self.cfg.train
+        if self._resume_ck is not None:
+            self.resume(self._resume_ck)
+        else:
+            self._build_optimizer(0)
+        if self.state.step >= tc.max_steps:
+            if self.main:
+                log.info("already trained to step %d", self.state.step)
+            return self.finish()
+        self.model.train()
+        start_step = self.state.step
+        bar = tqdm(
+            total=tc.max_steps,
+            initial=self.state.step,
+            disable=not self.progress,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=2,
+        )
+        t_last = time.time()
+        audio_s = 0.0
+        micro = 0
+        stop = False
+        for batch in self.batches():
+            phase_idx, _ = phase_at(tc.phases, self.state.step)
+            if phase_idx != self.state.phase:
+                self._build_optimizer(phase_idx)
+                self.model.train()
+            lr = self._set_lr()
+            stats = self.train_step(batch)
+            micro += 1
+            if stats:
+                audio_s += stats["frames"] / 100.0
+            if micro % tc.accum_grad:
+                continue
+            gnorm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], tc.grad_clip
+            )
+            if torch.isfinite(gnorm):
+                self.optimizer.step()
+            else:
+                self.state.skipped_batches += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.step += 1
+            now = time.time()
+            self.state.train_seconds += now - t_last
+            t_last = now
+            if stats and self.main:
+                bar.set_postfix(
+                    loss=f"{stats['loss']:.2f}",
+                    audio_x=f"{audio_s / max(1e-6, self.state.train_seconds):.0f}",
+                    refresh=False,
+                )
+                if self.state.step % tc.log_every == 0:
+                    for k, v in stats.items():
+                        self.writer.add_scalar(f"train/{k}", v, self.state.step)
+                    self.writer.add_scalar("train/lr", lr, self.state.step)
+                    self.writer.add_scalar("train/grad_norm", float(gnorm), self.state.step)
+                    self._log_moe(self.state.step)
+            bar.update(1)
+            if tc.max_minutes > 0 and self.state.train_seconds >= tc.max_minutes * 60:
+                stop = True
+            done = self.state.step >= tc.max_steps or stop
+            if tc.eval_every and (self.state.step % tc.eval_every == 0 or done):
+                self._eval_point()
+                t_last = time.time()  # evaluation time is not training time
+            if self.state.step % tc.checkpoint_every == 0 or done:
+                self.save()
+                t_last = time.time()
+            if done:
+                break
+        bar.close()
+        if self.main:
+            log.info("trained %d steps in this run", self.state.step - start_step)
+        return self.finish()
+
+    def _log_moe(self, step: int) -> None:
+        for name, m in self.model.named_modules():
+            stats = getattr(m, "last_stats", None)
+            if not stats:
+                continue
+            for k, v in stats.items():
+                if torch.is_tensor(v) and v.numel() == 1:
+                    self.writer.add_scalar(f"moe/{name}/{k}", float(v), step)
+
+    def _eval_point(self) -> None:
+        if self.main and self.dev_store is not None:
+            res = self.evaluate(self.cfg.train.eval_max_utts)
+            point = {
+                "step": self.state.step,
+                "minutes": round(self.state.train_seconds / 60, 3),
+                "dev_mer": res["mer"],
+            }
+            self.state.curve.append(point)
+            self.state.ckpt_mer[f"step-{self.state.step:08d}"] = res["mer"]
+            self.writer.add_scalar("dev/mer_ctc_greedy", res["mer"], self.state.step)
+            with open(self.exp / "curve.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(point) + "\n")
+            log.info("step %d dev MER %.2f%%", self.state.step, res["mer"])
+            self.model.train()
+        if self.world > 1:
+            dist.barrier()
+
+    def finish(self) -> dict:
+        """Average checkpoints into EXPDIR/model.safetensors and write train_info.json."""
+        tc = self.cfg.train
+        info = {}
+        if self.main:
+            cks = list_checkpoints(self.exp / "checkpoints")
+            n = max(1, tc.average_last)
+            if tc.average_by == "best" and self.state.ckpt_mer:
+                scored = [c for c in cks if c.name in self.state.ckpt_mer]
+                chosen = sorted(scored, key=lambda c: self.state.ckpt_mer[c.name])[:n]
+            else:
+                chosen = cks[-n:]
+            if chosen:
+                sd = average_checkpoints(chosen)
+                atomic_save_tensors(sd, self.exp / MODEL_FILE)
+                load_weights(self.model, self.exp / MODEL_FILE)
+            self.model.eval()
+            info = {
+                "steps": self.state.step,
+                "train_seconds": round(self.state.train_seconds, 1),
+                "averaged": [c.name for c in chosen],
+                "params_total": count_params(self.model),
+                "skipped_utterances": len(self.train_store.skipped),
+                "skipped_batches": self.state.skipped_batches,
+                "curve": self.state.curve,
+                "world_size": self.world,
+                "threads": torch.get_num_threads(),
+            }
+            atomic_write_json(info, self.exp / "train_info.json")
+            if self.train_store.skipped:
+                (self.exp / "skipped.txt").write_text(
+                    "\n".join(self.train_store.skipped) + "\n", encoding="utf-8"
+                )
+        if self.world > 1:
+            dist.barrier()
+        return info

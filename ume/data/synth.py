@@ -116,8 +116,8 @@ PRESETS: dict[str, SynthPreset] = {
     "tiny": SynthPreset(
         "tiny", 40, 10, 10, 4, n_zh_voices=2, n_en_voices=3, description="unit tests, seconds"
     ),
-    "quick": SynthPreset("quick", 1000, 150, 150, 60, description="~1 h train audio"),
-    "paper": SynthPreset("paper", 6400, 400, 400, 120, description=">= 6 h train audio"),
+    "quick": SynthPreset("quick", 1120, 150, 150, 60, description="~1 h train audio"),
+    "paper": SynthPreset("paper", 7000, 400, 400, 120, description=">= 6 h train audio"),
 }
 
 
@@ -441,7 +441,7 @@ def plan_corpus(preset: SynthPreset, out_dir: Path, seed: int) -> tuple[list[Utt
             for lang, c in _lang_counts(preset.n_heldout, preset).items():
                 slots += [(lang, True)] * c
         layout[split] = slots
-        for lang, held in slots:
+        for lang, _held in slots:
             need["zh"] += lang in ("zh", "mix")
             need["en"] += lang in ("en", "mix")
     if need["zh"] > len(zh_order) or need["en"] > len(en_order):

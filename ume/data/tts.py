@@ -129,34 +129,52 @@ HELDOUT_ZH_VOICES: tuple[Voice, ...] = (_esp(_ZH, "f4", "zh"), _esp(_ZH, "m5", "
 HELDOUT_EN_VOICES: tuple[Voice, ...] = (_flite("slt", 175.0), _esp("en-gb-x-rp", "f4", "en"))
 
 
-@functools.cache
-def espeak_variants() -> frozenset[str]:
-    """Names of the installed espeak-ng voice variants (``f1``, ``m3``, ``klatt``, ...)."""
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        return frozenset()
+def _run_text(cmd: list[str]) -> str:
     try:
-        out = subprocess.run(
-            [exe, "--voices=variant"], capture_output=True, text=True, timeout=_TIMEOUT_S
-        ).stdout
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S)
     except (OSError, subprocess.SubprocessError):
+        return ""
+    return proc.stdout + proc.stderr
+
+
+@functools.cache
+def espeak_voices() -> tuple[frozenset[str], frozenset[str]]:
+    """(languages, variants) known to the installed espeak-ng, e.g. ``en-us`` and ``f2``."""
+    if shutil.which("espeak-ng") is None:
+        return frozenset(), frozenset()
+    langs = {
+        line.split()[1]
+        for line in _run_text(["espeak-ng", "--voices"]).splitlines()[1:]
+        if len(line.split()) > 1
+    }
+    variants = {
+        field[3:]
+        for line in _run_text(["espeak-ng", "--voices=variant"]).splitlines()[1:]
+        for field in line.split()
+        if field.startswith("!v/")
+    }
+    return frozenset(langs), frozenset(variants)
+
+
+@functools.cache
+def flite_voices() -> frozenset[str]:
+    """Voices compiled into the installed flite (``flite -lv``)."""
+    if shutil.which("flite") is None:
         return frozenset()
-    names = set()
-    for line in out.splitlines()[1:]:
-        for field in line.split():
-            if field.startswith("!v/"):
-                names.add(field[3:])
-    return frozenset(names)
+    out = _run_text(["flite", "-lv"])
+    return frozenset(out.split(":", 1)[1].split()) if ":" in out else frozenset()
 
 
 def voice_available(voice: Voice) -> bool:
-    """True if the engine is installed (and, for espeak, the variant exists: espeak-ng silently
-    falls back to the default voice for an unknown variant)."""
+    """True if the engine and voice are installed. Both engines silently fall back to a default
+    voice for an unknown name, so the name is checked against the engine's own voice list."""
     if voice.engine == "flite":
-        return shutil.which("flite") is not None
-    if shutil.which("espeak-ng") is None:
-        return False
-    return voice.variant is None or voice.variant in espeak_variants()
+        return voice.name in flite_voices()
+    if voice.engine == "espeak":
+        langs, variants = espeak_voices()
+        base = voice.name.split("+", 1)[0]
+        return base in langs and (voice.variant is None or voice.variant in variants)
+    return False
 
 
 def sample_params(voice: Voice, rng: np.random.Generator) -> dict[str, float | int]:

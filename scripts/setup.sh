@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install everything ume needs on a fresh Debian machine (run as root, or with sudo available):
+# Debian packages (TTS engines, fortune text corpora, libsndfile), a virtualenv in .venv and the
+# Python packages (torch pinned to the CPU build 2.13.0). Idempotent: re-running is fast.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+APT_PKGS="espeak-ng flite fortunes fortunes-zh libsndfile1 make"
+missing=""
+for p in $APT_PKGS; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  if ! $PY -m venv .venv 2>/dev/null; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get install -y -qq python3-venv >/dev/null
+    $PY -m venv .venv
+  fi
+fi
+.venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+# torch first and pinned, so nothing pulls a multi-GB CUDA build
+.venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e ".[dev]"

@@ -1,0 +1,148 @@
+"""End to end on the `tiny` preset: synth -> train a few steps -> decode -> score, plus DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ume.cli import main
+from ume.decode.score import score
+from ume.data.manifest import read_text_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    assert main(["data", "synth", "--preset", "tiny", "--out", str(out)]) == 0
+    return out
+
+
+def test_tiny_end_to_end(tiny_data: Path, tmp_path: Path) -> None:
+    exp = tmp_path / "exp"
+    rc = main(
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--train",
+            str(tiny_data / "train"),
+            "--dev",
+            str(tiny_data / "dev"),
+            "--exp",
+            str(exp),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    for need in ("config.yaml", "tokenizer/tokenizer.json", "cmvn.json", "model.safetensors"):
+        assert (exp / need).exists(), need
+    info = json.loads((exp / "train_info.json").read_text())
+    assert info["steps"] == 6
+    assert len(info["curve"]) == 2  # eval_every=3
+    for mode in ("ctc_greedy", "ctc_prefix_beam", "attention_rescoring"):
+        hyp = tmp_path / f"hyp_{mode}.txt"
+        assert (
+            main(
+                [
+                    "decode",
+                    "--model",
+                    str(exp),
+                    "--data",
+                    str(tiny_data / "test"),
+                    "--mode",
+                    mode,
+                    "--out",
+                    str(hyp),
+                ]
+            )
+            == 0
+        )
+        hyps = read_text_file(hyp)
+        refs = read_text_file(tiny_data / "test" / "text")
+        assert set(hyps) == set(refs)
+        res = score(refs, hyps)
+        assert res["num_utts"] == len(refs) and res["mer"] >= 0
+    # the data.list form of the same split decodes too
+    hyp = tmp_path / "hyp_list.txt"
+    assert (
+        main(
+            [
+                "decode",
+                "--model",
+                str(exp),
+                "--data",
+                str(tiny_data / "test" / "data.list"),
+                "--mode",
+                "ctc_greedy",
+                "--out",
+                str(hyp),
+                "--chunk-size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    assert len(read_text_file(hyp)) == len(refs)
+    assert (
+        main(["score", "--ref", str(tiny_data / "test" / "text"), "--hyp", str(hyp), "--json"]) == 0
+    )
+
+
+def test_rerun_resumes_and_skips(tiny_data: Path, tmp_path: Path) -> None:
+    exp = tmp_path / "exp"
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--train",
+        str(tiny_data / "train"),
+        "--exp",
+        str(exp),
+        "--no-progress",
+        "--set",
+        "train.eval_every=0",
+    ]
+    assert main(args + ["--set", "train.max_steps=3"]) == 0
+    assert json.loads((exp / "train_info.json").read_text())["steps"] == 3
+    assert main(args + ["--set", "train.max_steps=6"]) == 0  # resumes from step 3
+    assert json.loads((exp / "train_info.json").read_text())["steps"] == 6
+
+
+def test_ddp_torchrun_two_processes(tiny_data: Path, tmp_path: Path) -> None:
+    exp = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "ume.cli",
+        "train",
+        "--preset",
+        "tiny",
+        "--train",
+        str(tiny_data / "train"),
+        "--exp",
+        str(exp),
+        "--no-progress",
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "train.eval_every=0",
+        "--set",
+        "train.num_threads=1",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((exp / "train_info.json").read_text())
+    assert info["world_size"] == 2 and info["steps"] == 4
+    assert (exp / "model.safetensors").is_file()

@@ -1,0 +1,117 @@
+"""Evaluate a finished run: test CER/WER/MER (+ held-out voices), RTF, parameter counts,
+and merge the row into WORKDIR/results.json.
+
+Example:
+    >>> row = evaluate_run("work/runs/dense", "work/data")
+    >>> update_results("work/results.json", "dense", row)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ume.bench.rtf import load_waves, measure_rtf
+from ume.data.loader import FeatureStore
+from ume.data.manifest import load_manifest, write_text_file
+from ume.decode.runner import decode_store, references
+from ume.decode.score import score
+from ume.expdir import atomic_write_json, load_experiment
+from ume.model.asr import count_params
+
+log = logging.getLogger(__name__)
+
+
+def active_params(model: torch.nn.Module) -> int:
+    """Parameters used per token: MoE experts count k/E of their size, everything else fully."""
+    total = 0
+    for name, p in model.named_parameters():
+        if ".experts." in name:
+            mod = model.get_submodule(name.rsplit(".experts.", 1)[0])
+            e, k = mod.num_experts, mod.top_k
+            total += p.numel() * k // e
+        else:
+            total += p.numel()
+    return total
+
+
+def score_split(model, tok, cfg, data_dir: Path, mode: str, out_hyp: Path) -> dict:
+    utts, skipped = load_manifest(data_dir)
+    store = FeatureStore.build(utts, cfg.features, progress=False)
+    hyps = decode_store(model, store, tok, mode)
+    write_text_file(hyps, out_hyp)
+    res = score(references(store), hyps)
+    res["skipped"] = len(skipped) + len(store.skipped)
+    return res
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_root: str | Path,
+    mode: str = "attention_rescoring",
+    rtf_utts: int = 32,
+    threads: int = 2,
+) -> dict:
+    """Decode test and test_heldout of `data_root`, measure RTF; returns a results row."""
+    run, data = Path(run_dir), Path(data_root)
+    torch.set_num_threads(threads)
+    cfg, tok, model = load_experiment(run)
+    test = score_split(model, tok, cfg, data / "test", mode, run / "hyp_test.txt")
+    row = {
+        "test_mer": round(test["mer"], 2),
+        "test_cer_zh": round(test["cer_zh"], 2),
+        "test_wer_en": round(test["wer_en"], 2),
+        "decode_mode": mode,
+    }
+    if (data / "test_heldout" / "wav.scp").is_file():
+        held = score_split(model, tok, cfg, data / "test_heldout", mode, run / "hyp_heldout.txt")
+        row["heldout_mer"] = round(held["mer"], 2)
+    dev_mer = None
+    if (data / "dev" / "wav.scp").is_file():
+        dev = score_split(model, tok, cfg, data / "dev", mode, run / "hyp_dev.txt")
+        dev_mer = round(dev["mer"], 2)
+    row["dev_mer"] = dev_mer
+    waves = load_waves(str(data / "test"), rtf_utts)
+    row["rtf_b1"] = round(measure_rtf(model, cfg.features, waves, 1), 5)
+    row["rtf_b16"] = round(measure_rtf(model, cfg.features, waves, 16), 5)
+    row["rtf_threads"] = torch.get_num_threads()
+    info_path = run / "train_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    row["train_seconds"] = info.get("train_seconds")
+    row["train_steps"] = info.get("steps")
+    row["params_total"] = count_params(model)
+    row["params_active"] = active_params(model)
+    return row
+
+
+def update_results(path: str | Path, run: str, row: dict) -> dict:
+    """Merge one run's row into results.json ({"runs": {name: row}}) atomically."""
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    data.setdefault("runs", {})[run] = row
+    atomic_write_json(data, path)
+    return data
+
+
+def format_results(data: dict) -> str:
+    """Markdown table of results.json rows."""
+    cols = [
+        "test_mer",
+        "test_cer_zh",
+        "test_wer_en",
+        "heldout_mer",
+        "dev_mer",
+        "rtf_b1",
+        "rtf_b16",
+        "train_seconds",
+        "params_total",
+        "params_active",
+    ]
+    lines = ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, row in data.get("runs", {}).items():
+        vals = [row.get(c) for c in cols]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else str(v) for v in vals) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,231 @@
+"""Inspect the MoE layers of an experiment: expert load, balance, dead experts, and how far the
+experts have moved apart from their common upcycled copy.
+
+Per MoE layer:
+    load        fraction of token-slots each expert received (valid frames only; needs data)
+    cv          coefficient of variation of the load (0 = perfectly balanced)
+    dead        experts with load < 0.16/E (2% for E = 8), reported as warnings
+    sim_mean    mean pairwise cosine similarity of the experts' flattened weights
+    sim_min     (1.0 right after upcycling; falls as the experts specialise)
+    router_norm Frobenius norm of the router weight (0 right after zero-init upcycling)
+
+Example:
+    >>> rep = inspect_experiment("runs/moe8", data="data/dev", png="moe8.png")
+    >>> print(format_report(rep))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ume.model.moe import MoEFeedForward
+
+DEAD_FRACTION = 0.16  # an expert is "dead" below DEAD_FRACTION / E of the load
+
+
+def short_name(prefix: str) -> str:
+    """'encoder.blocks.3.ffn_macaron' -> 'enc3.macaron'; 'decoder.left.blocks.0.ffn' -> 'l2r0'."""
+    parts = prefix.split(".")
+    if parts[0] == "encoder" and len(parts) >= 4:
+        return f"enc{parts[2]}.{'macaron' if parts[3] == 'ffn_macaron' else 'ffn'}"
+    if parts[0] == "decoder" and len(parts) >= 4:
+        return f"{'l2r' if parts[1] == 'left' else 'r2l'}{parts[3]}"
+    return prefix
+
+
+def expert_similarity(moe: MoEFeedForward) -> torch.Tensor:
+    """(E, E) cosine similarity of the experts' flattened (w_1, b_1, w_2, b_2)."""
+    ex = moe.experts
+    flat = torch.cat(
+        [t.detach().float().reshape(ex.num_experts, -1) for t in (ex.w_1, ex.b_1, ex.w_2, ex.b_2)],
+        dim=1,
+    )
+    flat = torch.nn.functional.normalize(flat, dim=1)
+    return flat @ flat.t()
+
+
+@torch.no_grad()
+def measure_load(model, tokenizer, batches: list) -> None:
+    """Run batches [(feats, lens, utts)] through the encoder and (teacher-forced on the
+    reference text, else on the CTC greedy output) the decoders, accumulating each MoE layer's
+    load_sum over valid frames."""
+    from ume.decode.search import ctc_greedy
+    from ume.model.asr import add_sos_eos, reverse_targets
+
+    layers = [m for m in model.modules() if isinstance(m, MoEFeedForward)]
+    has_dec_moe = any(isinstance(m, MoEFeedForward) for m in model.decoder.modules())
+    for m in layers:
+        m.reset_load()
+        m.track_load = True
+    try:
+        for feats, lens, utts in batches:
+            enc, valid = model.encode(feats, lens)
+            if not has_dec_moe:
+                continue
+            hyps = ctc_greedy(model.ctc_log_probs(enc), valid.sum(1))
+            seqs = []
+            for u, h in zip(utts, hyps):
+                ids = tokenizer.encode(u.text) if u.text else h
+                seqs.append(ids or [tokenizer.UNK])
+            ys_lens = torch.tensor([len(s) for s in seqs])
+            ys = torch.nn.utils.rnn.pad_sequence(
+                [torch.tensor(s) for s in seqs], batch_first=True, padding_value=-1
+            )
+            ys_in, _ = add_sos_eos(ys, ys_lens, model.sos_eos)
+            r_ys_in, _ = add_sos_eos(reverse_targets(ys, ys_lens), ys_lens, model.sos_eos)
+            model.decoder(enc, valid, ys_in, ys_lens + 1, r_ys_in)
+    finally:
+        for m in layers:
+            m.track_load = None
+
+
+def inspect_experiment(
+    exp_dir: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    max_utts: int = 50,
+    png: str | os.PathLike | None = None,
+) -> dict:
+    """Report per MoE layer (see module docstring); with `data`, up to max_utts utterances
+    are run through the model to measure the load. Writes a heat-map PNG if `png`."""
+    from ume.expdir import load_experiment
+    from ume.upcycle import load_batch, param_report
+
+    cfg, tok, model = load_experiment(exp_dir)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, MoEFeedForward)}
+    rep: dict = {"exp_dir": str(exp_dir), "moe": bool(layers), "layers": [], "warnings": []}
+    rep.update(param_report(model))
+    if not layers:
+        rep["warnings"].append(f"{exp_dir} is a dense model: no MoE layers to inspect")
+        return rep
+    n_utts = 0
+    if data is not None:
+        utts, batches = load_batch(data, cfg.features, max_utts)
+        n_utts = len(utts)
+        measure_load(model, tok, batches)
+    rep["data"] = str(data) if data is not None else None
+    rep["num_utts"] = n_utts
+    for name, m in layers.items():
+        e = m.num_experts
+        sim = expert_similarity(m)
+        off = sim[~torch.eye(e, dtype=torch.bool)]
+        row = {
+            "name": name,
+            "short": short_name(name),
+            "experts": e,
+            "top_k": m.top_k,
+            "sim_mean": float(off.mean()) if e > 1 else 1.0,
+            "sim_min": float(off.min()) if e > 1 else 1.0,
+            "router_norm": float(m.router.weight.detach().norm()),
+            "load": None,
+            "cv": None,
+            "dead": [],
+        }
+        if m.load_sum is not None and float(m.load_sum.sum()) > 0:
+            load = (m.load_sum / m.load_sum.sum()).float()
+            row["load"] = [round(float(v), 5) for v in load]
+            row["cv"] = float(load.std(unbiased=False) / load.mean())
+            row["dead"] = [i for i, v in enumerate(load.tolist()) if v < DEAD_FRACTION / e]
+            if row["dead"]:
+                rep["warnings"].append(
+                    f"{name}: dead expert(s) {row['dead']} (load < {DEAD_FRACTION / e:.1%})"
+                )
+        elif data is not None:
+            rep["warnings"].append(f"{name}: no frames reached this layer")
+        rep["layers"].append(row)
+    if png is not None:
+        plot_report(rep, png)
+        rep["png"] = str(png)
+    return rep
+
+
+def plot_report(rep: dict, path: str | os.PathLike) -> None:
+    """Heat-map of layers × experts load (left) and mean pairwise similarity per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rep["layers"]
+    names = [r["short"] for r in rows]
+    e = max(r["experts"] for r in rows)
+    height = max(3.0, 0.35 * len(rows) + 1.5)
+    fig, (ax1, ax2) = plt.subplots(
+        1, 2, figsize=(4 + 0.6 * e, height), gridspec_kw={"width_ratios": [max(e, 3), 3]}
+    )
+    if all(r["load"] is not None for r in rows):
+        grid = torch.full((len(rows), e), float("nan"))
+        for i, r in enumerate(rows):
+            grid[i, : len(r["load"])] = torch.tensor(r["load"])
+        im = ax1.imshow(grid.numpy(), aspect="auto", cmap="viridis", vmin=0.0)
+        for i in range(len(rows)):
+            for j in range(e):
+                v = float(grid[i, j])
+                if v == v:
+                    ax1.text(
+                        j,
+                        i,
+                        f"{v:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if v < float(grid.nanmean()) else "black",
+                    )
+        fig.colorbar(im, ax=ax1, fraction=0.046, pad=0.04)
+        ax1.set_title(f"expert load ({rep['num_utts']} utts; uniform = {1 / e:.3f})")
+    else:
+        ax1.text(
+            0.5,
+            0.5,
+            "no load measured\n(run with --data)",
+            ha="center",
+            va="center",
+            transform=ax1.transAxes,
+        )
+        ax1.set_title("expert load")
+    ax1.set_xticks(range(e))
+    ax1.set_xlabel("expert")
+    ax1.set_yticks(range(len(rows)))
+    ax1.set_yticklabels(names, fontsize=8)
+    sims = [r["sim_mean"] for r in rows]
+    ax2.barh(range(len(rows)), sims, color="tab:orange")
+    ax2.set_yticks(range(len(rows)))
+    ax2.set_yticklabels(names, fontsize=8)
+    ax2.invert_yaxis()
+    lo = min(sims)
+    ax2.set_xlim(min(0.0, lo) if lo < 0.5 else max(0.0, lo - 0.1 * (1 - lo) - 1e-3), 1.0)
+    ax2.set_xlabel("mean pairwise cosine")
+    ax2.set_title("expert similarity")
+    fig.suptitle(Path(rep["exp_dir"]).name)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def format_report(rep: dict) -> str:
+    """Human-readable table of an inspect_experiment report."""
+    lines = [
+        f"{rep['exp_dir']}: params total {rep['params_total'] / 1e6:.2f}M, active per token "
+        f"{rep['params_active'] / 1e6:.2f}M"
+    ]
+    if rep["layers"]:
+        src = f" over {rep['num_utts']} utts of {rep['data']}" if rep.get("data") else ""
+        lines.append(
+            f"{'layer':<14} {'E':>2} {'k':>2} {'cv':>6} {'sim':>6} {'simmin':>6} "
+            f"{'router':>7}  load{src}"
+        )
+        for r in rep["layers"]:
+            cv = f"{r['cv']:.3f}" if r["cv"] is not None else "-"
+            load = " ".join(f"{v:.2f}" for v in r["load"]) if r["load"] is not None else "-"
+            lines.append(
+                f"{r['short']:<14} {r['experts']:>2} {r['top_k']:>2} {cv:>6} "
+                f"{r['sim_mean']:>6.3f} {r['sim_min']:>6.3f} {r['router_norm']:>7.3f}  {load}"
+            )
+    lines.extend(f"WARNING: {w}" for w in rep["warnings"])
+    if rep.get("png"):
+        lines.append(f"wrote {rep['png']}")
+    return "\n".join(lines)

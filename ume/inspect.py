@@ -159,7 +159,8 @@ def plot_report(rep: dict, path: str | os.PathLike) -> None:
         grid = torch.full((len(rows), e), float("nan"))
         for i, r in enumerate(rows):
             grid[i, : len(r["load"])] = torch.tensor(r["load"])
-        im = ax1.imshow(grid.numpy(), aspect="auto", cmap="viridis", vmin=0.0)
+        vmax = float(torch.nan_to_num(grid, nan=0.0).max()) or 1.0
+        im = ax1.imshow(grid.numpy(), aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax)
         for i in range(len(rows)):
             for j in range(e):
                 v = float(grid[i, j])
@@ -171,7 +172,7 @@ def plot_report(rep: dict, path: str | os.PathLike) -> None:
                         ha="center",
                         va="center",
                         fontsize=7,
-                        color="white" if v < float(grid.nanmean()) else "black",
+                        color="white" if v < 0.5 * vmax else "black",
                     )
         fig.colorbar(im, ax=ax1, fraction=0.046, pad=0.04)
         ax1.set_title(f"expert load ({rep['num_utts']} utts; uniform = {1 / e:.3f})")

@@ -331,12 +331,14 @@ def verify_upcycle(
     feat_lens: torch.Tensor,
     tokenizer=None,
     beam: int = 4,
+    modes: tuple[str, ...] | None = None,
 ) -> dict:
     """Compare the dense and upcycled models (eval mode) on a padded batch.
 
     Returns max_abs_diff_ctc (CTC log-probs over valid frames), max_abs_diff_decoder (l2r and
     r2l logits on the dense model's CTC greedy hypotheses, valid positions), identical_decodes
-    (ctc_greedy, ctc_prefix_beam, attention, attention_rescoring all give the same tokens),
+    (ctc_greedy, ctc_prefix_beam, attention, attention_rescoring, or just `modes`, all give
+    the same tokens; beam width `beam`),
     per-mode "decodes_equal", and bf16_max_abs_diff_ctc (same CTC comparison under bf16
     autocast, report only). With a tokenizer, "example" holds the first hypothesis as text.
     """
@@ -375,7 +377,7 @@ def verify_upcycle(
 
         equal = {}
         first = None
-        for mode in MODES:
+        for mode in modes or MODES:
             a = decode_batch(dense_model, feats, feat_lens, mode=mode, beam=beam)
             b = decode_batch(moe_model, feats, feat_lens, mode=mode, beam=beam)
             equal[mode] = a == b

@@ -27,12 +27,13 @@ Layout of ``out_dir``::
 Example:
     >>> from ume.data.synth import synthesize
     >>> summary = synthesize("tiny", "/tmp/ume_tiny", seed=0, num_workers=2)  # doctest: +SKIP
-    >>> summary["splits"]["train"]["utts"], round(summary["splits"]["train"]["hours"], 3)
-    (40, 0.04)
+    >>> summary["splits"]["train"]["utts"], sorted(summary["splits"])  # doctest: +SKIP
+    (40, ['dev', 'test', 'test_heldout', 'train'])
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -494,6 +495,8 @@ def plan_corpus(preset: SynthPreset, out_dir: Path, seed: int) -> tuple[list[Utt
                     bv = babble_voices[int(urng.integers(len(babble_voices)))]
                     bt = split_texts[int(urng.integers(len(split_texts)))]
                     babble.append((bv, bt.tts, sample_params(bv, urng)))
+            if text_lang(text) != lang:  # cannot happen with the filters above; fail fast
+                raise AssertionError(f"planned {lang} utterance has transcript {text!r}")
             speaker = segs[0][0].id
             uttid = f"{speaker}-{split}-{index:06d}"
             plans.append(
@@ -609,7 +612,17 @@ def _split_summary(utts: Sequence[tuple[UttPlan, float]], skipped: int) -> dict:
     }
 
 
-def _complete_summary(out_dir: Path, preset: str, seed: int) -> dict | None:
+def _fingerprint(plans: Sequence[UttPlan]) -> str:
+    """Hash of everything that determines the audio of every utterance."""
+    h = hashlib.sha256()
+    for p in plans:
+        segs = [(v.id, v.name, t, prm) for v, t, prm in p.segments + p.babble]
+        rec = [p.uttid, p.wav, p.text, segs, p.gap_s, p.aug.to_dict(), list(p.seed)]
+        h.update(json.dumps(rec, ensure_ascii=False, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _complete_summary(out_dir: Path, cfg: SynthPreset, seed: int) -> dict | None:
     path = out_dir / "summary.json"
     if not path.is_file():
         return None
@@ -618,7 +631,8 @@ def _complete_summary(out_dir: Path, preset: str, seed: int) -> dict | None:
     except (OSError, ValueError):
         return None
     if (
-        summary.get("preset") != preset
+        summary.get("preset") != cfg.name
+        or summary.get("config") != asdict(cfg)
         or summary.get("seed") != seed
         or summary.get("version") != FORMAT_VERSION
     ):
@@ -653,35 +667,36 @@ def synthesize(
 
     Example:
         >>> s = synthesize("tiny", "/tmp/ume_tiny", seed=0)  # doctest: +SKIP
-        >>> sorted(s["splits"])
-        ['dev', 'test', 'test_heldout', 'train']
+        >>> s["splits"]["test_heldout"]["voices"]  # doctest: +SKIP
+        ['esp_cmn_f4', 'esp_cmn_m5', 'esp_en-gb-x-rp_f4', 'flite_slt']
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     cfg = PRESETS[preset]
     out = Path(out_dir).expanduser().resolve()
-    done = _complete_summary(out, preset, seed)
+    done = _complete_summary(out, cfg, seed)
     if done is not None:
         print(f"[synth] {out} already holds the {preset!r} corpus (seed {seed}): reusing it")
         return done
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
+    plans, info = plan_corpus(cfg, out, seed)
+    # Resuming an interrupted run reuses finished wavs, but only if the plan is identical.
     state_path = out / ".synth_state.json"
-    state = {"preset": preset, "seed": seed, "version": FORMAT_VERSION}
+    state = {"preset": preset, "seed": seed, "version": FORMAT_VERSION, "plan": _fingerprint(plans)}
     reuse = False
     if state_path.is_file():
         try:
             reuse = json.loads(state_path.read_text(encoding="utf-8")) == state
         except (OSError, ValueError):
             reuse = False
-    if not reuse:  # stale audio from another preset/seed: remove only what we created
-        (out / "summary.json").unlink(missing_ok=True)
-        if (out / "wavs").is_dir():
-            shutil.rmtree(out / "wavs")
+    (out / "summary.json").unlink(missing_ok=True)
+    if not reuse and (out / "wavs").is_dir():  # stale audio: remove only what we created
+        shutil.rmtree(out / "wavs")
     state_path.write_text(json.dumps(state), encoding="utf-8")
-
-    plans, info = plan_corpus(cfg, out, seed)
     for split in SPLITS:
         (out / "wavs" / split).mkdir(parents=True, exist_ok=True)
 
@@ -694,7 +709,8 @@ def synthesize(
             results[r["uttid"]] = r
             bar.update()
     else:
-        with mp.get_context("fork").Pool(num_workers) as pool:
+        method = "fork" if "fork" in mp.get_all_start_methods() else None
+        with mp.get_context(method).Pool(num_workers) as pool:
             for r in pool.imap_unordered(_render_job, jobs, chunksize=4):
                 results[r["uttid"]] = r
                 bar.update()
@@ -710,8 +726,6 @@ def synthesize(
                 failures[HELDOUT_SPLIT] += 1
             logger.warning("skipping %s (%r): %s", p.uttid, p.text, r["error"])
             continue
-        if text_lang(p.text) != p.lang:  # guard: transcript language must match the plan
-            raise AssertionError(f"{p.uttid}: lang {p.lang} but text {p.text!r}")
         by_split[p.split].append((p, r["dur"]))
         if p.heldout:
             by_split[HELDOUT_SPLIT].append((p, r["dur"]))
@@ -745,27 +759,31 @@ def synthesize(
 
 
 def add_arguments(parser) -> None:
-    """Add the ``synth`` options to an argparse parser (for the lead's CLI wiring)."""
+    """Add the ``synth`` options to an argparse parser (for the CLI wiring)."""
     parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-    parser.add_argument("--out-dir", "--out_dir", dest="out_dir", required=True)
+    parser.add_argument("--out", "--out-dir", dest="out", required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2)
+    parser.add_argument("--workers", "--num-workers", dest="workers", type=int, default=2)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def main_synth(args) -> int:
-    """CLI entry: ``args`` has preset, out_dir, seed, num_workers and (optionally) progress."""
+    """CLI entry. ``args`` has ``preset``, ``out`` (or ``out_dir``), ``seed``, ``workers`` (or
+    ``num_workers``) and optionally ``progress``; prints a per-split table, returns 0 / 1."""
+    out = getattr(args, "out", None) or getattr(args, "out_dir", None)
+    workers = getattr(args, "workers", None) or getattr(args, "num_workers", None) or 2
     try:
+        if out is None:
+            raise ValueError("no output directory given (--out)")
         summary = synthesize(
             getattr(args, "preset", "quick"),
-            args.out_dir,
+            out,
             seed=int(getattr(args, "seed", 0)),
-            num_workers=int(getattr(args, "num_workers", 2)),
+            num_workers=int(workers),
             progress=bool(getattr(args, "progress", True)),
         )
     except (ValueError, RuntimeError) as e:
         logger.error("synth failed: %s", e)
-        print(f"error: {e}")
         return 1
     for split, s in summary["splits"].items():
         print(

@@ -5,8 +5,8 @@ upper case, Chinese characters written without spaces, English words separated b
 and one space between an English word and an adjacent Chinese character is removed.
 
 Example:
-    >>> normalize_text("你好，World！ It's  ＯＫ。")
-    '你好WORLD IT'S OK'
+    >>> normalize_text("你好，World！ It’s  ＯＫ。")
+    "你好WORLD IT'S OK"
     >>> split_units("你好WORLD IT'S OK")
     ['你', '好', 'WORLD', "IT'S", 'OK']
 """
@@ -17,7 +17,14 @@ import re
 import unicodedata
 
 # CJK Unified Ideographs (+ extension A and compatibility ideographs)
-_CJK_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF))
+_CJK_RANGES = (
+    (0x3007, 0x3007),  # 〇 (ideographic zero)
+    (0x3400, 0x4DBF),
+    (0x4E00, 0x9FFF),
+    (0xF900, 0xFAFF),
+    (0x20000, 0x2FA1F),  # extensions B-F and compatibility supplement
+)
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 
 
 def is_cjk(ch: str) -> bool:
@@ -32,7 +39,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 def normalize_text(text: str, case: str = "upper") -> str:
     """Normalise a transcript: see module docstring. Returns '' if nothing speakable remains."""
     text = _ANSI.sub("", text)
-    text = unicodedata.normalize("NFKC", text)
+    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
     out = []
     for ch in text:
         if is_cjk(ch):
@@ -44,7 +51,7 @@ def normalize_text(text: str, case: str = "upper") -> str:
         elif ch.isalpha():
             # non-ASCII letters (accents etc.): strip diacritics when possible
             base = unicodedata.normalize("NFKD", ch)[0]
-            out.append(base if base.isascii() else " ")
+            out.append(base if base.isascii() else {"ß": "ss"}.get(ch, " "))
         else:
             out.append(" ")
     words = "".join(out).split()

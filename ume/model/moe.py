@@ -109,7 +109,8 @@ class MoEFeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.reset_router()
         self.aux_losses: dict[str, torch.Tensor] = {}
-        self.last_stats: dict[str, torch.Tensor] = {}
+        self._stats: dict[str, torch.Tensor] | None = None
+        self._pending: tuple | None = None  # what last_stats is computed from
         self.load_sum: torch.Tensor | None = None  # (E,) token-slot counts, not in state_dict
         self.track_load: bool | None = None  # None: accumulate load_sum in training only
 
@@ -153,10 +154,14 @@ class MoEFeedForward(nn.Module):
         if self.training and self.cfg.jitter > 0:
             j = self.cfg.jitter
             h = h * torch.empty_like(h).uniform_(1.0 - j, 1.0 + j)
-        logits = self.router(h).float()
+        with torch.autocast(device_type=h.device.type, enabled=False):  # route in float32
+            logits = F.linear(h.float(), self.router.weight.float())
         probs = logits.softmax(-1)
         gates, experts = probs.topk(self.top_k, dim=-1)
-        gates = gates / gates.sum(-1, keepdim=True)
+        if self.top_k == 1:
+            gates = torch.ones_like(gates)  # p / p
+        else:
+            gates = gates / gates.sum(-1, keepdim=True)
         return logits, experts, gates
 
     def capacity(self, n_tokens: int) -> int:
@@ -186,14 +191,18 @@ class MoEFeedForward(nn.Module):
         slot_e = top_e.t().reshape(-1)  # (k·N,)
         slot_g = gates.t().reshape(-1)
         order = slot_e.argsort(stable=True)
-        sorted_e = slot_e.index_select(0, order)
         sorted_tok = order % max(n, 1)
         sorted_g = slot_g.index_select(0, order)
         counts = torch.bincount(slot_e, minlength=e)  # (E,)
+        sorted_e = None
+        if self.dispatch == "bmm":
+            sorted_e = slot_e.index_select(0, order)
 
         cap = self.capacity(n)
         dropped = torch.zeros((), device=x.device)
         if cap < k * n:
+            if sorted_e is None:
+                sorted_e = slot_e.index_select(0, order)
             starts = counts.cumsum(0) - counts
             pos = torch.arange(k * n, device=x.device) - starts.index_select(0, sorted_e)
             keep = pos < cap
@@ -218,20 +227,17 @@ class MoEFeedForward(nn.Module):
         self._record(logits, counts, dropped, n)
         return full.view(*shape[:-1], shape[-1])
 
-    def _expert_ffn(self, xe: torch.Tensor, ex: int) -> torch.Tensor:
-        p = self.experts
-        h = self.dropout(self.act(torch.addmm(p.b_1[ex], xe, p.w_1[ex])))
-        return torch.addmm(p.b_2[ex], h, p.w_2[ex])
-
     def _dispatch_loop(
         self, xt: torch.Tensor, tok: torch.Tensor, gate: torch.Tensor, counts: torch.Tensor
     ) -> torch.Tensor:
         xs = xt.index_select(0, tok)  # (S, D), grouped by expert
-        ys = [
-            self._expert_ffn(chunk, ex)
-            for ex, chunk in enumerate(xs.split(counts.tolist()))
-            if chunk.size(0) > 0
-        ]
+        p = self.experts
+        w_1, b_1, w_2, b_2 = p.w_1.unbind(0), p.b_1.unbind(0), p.w_2.unbind(0), p.b_2.unbind(0)
+        ys = []
+        for ex, chunk in enumerate(xs.split(counts.tolist())):
+            if chunk.size(0) > 0:
+                h = self.dropout(self.act(torch.addmm(b_1[ex], chunk, w_1[ex])))
+                ys.append(torch.addmm(b_2[ex], h, w_2[ex]))
         y = torch.cat(ys) if ys else xs.new_zeros(0, xt.size(1))
         return self._combine(xt, y, tok, gate)
 
@@ -269,41 +275,68 @@ class MoEFeedForward(nn.Module):
         return out.to(y.dtype)
 
     # ---- losses and statistics --------------------------------------------------------------
+    @property
+    def last_stats(self) -> dict[str, torch.Tensor]:
+        """Statistics of the last forward (computed on first access, so decoding, which never
+        reads them, does not pay for them)."""
+        if self._stats is None and self._pending is not None:
+            self._stats = self._compute_stats(*self._pending)
+            self._pending = None
+        return self._stats or {}
+
+    def _balance(self, logits: torch.Tensor, counts: torch.Tensor, n: int) -> torch.Tensor:
+        """E·Σ f_i·P_i (1 when balanced, E when collapsed); gradient flows through P only."""
+        load = counts.to(logits.dtype) / (self.top_k * n)
+        return self.num_experts * (load * logits.softmax(-1).mean(0)).sum()
+
+    @staticmethod
+    def _z_loss(logits: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(logits, dim=-1).square().mean()
+
     def _record(
         self, logits: torch.Tensor, counts: torch.Tensor, dropped: torch.Tensor, n: int
     ) -> None:
-        e, k = self.num_experts, self.top_k
         cfg = self.cfg
-        if n > 0:
-            probs = logits.softmax(-1)
-            load = counts.float() / (k * n)  # f_i
-            balance = e * (load * probs.mean(0)).sum()
-            z_loss = torch.logsumexp(logits, dim=-1).square().mean()
-            entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1).mean()
-        else:
-            zero = logits.sum()  # 0, still attached to the router in training
-            load = torch.zeros(e, device=logits.device)
-            balance, z_loss, entropy = zero, zero, zero.detach()
         aux: dict[str, torch.Tensor] = {}
         if self.training:
+            zero = logits.sum()  # 0 (no frames), still attached to the router
             if cfg.balance_coef > 0:
-                aux["balance"] = cfg.balance_coef * balance
+                aux["balance"] = cfg.balance_coef * (
+                    self._balance(logits, counts, n) if n > 0 else zero
+                )
             if cfg.z_loss_coef > 0:
-                aux["z_loss"] = cfg.z_loss_coef * z_loss
+                aux["z_loss"] = cfg.z_loss_coef * (self._z_loss(logits) if n > 0 else zero)
         self.aux_losses = aux
-        mean = load.mean()
-        cv = load.std(unbiased=False) / mean if n > 0 else torch.zeros((), device=load.device)
-        self.last_stats = {
-            "load": load.detach(),
-            "entropy": entropy.detach(),
-            "cv": cv.detach(),
-            "balance": balance.detach(),  # unscaled: 1 = perfectly balanced, E = collapsed
-            "z_loss": z_loss.detach(),  # unscaled mean(logsumexp(logits)²)
-            "dropped_frac": (dropped / max(k * n, 1)).detach(),
-        }
+        self._pending = (logits.detach(), counts.detach(), dropped.detach(), n)
+        self._stats = None
         track = self.training if self.track_load is None else self.track_load
         if track:
             c = counts.detach().double()
             if self.load_sum is None or self.load_sum.device != c.device:
-                self.load_sum = torch.zeros(e, dtype=torch.float64, device=c.device)
+                self.load_sum = torch.zeros(self.num_experts, dtype=torch.float64, device=c.device)
             self.load_sum += c
+
+    def _compute_stats(
+        self, logits: torch.Tensor, counts: torch.Tensor, dropped: torch.Tensor, n: int
+    ) -> dict[str, torch.Tensor]:
+        e, k = self.num_experts, self.top_k
+        if n == 0:
+            zero = torch.zeros((), device=logits.device)
+            return {
+                "load": torch.zeros(e, device=logits.device),
+                "entropy": zero,
+                "cv": zero,
+                "balance": zero,
+                "z_loss": zero,
+                "dropped_frac": zero,
+            }
+        probs = logits.softmax(-1)
+        load = counts.float() / (k * n)
+        return {
+            "load": load,
+            "entropy": -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1).mean(),
+            "cv": load.std(unbiased=False) / load.mean(),
+            "balance": self._balance(logits, counts, n),  # unscaled
+            "z_loss": self._z_loss(logits),  # unscaled
+            "dropped_frac": dropped / (k * n),
+        }

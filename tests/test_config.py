@@ -158,12 +158,6 @@ def test_unknown_preset() -> None:
     assert "huge" in msg and "tiny" in msg and "quick" in msg and "paper" in msg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apply_override descends with node.setdefault(p, {}), which returns the None of an "
-    "empty YAML section ('encoder:' with every key commented out) and then raises "
-    "'not a section', although from_dict accepts None as an empty section",
-)
 def test_override_into_empty_section(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("model:\n  encoder:\n", encoding="utf-8")

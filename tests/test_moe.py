@@ -187,6 +187,10 @@ def test_gradients_and_param_names() -> None:
         assert is_moe_param(f"encoder.blocks.0.ffn.{name}"), name
     assert moe.load_sum is not None and float(moe.load_sum.sum()) == 2 * 10
     assert not any("load_sum" in k for k in moe.state_dict())
+    y2 = moe(x)  # graph-attached aux losses must not break deepcopy (checkpoint averaging)
+    twin = copy.deepcopy(moe)
+    assert twin.aux_losses == {} and torch.equal(twin.experts.w_2, moe.experts.w_2)
+    del y2
     moe.eval()
     moe(x.detach())
     assert moe.aux_losses == {} and "load" in moe.last_stats

@@ -128,14 +128,6 @@ def runs(request: pytest.FixtureRequest, corpus: Path, tmp_path_factory) -> Runs
     )  # fmt: skip
 
 
-_POS_BUG = (
-    "Trainer.batches() advances state.pos only when the generator is resumed, i.e. after the "
-    "step that used the batch has been checkpointed; the checkpoint stores the index of the "
-    "batch already consumed, so a resumed run trains on that batch a second time and is one "
-    "batch behind from then on"
-)
-
-
 @pytest.mark.parametrize("runs", list(BATCHES), indirect=True)
 def test_resume_bookkeeping(runs: Runs) -> None:
     assert len(runs.tr_a.train_idx) == len(TEXTS)  # every utterance is usable
@@ -162,8 +154,7 @@ def test_resume_bookkeeping(runs: Runs) -> None:
 
 @pytest.mark.parametrize(
     "runs",
-    [4000]
-    + [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=_POS_BUG)) for m in (250, 700)],
+    [4000, 250, 700],
     indirect=True,
 )
 def test_resume_reproduces_uninterrupted_run(runs: Runs) -> None:
@@ -176,7 +167,6 @@ def test_resume_reproduces_uninterrupted_run(runs: Runs) -> None:
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
 
 
-@pytest.mark.xfail(strict=True, reason=_POS_BUG)
 @pytest.mark.parametrize("runs", list(BATCHES), indirect=True)
 def test_resume_data_position(runs: Runs) -> None:
     """Even with one batch per epoch (identical losses), the epoch counter must agree."""

@@ -109,12 +109,6 @@ def test_prefix_beam_repeats_need_blank() -> None:
     assert math.isclose(got[(1,)], ref[(1,)], rel_tol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ctc_prefix_beam creates nxt[prefix + (s,)] for a repeated token even when the "
-    "prefix has no blank-ending probability (pb = -inf), so zero-probability prefixes such "
-    "as (1, 1) after 2 frames stay in the beam and the n-best with score -inf",
-)
 def test_prefix_beam_has_no_impossible_prefixes() -> None:
     probs = torch.tensor([[0.6, 0.4], [0.6, 0.4]])
     nbest = ctc_prefix_beam(probs.log(), beam=10)

@@ -81,6 +81,24 @@ def cmd_bench_rtf(args: argparse.Namespace) -> int:
     return main_rtf(args)
 
 
+def cmd_upcycle(args: argparse.Namespace) -> int:
+    from ume.upcycle import main_upcycle
+
+    return main_upcycle(args)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ume.upcycle import main_inspect
+
+    return main_inspect(args)
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from ume.bench.experiment import main_experiment
+
+    return main_experiment(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ume.demo import run_demo
 
@@ -155,6 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_rtf)
+
+    from ume.upcycle import add_inspect_args, add_upcycle_args
+
+    p = sub.add_parser("upcycle", help="dense experiment dir -> MoE experiment dir (UME)")
+    add_upcycle_args(p)
+    p.set_defaults(func=cmd_upcycle)
+
+    p = sub.add_parser("inspect", help="MoE diagnostics: expert load, similarity, heat-map")
+    add_inspect_args(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("experiment", help="the paper's comparison: dense vs UME vs scratch")
+    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--from-scratch", action="store_true", help="train the dense model too")
+    p.add_argument("--model", help="dense experiment dir to start from (default: bundled)")
+    p.add_argument("--runs", help="comma list of runs to do (default: the preset's)")
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("demo", help="synthesise, fine-tune, decode, score: the README demo")
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])

@@ -234,7 +234,9 @@ def apply_override(data: dict, override: str) -> None:
     parts = key.strip().split(".")
     node = data
     for p in parts[:-1]:
-        node = node.setdefault(p, {})
+        if node.get(p) is None:
+            node[p] = {}
+        node = node[p]
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {p} is not a section")
     node[parts[-1]] = yaml.safe_load(raw)

@@ -284,7 +284,6 @@ def upcycle_experiment(
     new_cfg.model.moe = _moe_config(
         cfg.model.moe, experts, top_k, slots, layers, router_init, balance_coef, z_loss_coef
     )
-    torch.manual_seed(seed)
     moe_model = ASRModel(new_cfg.model, tok.vocab_size)
     if not moe_layers(moe_model):
         raise UpcycleError(
@@ -367,7 +366,9 @@ def verify_upcycle(
         ys_in, _ = add_sos_eos(ys, ys_lens, sos)
         r_ys_in, _ = add_sos_eos(reverse_targets(ys, ys_lens), ys_lens, sos)
         in_lens = ys_lens + 1
-        tmask = torch.arange(ys_in.size(1)).unsqueeze(0) < in_lens.unsqueeze(1)
+        dev = feats.device
+        ys_in, r_ys_in, in_lens = ys_in.to(dev), r_ys_in.to(dev), in_lens.to(dev)
+        tmask = torch.arange(ys_in.size(1), device=dev).unsqueeze(0) < in_lens.unsqueeze(1)
         l2r_d, r2l_d = dense_model.decoder(enc_d, valid, ys_in, in_lens, r_ys_in)
         l2r_m, r2l_m = moe_model.decoder(enc_m, valid, ys_in, in_lens, r_ys_in)
         dec = _max_diff(l2r_d, l2r_m, tmask)

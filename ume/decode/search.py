@@ -74,7 +74,8 @@ def ctc_prefix_beam(
                     same[1] = log_add(same[1], pnb + lp)
                 else:
                     e[1] = log_add(e[1], pb + lp, pnb + lp)
-        ranked = sorted(nxt.items(), key=lambda kv: log_add(*kv[1]), reverse=True)[:beam]
+        alive = ((k, v) for k, v in nxt.items() if max(v) > NEG_INF)
+        ranked = sorted(alive, key=lambda kv: log_add(*kv[1]), reverse=True)[:beam]
         beams = {k: (v[0], v[1]) for k, v in ranked}
     return sorted(((k, log_add(*v)) for k, v in beams.items()), key=lambda kv: kv[1], reverse=True)
 

@@ -84,6 +84,7 @@ class ConvModule(nn.Module):
         # x (B, T, D), valid (B, T)
         x = x.masked_fill(~valid.unsqueeze(-1), 0.0).transpose(1, 2)  # (B, D, T)
         x = nn.functional.glu(self.pw1(x), dim=1)
+        x = x.masked_fill(~valid.unsqueeze(1), 0.0)  # pw1 bias re-fills padding: clear it again
         x = nn.functional.pad(x, (self.left_pad, self.right_pad))
         x = self.dw(x)  # (B, D, T)
         x = self.act(self.norm(x.transpose(1, 2))).transpose(1, 2)

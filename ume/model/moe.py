@@ -114,6 +114,13 @@ class MoEFeedForward(nn.Module):
         self.load_sum: torch.Tensor | None = None  # (E,) token-slot counts, not in state_dict
         self.track_load: bool | None = None  # None: accumulate load_sum in training only
 
+    def __getstate__(self) -> dict:
+        # per-forward results (graph-attached in training) are not part of the layer: leaving
+        # them out keeps copy.deepcopy / pickling of a model working right after a forward
+        state = self.__dict__.copy()
+        state.update(aux_losses={}, _stats=None, _pending=None)
+        return state
+
     def reset_router(self, generator: torch.Generator | None = None) -> None:
         """Initialise the router per cfg.router_init: zeros (uniform routing) or N(0, std²)."""
         with torch.no_grad():

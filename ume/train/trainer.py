@@ -280,8 +280,9 @@ class Trainer:
                 self.state.epoch, sorted_order, self.rank, self.world
             )
             while self.state.pos < len(epoch):
-                yield epoch[self.state.pos]
-                self.state.pos += 1
+                batch = epoch[self.state.pos]
+                self.state.pos += 1  # before yielding: a checkpoint after this step resumes past it
+                yield batch
             self.state.epoch += 1
             self.state.pos = 0
 
@@ -359,6 +360,14 @@ class Trainer:
                     refresh=False,
                 )
                 if self.state.step % tc.log_every == 0:
+                    if not self.progress:
+                        log.info(
+                            "step %d loss %.3f lr %.2e audio x%.0f",
+                            self.state.step,
+                            stats["loss"],
+                            lr,
+                            audio_s / max(1e-6, self.state.train_seconds),
+                        )
                     for k, v in stats.items():
                         self.writer.add_scalar(f"train/{k}", v, self.state.step)
                     self.writer.add_scalar("train/lr", lr, self.state.step)

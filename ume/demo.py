@@ -18,7 +18,7 @@ import logging
 import time
 from pathlib import Path
 
-from ume.bench.evaluate import evaluate_run, format_results, update_results
+from ume.bench.evaluate import format_results
 from ume.config import load_config, preset_config
 from ume.data.synth import synthesize
 from ume.expdir import MODEL_FILE
@@ -74,15 +74,9 @@ def run_demo(args: argparse.Namespace) -> int:
             )
         # model shape from the bundled model, training schedule from the preset (brief)
         train_run(runs / "dense", data, base / "config.yaml", [], base, train_section_from=preset)
-    row = evaluate_run(runs / "dense", data)
-    row["source"] = "from_scratch" if args.from_scratch else "bundled+finetune"
-    results = update_results(work / "results.json", "dense", row)
-    try:
-        from ume.bench.experiment import run_experiment
-    except ImportError:
-        run_experiment = None
-    if run_experiment is not None:
-        results = run_experiment(args.preset, work, dense_dir=runs / "dense", demo=True)
+    from ume.bench.experiment import run_experiment
+
+    results = run_experiment(args.preset, work, dense_dir=runs / "dense")
     print(format_results(results))
     print(json.dumps({"workdir": str(work), "wall_seconds": round(time.time() - t0, 1)}))
     return 0

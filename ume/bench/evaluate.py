@@ -20,22 +20,9 @@ from ume.data.manifest import load_manifest, write_text_file
 from ume.decode.runner import decode_store, references
 from ume.decode.score import score
 from ume.expdir import atomic_write_json, load_experiment
-from ume.model.asr import count_params
+from ume.upcycle import param_report
 
 log = logging.getLogger(__name__)
-
-
-def active_params(model: torch.nn.Module) -> int:
-    """Parameters used per token: MoE experts count k/E of their size, everything else fully."""
-    total = 0
-    for name, p in model.named_parameters():
-        if ".experts." in name:
-            mod = model.get_submodule(name.rsplit(".experts.", 1)[0])
-            e, k = mod.num_experts, mod.top_k
-            total += p.numel() * k // e
-        else:
-            total += p.numel()
-    return total
 
 
 def score_split(model, tok, cfg, data_dir: Path, mode: str, out_hyp: Path) -> dict:
@@ -82,8 +69,7 @@ def evaluate_run(
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     row["train_seconds"] = info.get("train_seconds")
     row["train_steps"] = info.get("steps")
-    row["params_total"] = count_params(model)
-    row["params_active"] = active_params(model)
+    row.update({k: v for k, v in param_report(model).items() if k != "params_expert"})
     return row
 
 

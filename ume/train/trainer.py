@@ -110,6 +110,7 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.exp = Path(exp_dir)
+        self.init_dir = init_dir
         self.rank, self.world = setup_distributed()
         self.main = self.rank == 0
         self.progress = progress and self.main
@@ -314,6 +315,8 @@ class Trainer:
             if self.main:
                 log.info("already trained to step %d", self.state.step)
             return self.finish()
+        if tc.eval_every and self.state.step == 0 and self.init_dir is not None:
+            self._eval_point()  # the curve of a continued run starts at its initial model
         self.model.train()
         start_step = self.state.step
         bar = tqdm(

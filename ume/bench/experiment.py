@@ -1,0 +1,296 @@
+"""`ume experiment`: the UME paper's comparison in one resumable command.
+
+Runs (each a complete experiment dir WORKDIR/runs/<run>/, skipped when already finished,
+resumed from its last checkpoint when interrupted):
+    dense            the starting dense model (bundled, fine-tuned by the demo, or --from-scratch)
+    dense_continued  the dense model trained for the same extra steps UME gets
+    ume              upcycle -> phase 1 (experts + routers only) -> phase 2 (all), balancing on
+    ume_no_freeze    ablation: no freezing phase
+    ume_no_balance   ablation: balance and z-loss coefficients 0
+    ume_drop         ablation: Drop-Upcycling (re-initialise a fraction of expert hidden units)
+    moe_scratch      the same MoE shape trained from random initialisation
+
+Writes WORKDIR/results.json, WORKDIR/results.md and PNG plots (dev MER vs training minutes,
+expert load of the UME model).
+
+Example:
+    ume experiment --preset quick --workdir work
+    ume experiment --preset paper --workdir work_paper --runs dense,dense_continued,ume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ume.bench.evaluate import evaluate_run, format_results, update_results
+from ume.config import ConfigError, from_dict, load_config, preset_config
+from ume.data.synth import synthesize
+from ume.expdir import MODEL_FILE
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+BUNDLED = REPO_ROOT / "models" / "dense_paper"
+ALL_RUNS = (
+    "dense", "dense_continued", "ume", "ume_no_freeze", "ume_no_balance", "ume_drop",
+    "moe_scratch",
+)
+
+
+@dataclass
+class ExperimentPlan:
+    """Strict plan for one preset (configs/experiment_<preset>.yaml)."""
+
+    runs: list[str] = field(default_factory=lambda: ["dense", "dense_continued", "ume"])
+    extra_steps: int = 300  # steps dense_continued and every UME run train for
+    extra_minutes: float = 0.0  # optional wall-clock cap per continued run (0 = none)
+    lr: float = 1e-3
+    warmup_steps: int = 30
+    lr_schedule: str = "constant"
+    freeze_steps: int = 100  # UME phase 1 length
+    phase1_trainable: str = "moe"
+    experts: int = 8
+    top_k: int = 2
+    slots: list[str] = field(default_factory=lambda: ["encoder_macaron", "encoder_ffn"])
+    layers: str = "all"
+    router_init: str = "normal"
+    balance_coef: float = 0.01
+    z_loss_coef: float = 0.001
+    jitter: float = 0.0
+    drop_upcycling: float = 0.5
+    scratch_steps: int = 0  # 0 = same budget as the dense preset's max_steps
+    scratch_minutes: float = 0.0
+    eval_every: int = 100
+    eval_max_utts: int = 200
+
+
+def load_plan(preset: str) -> ExperimentPlan:
+    import yaml
+
+    path = preset_config(f"experiment_{preset}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    plan = from_dict(ExperimentPlan, data, where=str(path))
+    bad = [r for r in plan.runs if r not in ALL_RUNS]
+    if bad:
+        raise ConfigError(f"{path}: unknown run(s) {bad}; known runs: {list(ALL_RUNS)}")
+    return plan
+
+
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / MODEL_FILE).is_file() and (run_dir / "train_info.json").is_file()
+
+
+def _continue_overrides(plan: ExperimentPlan, extra: list[str] | None = None) -> list[str]:
+    return [
+        f"train.max_steps={plan.extra_steps}",
+        f"train.max_minutes={plan.extra_minutes}",
+        f"train.lr={plan.lr}",
+        f"train.warmup_steps={plan.warmup_steps}",
+        f"train.lr_schedule={plan.lr_schedule}",
+        f"train.eval_every={plan.eval_every}",
+        f"train.eval_max_utts={plan.eval_max_utts}",
+        f"train.checkpoint_every={plan.eval_every}",
+        *(extra or []),
+    ]
+
+
+def _train(run_dir: Path, data: Path, config: Path, overrides: list[str], init: Path | None,
+           phases: list[dict] | None = None) -> None:
+    from ume.config import PhaseConfig
+    from ume.train.trainer import Trainer
+
+    if _finished(run_dir):
+        log.info("%s already finished; skipping", run_dir.name)
+        return
+    cfg = load_config(config, overrides)
+    if phases is not None:
+        cfg.train.phases = [PhaseConfig(**p) for p in phases]
+    Trainer(
+        cfg, run_dir, str(data / "train"), str(data / "dev"),
+        init_dir=str(init) if init else None, cache_dir=str(data / ".cache"),
+    ).run()
+
+
+def _upcycled(plan: ExperimentPlan, dense: Path, out: Path, **kw) -> Path:
+    from ume.upcycle import upcycle_experiment
+
+    if not (out / MODEL_FILE).is_file():
+        args = dict(
+            experts=plan.experts, top_k=plan.top_k, slots=plan.slots, layers=plan.layers,
+            drop_ratio=0.0, router_init=plan.router_init, balance_coef=plan.balance_coef,
+            z_loss_coef=plan.z_loss_coef,
+        )
+        args.update(kw)
+        upcycle_experiment(dense, out, overwrite=True, **args)
+    return out
+
+
+def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Path) -> None:
+    data, runs = work / "data", work / "runs"
+    run_dir = runs / name
+    ov = _continue_overrides(plan)
+    two_phase = [
+        {"steps": plan.freeze_steps, "trainable": plan.phase1_trainable},
+        {"steps": 0, "trainable": "all"},
+    ]
+    jitter = [f"model.moe.jitter={plan.jitter}"]
+    if name == "dense_continued":
+        _train(run_dir, data, dense / "config.yaml", ov, dense)
+    elif name == "ume":
+        init = _upcycled(plan, dense, runs / "_init_ume")
+        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
+    elif name == "ume_no_freeze":
+        init = _upcycled(plan, dense, runs / "_init_ume")
+        _train(run_dir, data, init / "config.yaml", ov + jitter, init, [])
+    elif name == "ume_no_balance":
+        init = _upcycled(plan, dense, runs / "_init_ume_nobal", balance_coef=0.0, z_loss_coef=0.0)
+        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
+    elif name == "ume_drop":
+        init = _upcycled(plan, dense, runs / "_init_ume_drop", drop_ratio=plan.drop_upcycling)
+        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
+    elif name == "moe_scratch":
+        steps = plan.scratch_steps or load_config(preset_config("paper")).train.max_steps
+        moe = [
+            f"model.moe.num_experts={plan.experts}", f"model.moe.top_k={plan.top_k}",
+            f"model.moe.slots={json.dumps(plan.slots)}", f"model.moe.layers={plan.layers}",
+            f"model.moe.router_init={plan.router_init}",
+            f"model.moe.balance_coef={plan.balance_coef}",
+            f"model.moe.z_loss_coef={plan.z_loss_coef}",
+            f"train.max_steps={steps}", f"train.max_minutes={plan.scratch_minutes}",
+            f"train.eval_every={plan.eval_every}", f"train.checkpoint_every={plan.eval_every}",
+        ]
+        _train(run_dir, data, preset_config(preset), moe, None)
+    else:
+        raise ConfigError(f"unknown run {name!r}")
+
+
+def _curve(run_dir: Path) -> list[dict]:
+    info = run_dir / "train_info.json"
+    return json.loads(info.read_text()).get("curve", []) if info.is_file() else []
+
+
+def minutes_to_reach(curve: list[dict], target: float) -> float | None:
+    for p in curve:
+        if p["dev_mer"] <= target:
+            return p["minutes"]
+    return None
+
+
+def add_comparisons(results: dict) -> dict:
+    """Relative change vs dense and time-to-target on the dev curves (ctc greedy subset)."""
+    runs = results.get("runs", {})
+    dense = runs.get("dense")
+    curves = {k: v.get("curve", []) for k, v in runs.items()}
+    start = curves.get("dense_continued") or curves.get("ume") or []
+    dense_dev = start[0]["dev_mer"] if start and start[0]["step"] == 0 else None
+    ume_curve = curves.get("ume") or []
+    ume_best = min((p["dev_mer"] for p in ume_curve), default=None)
+    for row in runs.values():
+        if dense and dense.get("test_mer"):
+            row["rel_change_vs_dense_pct"] = round(
+                100 * (row["test_mer"] - dense["test_mer"]) / dense["test_mer"], 2
+            )
+        c = row.get("curve", [])
+        row["minutes_to_dense_dev_mer"] = (
+            minutes_to_reach(c, dense_dev) if dense_dev is not None and c else None
+        )
+        row["minutes_to_ume_dev_mer"] = minutes_to_reach(c, ume_best) if ume_best and c else None
+    results["dense_dev_mer_greedy"] = dense_dev
+    return results
+
+
+def plot_curves(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, row in results.get("runs", {}).items():
+        c = row.get("curve") or []
+        if c:
+            ax.plot([p["minutes"] for p in c], [p["dev_mer"] for p in c], marker=".", label=name)
+    ax.set_xlabel("training wall-clock (minutes, 2 CPU cores)")
+    ax.set_ylabel("dev MER % (ctc greedy, dev subset)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_experiment(
+    preset: str,
+    workdir: str | Path,
+    dense_dir: str | Path | None = None,
+    runs: list[str] | None = None,
+    demo: bool = False,
+    from_scratch: bool = False,
+) -> dict:
+    """Run (or resume) the preset's runs; returns the merged results dict."""
+    work = Path(workdir)
+    plan = load_plan(preset)
+    data = work / "data"
+    synthesize(preset, data, seed=0)
+    runs_dir = work / "runs"
+    dense = runs_dir / "dense"
+    todo = runs or plan.runs
+    if not _finished(dense):
+        src = Path(dense_dir) if dense_dir else BUNDLED
+        if from_scratch:
+            _train(dense, data, preset_config(preset), [], None)
+        elif src.resolve() != dense.resolve():
+            if not (src / MODEL_FILE).is_file():
+                raise FileNotFoundError(f"dense model {src} not found; pass --model or --from-scratch")
+            shutil.copytree(src, dense, dirs_exist_ok=True)
+            if not (dense / "train_info.json").is_file():
+                card = json.loads((src / "card.json").read_text()) if (src / "card.json").is_file() else {}
+                (dense / "train_info.json").write_text(json.dumps({
+                    "steps": card.get("train_steps"), "train_seconds": card.get("train_seconds"),
+                    "curve": card.get("curve", []),
+                }))
+    results_path = work / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {"runs": {}}
+    for name in todo:
+        t0 = time.time()
+        if name != "dense":
+            run_one(name, plan, preset, work, dense)
+        if name not in results["runs"] or not results["runs"][name].get("evaluated"):
+            row = evaluate_run(runs_dir / name, data)
+            row["curve"] = _curve(runs_dir / name)
+            row["evaluated"] = True
+            row["wall_seconds_this_session"] = round(time.time() - t0, 1)
+            results = update_results(results_path, name, row)
+    results = add_comparisons(results)
+    from ume.expdir import atomic_write_json
+
+    atomic_write_json(results, results_path)
+    (work / "results.md").write_text(format_results(results) + "\n", encoding="utf-8")
+    plot_curves(results, work / "dev_mer_curves.png")
+    if (runs_dir / "ume" / MODEL_FILE).is_file():
+        from ume.inspect import inspect_experiment
+
+        rep = inspect_experiment(runs_dir / "ume", data / "dev", png=work / "expert_load.png")
+        results["ume_inspect"] = {
+            "dead_experts": sum(len(layer["dead"]) for layer in rep["layers"]),
+            "min_load": min((min(layer["load"]) for layer in rep["layers"]), default=None),
+            "warnings": rep.get("warnings", [])[:20],
+        }
+        atomic_write_json(results, results_path)
+    return results
+
+
+def main_experiment(args: argparse.Namespace) -> int:
+    runs = args.runs.split(",") if args.runs else None
+    results = run_experiment(
+        args.preset, args.workdir, dense_dir=args.model, runs=runs,
+        from_scratch=args.from_scratch,
+    )
+    print(format_results(results))
+    return 0

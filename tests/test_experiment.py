@@ -7,10 +7,26 @@ from pathlib import Path
 
 from ume.cli import main
 
-RUNS = ("dense", "dense_continued", "ume", "ume_no_freeze", "ume_no_balance", "ume_drop",
-        "moe_scratch")
-ROW_KEYS = ("test_mer", "test_cer_zh", "test_wer_en", "rtf_b1", "train_seconds", "params_total",
-            "params_active", "heldout_mer", "rel_change_vs_dense_pct")
+RUNS = (
+    "dense",
+    "dense_continued",
+    "ume",
+    "ume_no_freeze",
+    "ume_no_balance",
+    "ume_drop",
+    "moe_scratch",
+)
+ROW_KEYS = (
+    "test_mer",
+    "test_cer_zh",
+    "test_wer_en",
+    "rtf_b1",
+    "train_seconds",
+    "params_total",
+    "params_active",
+    "heldout_mer",
+    "rel_change_vs_dense_pct",
+)
 
 
 def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:

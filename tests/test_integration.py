@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ume.cli import main
-from ume.decode.score import score
 from ume.data.manifest import read_text_file
+from ume.decode.score import score
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -38,7 +38,12 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 BUNDLED = REPO_ROOT / "models" / "dense_paper"
 ALL_RUNS = (
-    "dense", "dense_continued", "ume", "ume_no_freeze", "ume_no_balance", "ume_drop",
+    "dense",
+    "dense_continued",
+    "ume",
+    "ume_no_freeze",
+    "ume_no_balance",
+    "ume_drop",
     "moe_scratch",
 )
 
@@ -100,8 +105,14 @@ def _continue_overrides(plan: ExperimentPlan, extra: list[str] | None = None) ->
     ]
 
 
-def _train(run_dir: Path, data: Path, config: Path, overrides: list[str], init: Path | None,
-           phases: list[dict] | None = None) -> None:
+def _train(
+    run_dir: Path,
+    data: Path,
+    config: Path,
+    overrides: list[str],
+    init: Path | None,
+    phases: list[dict] | None = None,
+) -> None:
     from ume.config import PhaseConfig
     from ume.train.trainer import Trainer
 
@@ -112,8 +123,12 @@ def _train(run_dir: Path, data: Path, config: Path, overrides: list[str], init: 
     if phases is not None:
         cfg.train.phases = [PhaseConfig(**p) for p in phases]
     Trainer(
-        cfg, run_dir, str(data / "train"), str(data / "dev"),
-        init_dir=str(init) if init else None, cache_dir=str(data / ".cache"),
+        cfg,
+        run_dir,
+        str(data / "train"),
+        str(data / "dev"),
+        init_dir=str(init) if init else None,
+        cache_dir=str(data / ".cache"),
     ).run()
 
 
@@ -122,8 +137,13 @@ def _upcycled(plan: ExperimentPlan, dense: Path, out: Path, **kw) -> Path:
 
     if not (out / MODEL_FILE).is_file():
         args = dict(
-            experts=plan.experts, top_k=plan.top_k, slots=plan.slots, layers=plan.layers,
-            drop_ratio=0.0, router_init=plan.router_init, balance_coef=plan.balance_coef,
+            experts=plan.experts,
+            top_k=plan.top_k,
+            slots=plan.slots,
+            layers=plan.layers,
+            drop_ratio=0.0,
+            router_init=plan.router_init,
+            balance_coef=plan.balance_coef,
             z_loss_coef=plan.z_loss_coef,
         )
         args.update(kw)
@@ -157,13 +177,17 @@ def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Pat
     elif name == "moe_scratch":
         steps = plan.scratch_steps or load_config(preset_config("paper")).train.max_steps
         moe = [
-            f"model.moe.num_experts={plan.experts}", f"model.moe.top_k={plan.top_k}",
-            f"model.moe.slots={json.dumps(plan.slots)}", f"model.moe.layers={plan.layers}",
+            f"model.moe.num_experts={plan.experts}",
+            f"model.moe.top_k={plan.top_k}",
+            f"model.moe.slots={json.dumps(plan.slots)}",
+            f"model.moe.layers={plan.layers}",
             f"model.moe.router_init={plan.router_init}",
             f"model.moe.balance_coef={plan.balance_coef}",
             f"model.moe.z_loss_coef={plan.z_loss_coef}",
-            f"train.max_steps={steps}", f"train.max_minutes={plan.scratch_minutes}",
-            f"train.eval_every={plan.eval_every}", f"train.checkpoint_every={plan.eval_every}",
+            f"train.max_steps={steps}",
+            f"train.max_minutes={plan.scratch_minutes}",
+            f"train.eval_every={plan.eval_every}",
+            f"train.checkpoint_every={plan.eval_every}",
         ]
         _train(run_dir, data, preset_config(preset), moe, None)
     else:
@@ -247,14 +271,25 @@ def run_experiment(
             _train(dense, data, preset_config(preset), [], None)
         elif src.resolve() != dense.resolve():
             if not (src / MODEL_FILE).is_file():
-                raise FileNotFoundError(f"dense model {src} not found; pass --model or --from-scratch")
+                raise FileNotFoundError(
+                    f"dense model {src} not found; pass --model or --from-scratch"
+                )
             shutil.copytree(src, dense, dirs_exist_ok=True)
             if not (dense / "train_info.json").is_file():
-                card = json.loads((src / "card.json").read_text()) if (src / "card.json").is_file() else {}
-                (dense / "train_info.json").write_text(json.dumps({
-                    "steps": card.get("train_steps"), "train_seconds": card.get("train_seconds"),
-                    "curve": card.get("curve", []),
-                }))
+                card = (
+                    json.loads((src / "card.json").read_text())
+                    if (src / "card.json").is_file()
+                    else {}
+                )
+                (dense / "train_info.json").write_text(
+                    json.dumps(
+                        {
+                            "steps": card.get("train_steps"),
+                            "train_seconds": card.get("train_seconds"),
+                            "curve": card.get("curve", []),
+                        }
+                    )
+                )
     results_path = work / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"runs": {}}
     for name in todo:
@@ -289,7 +324,10 @@ def run_experiment(
 def main_experiment(args: argparse.Namespace) -> int:
     runs = args.runs.split(",") if args.runs else None
     results = run_experiment(
-        args.preset, args.workdir, dense_dir=args.model, runs=runs,
+        args.preset,
+        args.workdir,
+        dense_dir=args.model,
+        runs=runs,
         from_scratch=args.from_scratch,
     )
     print(format_results(results))

@@ -807,3 +807,33 @@ def main_synth(args) -> int:
             f"voices={len(s['voices'])} skipped={s['skipped']}"
         )
     return 0
+
+
+def synthesize_slice(preset: str, split: str, n: int, out_dir: str | Path, seed: int = 0) -> Path:
+    """Render only the first `n` utterances (in plan order) of one split of a preset into a Kaldi
+    dir `out_dir/<split>` — byte-identical to the same utterances of a full `synthesize` run.
+
+    Used to re-check a bundled model's card without synthesising the whole corpus.
+
+    Example:
+        >>> synthesize_slice("paper", "test", 60, "/tmp/slice")   # -> /tmp/slice/test
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    out = Path(out_dir)
+    plans, _ = plan_corpus(PRESETS[preset], out, seed)
+    chosen = sorted(
+        (p for p in plans if p.split == split and not p.heldout), key=lambda p: p.index
+    )[:n]
+    if not chosen:
+        raise ValueError(f"split {split!r} of preset {preset!r} has no utterances")
+    (out / "wavs" / split).mkdir(parents=True, exist_ok=True)
+    done = []
+    for plan in chosen:
+        r = _render_job((plan, True))
+        if r["ok"]:
+            done.append((plan, r["dur"]))
+        else:
+            logger.warning("skipped %s: %s", plan.uttid, r["error"])
+    write_kaldi_dir(out / split, done)
+    return out / split

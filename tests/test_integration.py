@@ -146,3 +146,57 @@ def test_ddp_torchrun_two_processes(tiny_data: Path, tmp_path: Path) -> None:
     info = json.loads((exp / "train_info.json").read_text())
     assert info["world_size"] == 2 and info["steps"] == 4
     assert (exp / "model.safetensors").is_file()
+
+
+def test_decode_and_score_foreign_kaldi_dir(tiny_data: Path, tmp_path: Path) -> None:
+    """A data dir we did not make: 8 kHz stereo, 44.1 kHz, a missing file, an empty line."""
+    import numpy as np
+    import soundfile as sf
+
+    exp = tmp_path / "exp"
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "tiny",
+                "--train",
+                str(tiny_data / "train"),
+                "--exp",
+                str(exp),
+                "--no-progress",
+                "--set",
+                "train.max_steps=2",
+                "--set",
+                "train.eval_every=0",
+            ]
+        )
+        == 0
+    )
+    d = tmp_path / "foreign"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(d / "a.wav", rng.normal(0, 0.1, (8000, 2)).astype("float32"), 8000)
+    sf.write(d / "b.flac", rng.normal(0, 0.1, 44100).astype("float32"), 44100)
+    (d / "wav.scp").write_text(
+        f"utt_a {d / 'a.wav'}\nutt_b {d / 'b.flac'}\nutt_c {d / 'missing.wav'}\n"
+    )
+    (d / "text").write_text("utt_a 你好 world\nutt_b hello\nutt_c 再见\n")
+    hyp = tmp_path / "hyp.txt"
+    rc = main(
+        [
+            "decode",
+            "--model",
+            str(exp),
+            "--data",
+            str(d),
+            "--mode",
+            "ctc_prefix_beam",
+            "--out",
+            str(hyp),
+        ]
+    )
+    assert rc == 0
+    hyps = read_text_file(hyp)
+    assert set(hyps) == {"utt_a", "utt_b"}  # utt_c skipped (missing file), run not aborted
+    assert main(["score", "--ref", str(d / "text"), "--hyp", str(hyp)]) == 0

@@ -99,6 +99,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return main_experiment(args)
 
 
+def cmd_bench_step(args: argparse.Namespace) -> int:
+    from ume.bench.step import main_step
+
+    return main_step(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ume.demo import run_demo
 
@@ -191,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="dense experiment dir to start from (default: bundled)")
     p.add_argument("--runs", help="comma list of runs to do (default: the preset's)")
     p.set_defaults(func=cmd_experiment)
+
+    from ume.bench.step import add_step_args
+
+    p = bench.add_parser("step", help="training-step cost of model/precision variants")
+    add_step_args(p)
+    p.set_defaults(func=cmd_bench_step)
 
     p = sub.add_parser("demo", help="synthesise, fine-tune, decode, score: the README demo")
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])

@@ -6,6 +6,8 @@ Examples:
     ume decode --model runs/dense --data data/quick/test --mode attention_rescoring --out hyp.txt
     ume score --ref data/quick/test/text --hyp hyp.txt [--json]
     ume bench rtf --model runs/dense --data data/quick/test
+    ume bench moe --quick
+    ume export --model runs/ume --out encoder.onnx --check
     ume demo --preset quick --workdir work
 """
 
@@ -79,6 +81,24 @@ def cmd_bench_rtf(args: argparse.Namespace) -> int:
     from ume.bench.rtf import main_rtf
 
     return main_rtf(args)
+
+
+def cmd_bench_moe(args: argparse.Namespace) -> int:
+    from ume.bench.moe import main_moe
+
+    return main_moe(args)
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from ume.bench.moe import main_train_bench
+
+    return main_train_bench(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ume.bench.export import main_export
+
+    return main_export(args)
 
 
 def cmd_upcycle(args: argparse.Namespace) -> int:
@@ -177,8 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-utts", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunk-size", type=int, default=0)
+    p.add_argument("--stream-chunk", type=int, default=16, help="also streaming RTF; 0 = off")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_rtf)
+
+    from ume.bench.export import add_export_args
+    from ume.bench.moe import add_moe_args, add_train_args
+
+    p = bench.add_parser("moe", help="MoE dispatch vs FLOP bound, loop and HF references")
+    add_moe_args(p)
+    p.set_defaults(func=cmd_bench_moe)
+    p = bench.add_parser("train", help="training steps/s: dense vs UME frozen vs unfrozen")
+    add_train_args(p)
+    p.set_defaults(func=cmd_bench_train)
+
+    p = sub.add_parser("export", help="ONNX export of encoder + CTC (MoE included), --check")
+    add_export_args(p)
+    p.set_defaults(func=cmd_export)
 
     from ume.upcycle import add_inspect_args, add_upcycle_args
 

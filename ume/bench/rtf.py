@@ -4,6 +4,13 @@ Timed work per batch: fbank of every utterance + encoder + search. Threads are f
 printed; the first batches are a warm-up and not timed. With --vs, a second model is measured
 in the same run (same utterances, same threads) and the ratio printed.
 
+Each model is measured in a fresh interpreter (`python -m ume.bench.rtf --worker`), so its
+peak RSS (ru_maxrss) is its own: peak_rss_mb, and rss_delta_mb = peak minus the RSS before
+the model was loaded (weights + activations + allocator slack). Besides full context
+(--chunk-size, default 0: keys rtf_b1, rtf_b16) it times streaming with --stream-chunk
+(default 16 encoder frames: keys rtf_b1_stream16, rtf_b16_stream16). With --vs every key X of
+the second model is reported as vs_X and every RTF/memory pair as ratio_* (= model / vs).
+
 Example:
     ume bench rtf --model runs/ume --vs runs/dense --data data/quick/test --json
 """
@@ -12,9 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,9 +36,20 @@ from ume.expdir import load_experiment
 from ume.model.asr import ASRModel
 
 
+def cpu_model() -> str:
+    """CPU model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> dict:
     return {
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "cpu_count": torch.get_num_threads(),
         "torch": torch.__version__,
     }
@@ -62,12 +84,22 @@ def measure_rtf(
     return (time.perf_counter() - t0) / audio
 
 
-def rtf_for_dir(exp_dir: str, waves: list, mode: str, chunk: int) -> dict:
+def rtf_for_dir(exp_dir: str, waves: list, mode: str, chunk: int, stream_chunk: int = 0) -> dict:
     cfg, _, model = load_experiment(exp_dir)
-    return {
+    res = {
         "rtf_b1": measure_rtf(model, cfg.features, waves, 1, mode, chunk),
         "rtf_b16": measure_rtf(model, cfg.features, waves, 16, mode, chunk),
     }
+    if stream_chunk > 0:
+        for b in (1, 16):
+            res[f"rtf_b{b}_stream{stream_chunk}"] = measure_rtf(
+                model, cfg.features, waves, b, mode, stream_chunk
+            )
+    from ume.upcycle import param_report
+
+    rep = param_report(model)
+    res["params_total"], res["params_active"] = rep["params_total"], rep["params_active"]
+    return res
 
 
 def load_waves(data: str, max_utts: int) -> list:
@@ -76,24 +108,78 @@ def load_waves(data: str, max_utts: int) -> list:
     return [load_audio(u.wav) for u in utts]
 
 
+def _rss_mb() -> float:
+    """Current resident set size (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _worker(spec: dict) -> dict:
+    """One model in this (fresh) process: RTFs plus its own memory."""
+    torch.set_num_threads(spec["threads"])
+    waves = load_waves(spec["data"], spec["max_utts"])
+    base = _rss_mb()
+    res = rtf_for_dir(spec["model"], waves, spec["mode"], spec["chunk"], spec["stream_chunk"])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_rss_mb"] = round(peak, 1)
+    res["rss_delta_mb"] = round(peak - base, 1)
+    return res
+
+
+def measure_isolated(exp_dir: str, args: argparse.Namespace) -> dict:
+    """rtf_for_dir for one experiment dir in a fresh interpreter (its own peak RSS)."""
+    spec = {
+        "model": str(exp_dir),
+        "data": str(args.data),
+        "max_utts": args.max_utts,
+        "mode": args.mode,
+        "chunk": args.chunk_size,
+        "stream_chunk": getattr(args, "stream_chunk", 0),
+        "threads": torch.get_num_threads(),
+    }
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ume.bench.rtf", "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"RTF worker for {exp_dir} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main_rtf(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     waves = load_waves(args.data, args.max_utts)
+    stream = getattr(args, "stream_chunk", 0)
     res: dict = {
         "threads": torch.get_num_threads(),
         "utts": len(waves),
         "audio_seconds": round(sum(len(w) for w in waves) / 16000, 1),
         "mode": args.mode,
         "chunk_size": args.chunk_size,
+        "stream_chunk": stream,
         **machine_info(),
     }
-    res.update(rtf_for_dir(args.model, waves, args.mode, args.chunk_size))
+    del waves
+    res.update(measure_isolated(args.model, args))
+    rtf_keys = [k for k in res if k.startswith("rtf_")]
+    mem_keys = ["peak_rss_mb", "rss_delta_mb", "params_active"]
     if args.vs:
-        other = rtf_for_dir(args.vs, waves, args.mode, args.chunk_size)
-        res["vs_rtf_b1"], res["vs_rtf_b16"] = other["rtf_b1"], other["rtf_b16"]
-        res["ratio_b1"] = res["rtf_b1"] / other["rtf_b1"]
-        res["ratio_b16"] = res["rtf_b16"] / other["rtf_b16"]
-    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        other = measure_isolated(args.vs, args)
+        for k, v in other.items():
+            res[f"vs_{k}"] = v
+        for k in rtf_keys:  # ratio_b1, ratio_b16, ratio_b1_stream16, ...
+            res["ratio_" + k.removeprefix("rtf_")] = res[k] / other[k]
+        for k in mem_keys:
+            res[f"ratio_{k}"] = round(res[k] / other[k], 3)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -101,8 +187,29 @@ def main_rtf(args: argparse.Namespace) -> int:
             f"threads={res['threads']} machine={res['machine']} utts={res['utts']} "
             f"audio={res['audio_seconds']}s mode={args.mode} chunk={args.chunk_size}"
         )
-        print(f"{args.model}: RTF b1 {res['rtf_b1']:.4f}  b16 {res['rtf_b16']:.4f}")
+        s = f"stream{stream}"
+
+        def line(name: str, p: str) -> str:
+            txt = f"{name}: RTF b1 {res[p + 'rtf_b1']:.4f}  b16 {res[p + 'rtf_b16']:.4f}"
+            if stream:
+                txt += f"  {s} b1 {res[f'{p}rtf_b1_{s}']:.4f}  b16 {res[f'{p}rtf_b16_{s}']:.4f}"
+            return txt + (
+                f"  peak RSS {res[p + 'peak_rss_mb']:.0f} MB"
+                f" (model +{res[p + 'rss_delta_mb']:.0f} MB)"
+            )
+
+        print(line(args.model, ""))
         if args.vs:
-            print(f"{args.vs}: RTF b1 {res['vs_rtf_b1']:.4f}  b16 {res['vs_rtf_b16']:.4f}")
-            print(f"ratio: b1 {res['ratio_b1']:.3f}  b16 {res['ratio_b16']:.3f}")
+            print(line(args.vs, "vs_"))
+            ratios = "  ".join(
+                f"{k.removeprefix('ratio_')} {v:.3f}"
+                for k, v in res.items()
+                if k.startswith("ratio_")
+            )
+            print(f"ratio: {ratios}")
     return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        print(json.dumps(_worker(json.loads(sys.argv[2]))))

@@ -58,6 +58,7 @@ class ASRModel(nn.Module):
         self.encoder = ConformerEncoder(cfg.encoder, cfg.moe)
         self.ctc = nn.Linear(d, vocab_size)
         self.decoder = BiTransformerDecoder(vocab_size, d, cfg.decoder, cfg.moe)
+        self.chunk_training = True  # the trainer turns dynamic chunks off during a curriculum
 
     def set_cmvn(self, mean: torch.Tensor, istd: torch.Tensor) -> None:
         self.cmvn_mean.copy_(mean)
@@ -82,7 +83,8 @@ class ASRModel(nn.Module):
     def _train_chunk(self) -> tuple[int, int]:
         """Dynamic-chunk sampling: full context or a random chunk size and left context."""
         c = self.cfg
-        if not (self.training and c.dynamic_chunk) or random.random() < c.full_context_prob:
+        dynamic = self.training and c.dynamic_chunk and self.chunk_training
+        if not dynamic or random.random() < c.full_context_prob:
             return 0, -1
         chunk = random.randint(1, c.max_chunk)
         left = -1

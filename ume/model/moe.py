@@ -11,6 +11,11 @@ never over tokens) and scatters the gated results back with a single index_add. 
 beat a padded (E, C_max, D) buffer + torch.bmm at every size from 256 to 8192 tokens (the
 padded buffer wastes work whenever the load is uneven, e.g. right after upcycling with a zero
 router where every token picks the same k experts); `dispatch="bmm"` is kept for comparison.
+When no autograd graph is needed (decoding, no_grad) the same addmm pairs run into
+preallocated buffers (`_dispatch_fast`: one reused hidden buffer, in-place activation, outputs
+written in place, k-term weighted sum instead of index_add); the results are bit-identical.
+Tracing (ONNX export) switches to a dispatch without data-dependent Python values
+(`_forward_static`, "masked" or "dense"); see docs/PERFORMANCE.md for the measurements.
 
 Padding frames (valid == False) are not routed: the layer outputs 0 there (the model masks
 padding downstream, so only valid frames matter). Auxiliary losses and statistics count valid
@@ -43,6 +48,11 @@ from torch import nn
 
 from ume.config import MoEConfig
 from ume.model.ffn import FeedForward, activation_fn
+
+
+def _tracing() -> bool:
+    """True while torch.jit.trace or torch.onnx.export records the graph."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 class Experts(nn.Module):
@@ -79,7 +89,10 @@ def _activation_name(act: nn.Module) -> str:
 class MoEFeedForward(nn.Module):
     """Top-k routed mixture of FFN experts; forward(x (B, T, D), valid (B, T) | None)."""
 
-    dispatch = "loop"  # "loop" (sorted blocks, one addmm pair per expert) or "bmm" (padded)
+    # "loop" (sorted blocks, one addmm pair per expert), "bmm" (padded), or the export-friendly
+    # "masked" / "dense" (see _forward_static), which tracing (ONNX export) always uses
+    dispatch = "loop"
+    export_dispatch = "masked"  # which of the two tracing uses
 
     def __init__(
         self,
@@ -161,8 +174,12 @@ class MoEFeedForward(nn.Module):
         if self.training and self.cfg.jitter > 0:
             j = self.cfg.jitter
             h = h * torch.empty_like(h).uniform_(1.0 - j, 1.0 + j)
-        with torch.autocast(device_type=h.device.type, enabled=False):  # route in float32
-            logits = F.linear(h.float(), self.router.weight.float())
+        w = self.router.weight
+        if torch.is_autocast_enabled(h.device.type):
+            with torch.autocast(device_type=h.device.type, enabled=False):  # route in float32
+                logits = F.linear(h.float(), w.float())
+        else:
+            logits = F.linear(h.float(), w.float())
         probs = logits.softmax(-1)
         gates, experts = probs.topk(self.top_k, dim=-1)
         if self.top_k == 1:
@@ -183,8 +200,11 @@ class MoEFeedForward(nn.Module):
         """x (B, T, D), valid (B, T) bool or None (all frames valid) -> (B, T, D)."""
         shape = x.shape
         x_flat = x.reshape(-1, shape[-1])
+        if self.dispatch in ("dense", "masked") or _tracing():
+            path = self.dispatch if self.dispatch in ("dense", "masked") else self.export_dispatch
+            return self._forward_static(x_flat, valid, path).view(shape)
         idx = None
-        if valid is not None:
+        if valid is not None and not bool(valid.all()):
             idx = valid.reshape(-1).nonzero().squeeze(1)
             xt = x_flat.index_select(0, idx)
         else:
@@ -196,35 +216,37 @@ class MoEFeedForward(nn.Module):
         # stable sort by expert puts an expert's first-choice tokens ahead of its second-choice
         # ones: under a capacity limit, lower-priority choices are dropped first (GShard).
         slot_e = top_e.t().reshape(-1)  # (k·N,)
-        slot_g = gates.t().reshape(-1)
         order = slot_e.argsort(stable=True)
-        sorted_tok = order % max(n, 1)
-        sorted_g = slot_g.index_select(0, order)
+        sorted_tok = order % max(n, 1) if k > 1 else order
         counts = torch.bincount(slot_e, minlength=e)  # (E,)
-        sorted_e = None
-        if self.dispatch == "bmm":
-            sorted_e = slot_e.index_select(0, order)
 
         cap = self.capacity(n)
         dropped = torch.zeros((), device=x.device)
-        if cap < k * n:
-            if sorted_e is None:
-                sorted_e = slot_e.index_select(0, order)
-            starts = counts.cumsum(0) - counts
-            pos = torch.arange(k * n, device=x.device) - starts.index_select(0, sorted_e)
-            keep = pos < cap
-            dropped = (~keep).sum().float()
-            sorted_e, sorted_tok, sorted_g = sorted_e[keep], sorted_tok[keep], sorted_g[keep]
-            kept_counts = counts.clamp(max=cap)
-        else:
-            kept_counts = counts
-
         if n == 0:
             out = xt.new_zeros(0, shape[-1])
-        elif self.dispatch == "bmm":
-            out = self._dispatch_bmm(xt, sorted_e, sorted_tok, sorted_g, kept_counts)
+        elif cap >= k * n and self.dispatch == "loop" and not self._needs_autograd(xt):
+            out = self._dispatch_fast(xt, order, sorted_tok, counts, gates)
         else:
-            out = self._dispatch_loop(xt, sorted_tok, sorted_g, kept_counts)
+            slot_g = gates.t().reshape(-1)
+            sorted_g = slot_g.index_select(0, order)
+            sorted_e = None
+            if self.dispatch == "bmm":
+                sorted_e = slot_e.index_select(0, order)
+            if cap < k * n:
+                if sorted_e is None:
+                    sorted_e = slot_e.index_select(0, order)
+                starts = counts.cumsum(0) - counts
+                pos = torch.arange(k * n, device=x.device) - starts.index_select(0, sorted_e)
+                keep = pos < cap
+                dropped = (~keep).sum().float()
+                sorted_e, sorted_tok, sorted_g = sorted_e[keep], sorted_tok[keep], sorted_g[keep]
+                kept_counts = counts.clamp(max=cap)
+            else:
+                kept_counts = counts
+            if self.dispatch == "bmm":
+                out = self._dispatch_bmm(xt, sorted_e, sorted_tok, sorted_g, kept_counts)
+            else:
+                out = self._dispatch_loop(xt, sorted_tok, sorted_g, kept_counts)
 
         if idx is not None:
             full = out.new_zeros(x_flat.size(0), shape[-1])
@@ -233,6 +255,104 @@ class MoEFeedForward(nn.Module):
             full = out
         self._record(logits, counts, dropped, n)
         return full.view(*shape[:-1], shape[-1])
+
+    def _needs_autograd(self, xt: torch.Tensor) -> bool:
+        """Whether this forward must build a graph (else the in-place, out= fast path runs).
+        Autocast also takes the graph path: ops with out= are not autocast."""
+        if torch.is_autocast_enabled(xt.device.type):
+            return True
+        if not torch.is_grad_enabled():
+            return False
+        return xt.requires_grad or any(p.requires_grad for p in self.experts.parameters())
+
+    def _act_(self, h: torch.Tensor) -> torch.Tensor:
+        """Activation in place (same kernel, same values as the out-of-place module)."""
+        if isinstance(self.act, nn.SiLU):
+            return F.silu(h, inplace=True)
+        return F.relu(h, inplace=True)
+
+    def _dispatch_fast(
+        self,
+        xt: torch.Tensor,
+        order: torch.Tensor,
+        tok: torch.Tensor,
+        counts: torch.Tensor,
+        gates: torch.Tensor,
+    ) -> torch.Tensor:
+        """No-graph dispatch (inference; also training forwards under no_grad): the same
+        addmm pair per expert, but into preallocated buffers: one (max count, H) hidden buffer
+        reused by every expert (in-place activation, cache-resident), second addmm written
+        straight into its rows of the output, gates applied in place, one index_add. The
+        products and the summation order are those of the graph path: bit-identical output."""
+        n, d = xt.shape
+        k = self.top_k
+        sizes = counts.tolist()
+        p = self.experts
+        xs = xt.index_select(0, tok)  # (k·N, D), grouped by expert
+        drop = self.dropout.p if self.training else 0.0
+        w_1, b_1, w_2, b_2 = (t.unbind(0) for t in (p.w_1, p.b_1, p.w_2, p.b_2))
+        ys = torch.empty_like(xs)
+        hbuf = xt.new_empty(max(sizes), self.d_ff)
+        for ex, (c, x_e, y_e) in enumerate(zip(sizes, xs.split(sizes), ys.split(sizes))):
+            if c == 0:
+                continue
+            h = hbuf[:c]
+            torch.addmm(b_1[ex], x_e, w_1[ex], out=h)
+            self._act_(h)
+            if drop > 0:
+                F.dropout(h, drop, True, inplace=True)
+            torch.addmm(b_2[ex], h, w_2[ex], out=y_e)
+        if k == 1:  # the top-1 gate is exactly 1 (p / p): no scaling
+            return torch.zeros_like(ys).index_add_(0, tok, ys)
+        sorted_g = gates.t().reshape(-1).index_select(0, order).unsqueeze(1)
+        if ys.dtype == torch.float32:  # same products and summation order as _combine
+            return ys.new_zeros(n, d).index_add_(0, tok, ys.mul_(sorted_g))
+        contrib = ys.float() * sorted_g  # reduced precision: accumulate in float32
+        return contrib.new_zeros(n, d).index_add_(0, tok, contrib).to(ys.dtype)
+
+    def _forward_static(
+        self, x_flat: torch.Tensor, valid: torch.Tensor | None, path: str
+    ) -> torch.Tensor:
+        """Export-friendly dispatch: no `.tolist()`, nothing a trace would freeze. Padding frames
+        are routed too (their output is zeroed), so shapes follow the input only.
+            "masked": per expert, its rows (torch.where over the top-k choices), its FFN, a
+                      gated index_add: the same FLOPs as "loop"; dynamic shapes (NonZero)
+            "dense":  every expert on every frame (E/k times the FLOPs), then a gather of each
+                      frame's top-k outputs: static shapes
+        Both give what the sorted dispatch gives: the same per-expert affine maps and gates,
+        and for k <= 2 the same sum (two-term float addition is commutative)."""
+        n, d = x_flat.shape
+        k, e = self.top_k, self.num_experts
+        logits, top_e, gates = self.route(x_flat)
+        p = self.experts
+        acc_dtype = torch.float32
+        if path == "dense":
+            xe = x_flat.unsqueeze(0).expand(e, n, d)
+            h = self.dropout(self.act(torch.baddbmm(p.b_1.unsqueeze(1), xe, p.w_1)))  # (E,N,H)
+            y = torch.baddbmm(p.b_2.unsqueeze(1), h, p.w_2).transpose(0, 1)  # (N, E, D)
+            sel = y.gather(1, top_e.unsqueeze(-1).expand(n, k, d)).to(acc_dtype)  # (N, k, D)
+            out = sel[:, 0] * gates[:, :1]
+            for j in range(1, k):
+                out = out + sel[:, j] * gates[:, j : j + 1]
+        elif path == "masked":
+            out = x_flat.new_zeros(n, d, dtype=acc_dtype)
+            for ex in range(e):
+                tok, slot = torch.where(top_e == ex)
+                h = self.dropout(self.act(torch.addmm(p.b_1[ex], x_flat[tok], p.w_1[ex])))
+                y = torch.addmm(p.b_2[ex], h, p.w_2[ex]).to(acc_dtype)
+                out = out.index_add(0, tok, y * gates[tok, slot].unsqueeze(1))
+        else:
+            raise ValueError(f"unknown MoE dispatch {path!r}; use loop, bmm, masked or dense")
+        out = out.to(x_flat.dtype)
+        if valid is not None:
+            out = out * valid.reshape(n, 1).to(out.dtype)  # padding frames output 0
+        if not _tracing():  # statistics as the sorted dispatch records them (valid frames)
+            vmask = valid.reshape(n) if valid is not None else None
+            lg = logits if vmask is None else logits[vmask]
+            te = top_e if vmask is None else top_e[vmask]
+            counts = torch.bincount(te.reshape(-1), minlength=e)
+            self._record(lg, counts, torch.zeros((), device=x_flat.device), lg.size(0))
+        return out
 
     def _dispatch_loop(
         self, xt: torch.Tensor, tok: torch.Tensor, gate: torch.Tensor, counts: torch.Tensor

@@ -1,0 +1,167 @@
+"""Tests for the performance tooling: `ume bench moe`, the export-friendly MoE dispatch and
+`ume export`, training throughput, paired RTF with memory (tiny shapes, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from ume.bench.export import _feats_list, check_export, export_encoder
+from ume.bench.moe import LoopMoE, bench_shape, bench_train, build_layer
+from ume.cli import main
+from ume.config import ExperimentConfig, ModelConfig, MoEConfig
+from ume.model.asr import ASRModel
+from ume.model.moe import MoEFeedForward
+
+ROW_KEYS = {"tokens", "d", "h", "e", "k", "pass", "ratio_bound", "ratio_loop", "ratio_hf"}
+
+
+def tiny_cfg(moe: MoEConfig | None = None) -> ModelConfig:
+    cfg = ModelConfig()
+    e = cfg.encoder
+    e.d_model, e.num_heads, e.d_ff, e.num_blocks, e.subsampling, e.conv_kernel = 32, 2, 64, 2, 4, 3
+    d = cfg.decoder
+    d.num_blocks, d.r_num_blocks, d.num_heads, d.d_ff = 1, 1, 2, 64
+    cfg.moe = moe or MoEConfig()
+    return cfg
+
+
+def tiny_moe_model(e: int = 4, k: int = 2) -> ASRModel:
+    torch.manual_seed(0)
+    moe = MoEConfig(num_experts=e, top_k=k, router_init="normal", router_init_std=1.0)
+    model = ASRModel(tiny_cfg(moe), 50)
+    with torch.no_grad():
+        model.cmvn_mean.uniform_(-1, 1)
+    return model.eval()
+
+
+# ---- bench moe --------------------------------------------------------------------------------
+def test_bench_moe_quick_json_schema(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "moe", "--quick", "--json", "--repeats", "3", "--budget", "0.05"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert isinstance(rows, list) and len(rows) == 4  # 2 shapes x fwd, fwd_bwd
+    for r in rows:
+        assert ROW_KEYS <= set(r), r
+        assert r["pass"] in ("fwd", "fwd_bwd") and r["h"] == 4 * r["d"]
+        assert r["ratio_bound"] > 0 and r["ratio_loop"] > 0
+        assert r["ratio_hf"] is None or r["ratio_hf"] > 0  # null without transformers
+        for key in ("ours_ms", "dense_ms", "bound_ms", "loop_ms"):
+            assert r[key] > 0
+        assert r["bound_ms"] == pytest.approx(r["k"] * r["dense_ms"], rel=1e-2)
+    assert {(r["e"], r["k"]) for r in rows} == {(4, 1), (8, 2)}
+
+
+def test_bench_shape_tiny_and_loop_reference() -> None:
+    rows = bench_shape(64, 16, 4, 2, repeats=3, budget_s=0.01)
+    assert [r["pass"] for r in rows] == ["fwd", "fwd_bwd"]
+    moe = build_layer(16, 4, 2)
+    x = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        assert torch.allclose(moe(x), LoopMoE(moe)(x), atol=1e-5)
+    # a realistic router spreads tokens over experts (not all to one)
+    moe(torch.randn(1, 256, 16))
+    assert int((moe.last_stats["load"] > 0).sum()) == 4
+
+
+# ---- dispatch paths: fast (no-graph), graph, export-friendly ------------------------------------
+@pytest.mark.parametrize(("e", "k"), [(4, 1), (4, 2), (8, 2), (3, 3)])
+def test_all_dispatch_paths_agree(e: int, k: int) -> None:
+    torch.manual_seed(3)
+    cfg = MoEConfig(num_experts=e, top_k=k, router_init="normal", router_init_std=1.0)
+    moe = MoEFeedForward(16, 24, "swish", 0.0, cfg).eval()
+    x = torch.randn(3, 11, 16)
+    valid = torch.ones(3, 11, dtype=torch.bool)
+    valid[1, 7:] = False
+    valid[2, 3:] = False
+    with torch.no_grad():
+        ref = moe(x, valid)  # fast path
+        ref_load = moe.last_stats["load"].clone()
+    with torch.enable_grad():
+        graph = moe(x.clone().requires_grad_(True), valid).detach()  # autograd path
+    assert torch.allclose(graph, ref, atol=1e-6)
+    for path in ("masked", "dense", "bmm"):
+        moe.dispatch = path
+        with torch.no_grad():
+            out = moe(x, valid)
+        assert torch.allclose(out, ref, atol=1e-5), path
+        assert torch.all(out[~valid] == 0), path
+        assert torch.allclose(moe.last_stats["load"], ref_load), path
+    moe.dispatch = "loop"
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_fast_path_is_bitwise_equal_to_graph_path(k: int) -> None:
+    moe = build_layer(32, 8, k).eval()
+    x = torch.randn(2, 150, 32)
+    valid = torch.ones(2, 150, dtype=torch.bool)
+    valid[1, 100:] = False
+    with torch.inference_mode():
+        fast = moe(x, valid)
+    slow = moe(x.clone().requires_grad_(True), valid).detach()
+    assert torch.equal(fast, slow)
+
+
+# ---- export ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("moe_path", ["masked", "dense"])
+def test_export_round_trip(tmp_path: Path, moe_path: str) -> None:
+    pytest.importorskip("onnxruntime")
+    model = tiny_moe_model()
+    path = export_encoder(model, tmp_path / "enc.onnx", moe_path, example_frames=120)
+    assert path.stat().st_size > 10_000
+    feats = _feats_list(None, None, 3, 80, seed=1)  # three different lengths: dynamic T
+    assert len({f.size(1) for f in feats}) == 3
+    res = check_export(model, path, feats, threads=1, repeats=1)
+    assert res["ok"], res
+    assert res["max_abs_diff_encoder"] <= 1e-4 and res["max_abs_diff_ctc"] <= 1e-4
+    assert res["eager_rtf"] > 0 and res["onnx_rtf"] > 0
+    # eager dispatch is unchanged after export (tracing-only switch)
+    assert all(m.dispatch == "loop" for m in model.modules() if isinstance(m, MoEFeedForward))
+
+
+# ---- training throughput -----------------------------------------------------------------------
+def test_train_throughput_positive() -> None:
+    res = bench_train(
+        preset="tiny", vocab=60, batch=2, min_frames=80, max_frames=120, steps=2, warmup=1
+    )
+    assert set(res["runs"]) == {"dense", "ume_frozen", "ume_unfrozen"}
+    for r in res["runs"].values():
+        assert r["steps_per_s"] > 0 and r["audio_s_per_s"] > 0 and r["seconds"] > 0
+    frozen, full = res["runs"]["ume_frozen"], res["runs"]["ume_unfrozen"]
+    assert 0 < frozen["params_trainable"] < full["params_trainable"] == full["params_total"]
+
+
+# ---- paired RTF with memory, each model in its own process -------------------------------------
+def test_bench_rtf_paired_stream_and_memory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from ume.data.tokenizer import Tokenizer
+    from ume.expdir import write_experiment
+    from ume.upcycle import upcycle_experiment
+
+    tok = Tokenizer.train(["HELLO WORLD", "你好"], bpe_size=40, workdir=tmp_path / "tok")
+    cfg = ExperimentConfig()
+    cfg.model = tiny_cfg()
+    torch.manual_seed(0)
+    write_experiment(tmp_path / "dense", cfg, tok, ASRModel(cfg.model, tok.vocab_size))
+    upcycle_experiment(tmp_path / "dense", tmp_path / "ume", experts=4, top_k=2)
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, sec in enumerate([0.8, 0.5]):
+        p = data / f"u{i}.wav"
+        sf.write(p, (rng.standard_normal(int(16000 * sec)) * 3000).astype(np.int16), 16000)
+        lines.append(f"u{i} {p}")
+    (data / "wav.scp").write_text("\n".join(lines) + "\n")
+    argv = ["bench", "rtf", "--model", str(tmp_path / "ume"), "--vs", str(tmp_path / "dense")]
+    argv += ["--data", str(data), "--threads", "1", "--max-utts", "2", "--json"]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    for key in ("rtf_b1", "rtf_b16", "rtf_b1_stream16", "rtf_b16_stream16", "peak_rss_mb"):
+        assert res[key] > 0 and res[f"vs_{key}"] > 0, key
+    for key in ("ratio_b1", "ratio_b16", "ratio_b1_stream16", "ratio_b16_stream16"):
+        assert res[key] > 0, key
+    assert res["ratio_params_active"] > 1 and res["rss_delta_mb"] > 0

@@ -1,0 +1,226 @@
+"""ONNX export of the encoder + CTC head (MoE layers included), with an onnxruntime check.
+
+`ume export --model EXPDIR --out encoder.onnx [--check]` writes a graph with
+
+    inputs   feats (1, T, 80) raw fbank (CMVN is inside the graph), feats_len (1,) int64
+    outputs  encoder_out (1, T', D), ctc_log_probs (1, T', V), encoder_out_lens (1,)
+
+and a dynamic time axis (full-context attention). It uses the TorchScript-based exporter
+(dynamo=False), opset 17. The encoder is re-walked by `EncoderForExport` with traced sizes
+(the eager helpers turn the time length into a Python int, which tracing would freeze).
+
+MoE layers switch to an export-friendly dispatch while tracing (their sorted, variable-size
+expert blocks come from `.tolist()`, which tracing would freeze too):
+    "masked" (default)  per expert: rows routed to it (NonZero), its FFN, a gated scatter-add;
+                        the same FLOPs as eager, dynamic shapes inside the graph
+    "dense"             every expert on every frame, then a gather of each frame's top-k
+                        (E/k times the expert FLOPs, static shapes)
+Both compute exactly what the eager layer computes (tests/test_bench.py).
+
+`--check` runs onnxruntime on a few utterances (fbank of --data wavs, or random fbank),
+requires its outputs to equal eager PyTorch within 1e-4, and reports encoder+CTC RTF of both.
+
+Example:
+    ume export --model runs/ume --out ume_encoder.onnx --check --data data/quick/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ume.model.asr import ASRModel
+from ume.model.moe import MoEFeedForward
+
+
+def rel_pos_encoding(t: torch.Tensor | int, d_model: int) -> torch.Tensor:
+    """(1, 2T-1, D) sinusoidal encodings of distances T-1 .. -(T-1): the same values as
+    RelPositionalEncoding, built from a traced length (no Python ints, no slice writes)."""
+    rel = torch.arange(t - 1, -t, -1, dtype=torch.float32)
+    div = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
+    )
+    ang = rel.unsqueeze(1) * div  # (2T-1, D/2)
+    pe = torch.stack([torch.sin(ang), torch.cos(ang)], dim=-1).flatten(1)  # interleaved
+    return pe.unsqueeze(0)
+
+
+class EncoderForExport(nn.Module):
+    """feats (B, T, F), feats_len (B,) -> encoder out, CTC log-probs, output lengths.
+    Full context; the same modules and math as ASRModel.encode + ctc_log_probs."""
+
+    def __init__(self, model: ASRModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, feats: torch.Tensor, feats_len: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m = self.model
+        enc = m.encoder
+        x = (feats - m.cmvn_mean) * m.cmvn_istd
+        x, lens = enc.embed(x, feats_len)  # (B, T', D)
+        t = x.size(1)
+        valid = torch.arange(t, device=x.device).unsqueeze(0) < lens.unsqueeze(1)  # (B, T')
+        att_mask = valid.unsqueeze(1) & valid.unsqueeze(2).new_ones(1, 1, 1)  # (B, 1, T')
+        pos = rel_pos_encoding(t, enc.cfg.d_model).to(x.dtype)
+        for block in enc.blocks:
+            x = block(x, valid, att_mask, pos)
+        return x, m.ctc_log_probs(x), lens
+
+
+def set_moe_export_dispatch(model: nn.Module, path: str) -> None:
+    for mod in model.modules():
+        if isinstance(mod, MoEFeedForward):
+            mod.export_dispatch = path
+
+
+def export_encoder(
+    model: ASRModel, out: str | Path, moe_path: str = "masked", example_frames: int = 400
+) -> Path:
+    """Write the ONNX graph; returns its path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    set_moe_export_dispatch(model, moe_path)
+    wrapper = EncoderForExport(model).eval()
+    feats = torch.randn(1, example_frames, model.cfg.encoder.input_dim)
+    lens = torch.tensor([example_frames], dtype=torch.int64)
+    # The exporter warns about index_add with duplicated indices (an expert's rows are
+    # distinct: a frame picks an expert at most once) and about unfoldable slices: both benign.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (feats, lens),
+            str(out),
+            input_names=["feats", "feats_len"],
+            output_names=["encoder_out", "ctc_log_probs", "encoder_out_lens"],
+            dynamic_axes={
+                "feats": {1: "T"},
+                "encoder_out": {1: "T_out"},
+                "ctc_log_probs": {1: "T_out"},
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    return out
+
+
+def ort_session(path: str | Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _feats_list(model_dir: str | None, data: str | None, n: int, dim: int, seed: int) -> list:
+    if data and model_dir:
+        from ume.config import load_config
+        from ume.data.features import compute_fbank
+        from ume.data.manifest import load_audio, load_manifest
+
+        cfg = load_config(Path(model_dir) / "config.yaml")
+        utts, _ = load_manifest(data, require_text=False)
+        return [
+            torch.from_numpy(compute_fbank(load_audio(u.wav), cfg.features)).unsqueeze(0)
+            for u in utts[:n]
+        ]
+    g = torch.Generator().manual_seed(seed)
+    lengths = [int(x) for x in torch.randint(150, 800, (n,), generator=g)]
+    return [torch.randn(1, t, dim, generator=g) * 3 + 10 for t in lengths]
+
+
+def check_export(
+    model: ASRModel,
+    onnx_path: str | Path,
+    feats_list: list[torch.Tensor],
+    threads: int,
+    atol: float = 1e-4,
+    repeats: int = 3,
+) -> dict:
+    """onnxruntime vs eager on each utterance (batch 1): max abs differences and RTFs
+    (encoder + CTC seconds / audio seconds, best of `repeats`)."""
+    sess = ort_session(onnx_path, threads)
+    model = model.eval()
+    diff_enc = diff_ctc = 0.0
+    t_eager = t_ort = 0.0
+    frames = 0
+    for feats in feats_list:
+        lens = torch.tensor([feats.size(1)], dtype=torch.int64)
+        feed = {"feats": feats.numpy(), "feats_len": lens.numpy()}
+        with torch.inference_mode():
+            enc, valid = model.encode(feats, lens)
+            lp = model.ctc_log_probs(enc)
+        o_enc, o_lp, o_lens = sess.run(None, feed)
+        assert int(o_lens[0]) == int(valid.sum())
+        diff_enc = max(diff_enc, float(np.abs(o_enc - enc.numpy()).max()))
+        diff_ctc = max(diff_ctc, float(np.abs(o_lp - lp.numpy()).max()))
+        best_e = best_o = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                model.ctc_log_probs(model.encode(feats, lens)[0])
+            t1 = time.perf_counter()
+            sess.run(None, feed)
+            t2 = time.perf_counter()
+            best_e, best_o = min(best_e, t1 - t0), min(best_o, t2 - t1)
+        t_eager += best_e
+        t_ort += best_o
+        frames += feats.size(1)
+    audio = frames / 100.0
+    return {
+        "utts": len(feats_list),
+        "audio_seconds": round(audio, 2),
+        "max_abs_diff_encoder": diff_enc,
+        "max_abs_diff_ctc": diff_ctc,
+        "ok": diff_enc <= atol and diff_ctc <= atol,
+        "atol": atol,
+        "eager_rtf": round(t_eager / audio, 5),
+        "onnx_rtf": round(t_ort / audio, 5),
+        "onnx_vs_eager": round(t_ort / t_eager, 3),
+        "threads": threads,
+    }
+
+
+def main_export(args: argparse.Namespace) -> int:
+    from ume.expdir import load_experiment
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cfg, _, model = load_experiment(args.model)
+    path = export_encoder(model, args.out, args.moe_path)
+    res: dict = {
+        "model": args.model,
+        "out": str(path),
+        "bytes": path.stat().st_size,
+        "moe_path": args.moe_path,
+        "moe_layers": sum(isinstance(m, MoEFeedForward) for m in model.modules()),
+        "opset": 17,
+    }
+    if args.check:
+        feats = _feats_list(args.model, args.data, args.utts, cfg.model.encoder.input_dim, 0)
+        res.update(check_export(model, path, feats, torch.get_num_threads()))
+    print(json.dumps(res, indent=2))
+    return 0 if res.get("ok", True) else 1
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="experiment dir")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--check", action="store_true", help="compare onnxruntime with eager")
+    p.add_argument("--data", help="Kaldi dir or data.list for --check (default: random fbank)")
+    p.add_argument("--utts", type=int, default=5, help="utterances for --check")
+    p.add_argument("--moe-path", default="masked", choices=["masked", "dense"])
+    p.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads")

@@ -1,0 +1,557 @@
+"""MoE dispatch micro-benchmark (`ume bench moe`) and training throughput (`ume bench train`).
+
+`ume bench moe` times one `MoEFeedForward` layer ("ours") at realistic shapes, forward
+(inference mode, eval) and forward+backward (train mode, gradient w.r.t. input and all
+parameters), against three references measured in the same run, interleaved round by round so
+that background load hits every method alike:
+
+    bound   k x a dense FeedForward(D, H) on the same N tokens: the FLOPs an MoE layer must do
+            (ratio_bound = ours / bound; goal <= 1.15 forward at >= 2048 tokens)
+    loop    the WeNet/Mixtral-style per-expert Python loop written below (torch.where over the
+            top-k indices, one nn.Linear pair per expert, index_add of gated outputs)
+            (ratio_loop = ours / loop; goal <= 0.8 at E >= 8)
+    hf      transformers' MixtralSparseMoeBlock where transformers is importable, else null.
+            Mixtral experts are SwiGLU (three matrices), so it does 1.5x our FLOPs.
+
+The router is normal-initialised (std 1/sqrt(D), so routing is varied but not uniform) and
+every method uses the same weights; their outputs are checked against each other.
+
+`ume bench train` runs a few optimiser steps on fixed synthetic batches (random fbank of
+realistic length, random targets) for a paper-shaped dense model, the UME model in its frozen
+phase (trainable="moe") and unfrozen (trainable="all"), and reports steps/s and audio s/s.
+
+Examples:
+    ume bench moe --json
+    ume bench moe --quick
+    ume bench train --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ume.bench.rtf import cpu_model
+from ume.config import MoEConfig
+from ume.model.ffn import FeedForward
+from ume.model.moe import MoEFeedForward
+
+# (tokens, d_model, experts, top_k); d_ff = 4·d_model
+FULL_GRID = [
+    (n, d, e, k)
+    for d in (144, 256, 512)
+    for n in (256, 2048, 8192)
+    for e in (4, 8, 16)
+    for k in (1, 2)
+]
+QUICK_GRID = [(256, 144, 4, 1), (256, 144, 8, 2)]
+
+
+def machine_info() -> dict:
+    return {
+        "machine": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+# ---- references ---------------------------------------------------------------------------
+class LoopMoE(nn.Module):
+    """WeNet/Mixtral-style reference: per expert, torch.where over the top-k indices, run the
+    expert's Linear layers on its tokens, index_add the gate-weighted outputs."""
+
+    def __init__(self, moe: MoEFeedForward) -> None:
+        super().__init__()
+        d, h, e = moe.d_model, moe.d_ff, moe.num_experts
+        self.top_k = moe.top_k
+        self.gate = nn.Linear(d, e, bias=False)
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, h), nn.SiLU(), nn.Linear(h, d)) for _ in range(e)
+        )
+        with torch.no_grad():
+            self.gate.weight.copy_(moe.router.weight)
+            for i, ex in enumerate(self.experts):
+                ex[0].weight.copy_(moe.experts.w_1[i].t())
+                ex[0].bias.copy_(moe.experts.b_1[i])
+                ex[2].weight.copy_(moe.experts.w_2[i].t())
+                ex[2].bias.copy_(moe.experts.b_2[i])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        probs = self.gate(x).float().softmax(-1)
+        weights, selected = probs.topk(self.top_k, dim=-1)
+        weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(x)
+        for i, expert in enumerate(self.experts):
+            tok, slot = torch.where(selected == i)
+            if tok.numel() == 0:
+                continue
+            out.index_add_(0, tok, expert(x[tok]) * weights[tok, slot, None])
+        return out.view(shape)
+
+
+def hf_block(moe: MoEFeedForward) -> nn.Module | None:
+    """transformers' MixtralSparseMoeBlock of the same size (SwiGLU experts), or None."""
+    try:
+        from transformers import MixtralConfig
+        from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+    except Exception:  # noqa: BLE001 - not installed, or an incompatible version
+        return None
+    try:
+        cfg = MixtralConfig(
+            hidden_size=moe.d_model,
+            intermediate_size=moe.d_ff,
+            num_local_experts=moe.num_experts,
+            num_experts_per_tok=moe.top_k,
+            router_jitter_noise=0.0,
+        )
+        block = MixtralSparseMoeBlock(cfg)
+        with torch.no_grad():
+            block.gate.weight.copy_(moe.router.weight)
+        return block
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class _HFWrap(nn.Module):
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x.reshape(1, -1, x.size(-1)))
+        out = out[0] if isinstance(out, tuple) else out
+        return out.reshape(x.shape)
+
+
+# ---- timing -------------------------------------------------------------------------------
+def _interleaved_medians(
+    fns: dict[str, Callable[[], None]], repeats: int, budget_s: float
+) -> dict[str, float]:
+    """Median ms of each fn; rounds interleave the fns. One warm-up call each; the number of
+    rounds is cut to fit budget_s (but at least 3)."""
+    t_round = 0.0
+    for fn in fns.values():  # warm-up (also sizes the budget)
+        t0 = time.perf_counter()
+        fn()
+        t_round += time.perf_counter() - t0
+    rounds = max(3, min(repeats, int(budget_s / max(t_round, 1e-9))))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) * 1000 for name, ts in times.items()}
+
+
+def _fwd(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.inference_mode():
+            module(x)
+
+    return run
+
+
+def _fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def run() -> None:
+        for p in params:
+            p.grad = None
+        x.grad = None
+        module(x).backward(grad)
+
+    return run
+
+
+def build_layer(d: int, e: int, k: int, seed: int = 0) -> MoEFeedForward:
+    """An MoE layer with H = 4·D, random experts and a normal router (std 1/sqrt(D): logits of
+    unit scale on unit-variance inputs, so routing is varied but uneven, as in training)."""
+    torch.manual_seed(seed)
+    cfg = MoEConfig(num_experts=e, top_k=k, router_init="normal", router_init_std=d**-0.5)
+    return MoEFeedForward(d, 4 * d, "swish", 0.0, cfg)
+
+
+def bench_shape(
+    tokens: int, d: int, e: int, k: int, repeats: int = 10, budget_s: float = 6.0
+) -> list[dict]:
+    """Rows for one shape: pass "fwd" and "fwd_bwd"."""
+    moe = build_layer(d, e, k)
+    dense = FeedForward(d, 4 * d, "swish")
+    loop = LoopMoE(moe)
+    hf = hf_block(moe)
+    mods: dict[str, nn.Module] = {"ours": moe, "dense": dense, "loop": loop}
+    if hf is not None:
+        mods["hf"] = _HFWrap(hf)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, tokens, d, generator=g)
+    grad = torch.randn(1, tokens, d, generator=g)
+
+    # same math: ours == loop reference (also a guard against a broken fast path)
+    for m in mods.values():
+        m.eval()
+    with torch.inference_mode():
+        diff = (moe(x) - loop(x)).abs().max().item()
+    if diff > 1e-4:
+        raise RuntimeError(f"MoE layer and loop reference disagree by {diff:.2e}")
+
+    rows = []
+    for pass_ in ("fwd", "fwd_bwd"):
+        for m in mods.values():
+            m.train(pass_ == "fwd_bwd")
+        if pass_ == "fwd":
+            fns = {name: _fwd(m, x) for name, m in mods.items()}
+        else:
+            xg = x.clone().requires_grad_(True)
+            fns = {name: _fwd_bwd(m, xg, grad) for name, m in mods.items()}
+        ms = _interleaved_medians(fns, repeats, budget_s)
+        bound = k * ms["dense"]
+        hf_ms = ms.get("hf")
+        rows.append(
+            {
+                "tokens": tokens,
+                "d": d,
+                "h": 4 * d,
+                "e": e,
+                "k": k,
+                "pass": pass_,
+                "ratio_bound": round(ms["ours"] / bound, 3),
+                "ratio_loop": round(ms["ours"] / ms["loop"], 3),
+                "ratio_hf": round(ms["ours"] / hf_ms, 3) if hf_ms else None,
+                "ours_ms": round(ms["ours"], 3),
+                "dense_ms": round(ms["dense"], 3),
+                "bound_ms": round(bound, 3),
+                "loop_ms": round(ms["loop"], 3),
+                "hf_ms": round(hf_ms, 3) if hf_ms else None,
+            }
+        )
+    return rows
+
+
+def bench_moe(
+    grid: list[tuple[int, int, int, int]] | None = None,
+    quick: bool = False,
+    repeats: int = 10,
+    budget_s: float = 6.0,
+    progress: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    grid = grid if grid is not None else (QUICK_GRID if quick else FULL_GRID)
+    rows: list[dict] = []
+    for tokens, d, e, k in grid:
+        for row in bench_shape(tokens, d, e, k, repeats, budget_s):
+            rows.append(row)
+            if progress is not None:
+                progress(row)
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Goal checks: fwd ratio_bound at >= 2048 tokens, ratio_loop at E >= 8."""
+
+    def worst(sel: list[dict], key: str) -> float | None:
+        return max((r[key] for r in sel), default=None)
+
+    big_fwd = [r for r in rows if r["pass"] == "fwd" and r["tokens"] >= 2048]
+    many = [r for r in rows if r["e"] >= 8]
+    return {
+        "max_ratio_bound_fwd_ge2048": worst(big_fwd, "ratio_bound"),
+        "median_ratio_bound_fwd_ge2048": (
+            statistics.median(r["ratio_bound"] for r in big_fwd) if big_fwd else None
+        ),
+        "max_ratio_loop_e_ge8": worst(many, "ratio_loop"),
+        "median_ratio_loop_e_ge8": (
+            statistics.median(r["ratio_loop"] for r in many) if many else None
+        ),
+    }
+
+
+_HEADER = (
+    f"{'tokens':>6} {'D':>4} {'H':>5} {'E':>3} {'k':>2} {'pass':>8} {'ours ms':>9} "
+    f"{'bound ms':>9} {'loop ms':>9} {'r_bound':>8} {'r_loop':>7} {'r_hf':>6}"
+)
+
+
+def _fmt_row(r: dict) -> str:
+    hf = "-" if r["ratio_hf"] is None else f"{r['ratio_hf']:.2f}"
+    return (
+        f"{r['tokens']:>6} {r['d']:>4} {r['h']:>5} {r['e']:>3} {r['k']:>2} {r['pass']:>8} "
+        f"{r['ours_ms']:>9.2f} {r['bound_ms']:>9.2f} {r['loop_ms']:>9.2f} "
+        f"{r['ratio_bound']:>8.3f} {r['ratio_loop']:>7.3f} {hf:>6}"
+    )
+
+
+# ---- profiles -------------------------------------------------------------------------------
+def _label_modules(model: nn.Module) -> None:
+    """Wrap FFN/MoE, attention, conv and stem forwards in profiler ranges ("## ...")."""
+    from torch.profiler import record_function
+
+    names = {
+        "MoEFeedForward": "## MoE layer",
+        "FeedForward": "## FFN layer",
+        "RelPositionAttention": "## self-attention",
+        "ConvModule": "## conv module",
+        "ConvSubsampling": "## subsampling stem",
+    }
+    for mod in model.modules():
+        label = names.get(type(mod).__name__)
+        if label is None:
+            continue
+        fwd = mod.forward
+
+        def wrapped(*a, _fwd=fwd, _label=label, **kw):  # noqa: ANN002, ANN003, ANN202
+            with record_function(_label):
+                return _fwd(*a, **kw)
+
+        mod.forward = wrapped
+
+
+def _profile_table(fn: Callable[[], None], iters: int, rows: int, sort: str) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            fn()
+    return prof.key_averages().table(sort_by=sort, row_limit=rows)
+
+
+def profile_report(rows: int = 14, vocab: int = 1500, preset: str = "paper") -> str:
+    """torch.profiler tables: one MoE layer (forward, inference) at 2048 tokens and at 37
+    tokens (one 3 s utterance after x8 subsampling), and the whole encoder of a paper-shaped
+    dense and UME (8 experts, top-2) model at batch 1 and 16 (3 s utterances)."""
+    out = []
+    for tokens in (2048, 37):
+        moe = build_layer(144, 8, 2).eval()
+        x = torch.randn(1, tokens, 144)
+        with torch.inference_mode():
+            tab = _profile_table(lambda m=moe, x=x: m(x), 20, rows, "self_cpu_time_total")
+        out.append(f"### MoE layer forward: {tokens} tokens, D=144 H=576 E=8 k=2\n{tab}")
+    _, dense, ume = _paper_models(vocab, preset, 8, 2)
+    for name, model in (("dense", dense), ("UME", ume)):
+        model.eval()
+        _label_modules(model)
+        for b in (1, 16):
+            feats, lens = torch.randn(b, 300, 80), torch.full((b,), 300)
+            with torch.inference_mode():
+                tab = _profile_table(
+                    lambda m=model, f=feats, n=lens: m.encode(f, n), 10, rows, "cpu_time_total"
+                )
+            out.append(f"### {name} encoder forward: batch {b} x 300 frames (3 s)\n{tab}")
+    return "\n\n".join(out)
+
+
+def main_moe(args: argparse.Namespace) -> int:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.profile:
+        info = machine_info()
+        print(f"machine={info['machine']} threads={info['threads']} torch={info['torch']}")
+        print(profile_report())
+        return 0
+    info = machine_info()
+    if not args.json:
+        print(f"machine={info['machine']} threads={info['threads']} torch={info['torch']}")
+        print(_HEADER)
+    rows = bench_moe(
+        quick=args.quick,
+        repeats=args.repeats,
+        budget_s=args.budget,
+        progress=None if args.json else lambda r: print(_fmt_row(r), flush=True),
+    )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(json.dumps({**info, **summarize(rows)}, indent=1))
+    return 0
+
+
+def add_moe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="two small shapes (tests, smoke)")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--repeats", type=int, default=10, help="timed rounds per shape (max)")
+    p.add_argument("--budget", type=float, default=6.0, help="seconds per shape and pass")
+    p.add_argument(
+        "--profile", action="store_true", help="torch.profiler tables (MoE layer, encoders)"
+    )
+
+
+# ---- training throughput ------------------------------------------------------------------
+def _paper_models(vocab: int, preset: str, experts: int, top_k: int):
+    from ume.config import load_config, preset_config
+    from ume.model.asr import ASRModel
+    from ume.upcycle import upcycle_state_dict
+
+    cfg = load_config(preset_config(preset))
+    torch.manual_seed(0)
+    dense = ASRModel(cfg.model, vocab)
+    mcfg = copy.deepcopy(cfg.model)
+    mcfg.moe = MoEConfig(num_experts=experts, top_k=top_k, router_init="normal")
+    ume = ASRModel(mcfg, vocab)
+    sd, _ = upcycle_state_dict(dense.state_dict(), ume)
+    ume.load_state_dict(sd, strict=True)
+    return cfg, dense, ume
+
+
+def synthetic_batches(
+    n: int, batch: int, min_frames: int, max_frames: int, vocab: int, dim: int = 80, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Fixed random (feats, feat_lens, ys, ys_lens) batches: fbank-like scale, lengths uniform
+    in [min_frames, max_frames], about one token per 4 encoder frames (x8 subsampling)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        lens = torch.randint(min_frames, max_frames + 1, (batch,), generator=g)
+        feats = torch.randn(batch, int(lens.max()), dim, generator=g) * 3 + 10
+        feats *= (torch.arange(feats.size(1)).view(1, -1, 1) < lens.view(-1, 1, 1)).float()
+        ys_lens = (lens // 32).clamp(min=1)
+        ys = torch.randint(1, vocab - 1, (batch, int(ys_lens.max())), generator=g)
+        ys[torch.arange(ys.size(1)).view(1, -1) >= ys_lens.view(-1, 1)] = -1
+        out.append((feats, lens, ys, ys_lens))
+    return out
+
+
+def train_throughput(
+    model: nn.Module,
+    batches: list,
+    trainable: str = "all",
+    steps: int = 6,
+    warmup: int = 2,
+    num_blocks: int | None = None,
+    lr: float = 1e-4,
+) -> dict:
+    """Optimiser steps as the trainer does them (forward, backward, clip, AdamW step) over the
+    fixed batches, cycling; returns steps/s and audio seconds (10 ms frames) per second."""
+    from ume.train.schedule import apply_trainable
+
+    model = copy.deepcopy(model)
+    nb = num_blocks if num_blocks is not None else len(model.encoder.blocks)
+    n_train, n_total = apply_trainable(model, trainable, nb)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-9)
+    model.train()
+    random.seed(0)  # dynamic-chunk sampling: the same sequence for every model
+
+    def step(i: int) -> float:
+        feats, lens, ys, ys_lens = batches[i % len(batches)]
+        out = model(feats, lens, ys, ys_lens)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(lens.sum()) / 100.0
+
+    for i in range(warmup):
+        step(i)
+    random.seed(1)
+    audio = 0.0
+    t0 = time.perf_counter()
+    for i in range(steps):
+        audio += step(warmup + i)
+    sec = time.perf_counter() - t0
+    return {
+        "trainable": trainable,
+        "params_trainable": n_train,
+        "params_total": n_total,
+        "steps": steps,
+        "seconds": round(sec, 3),
+        "steps_per_s": round(steps / sec, 4),
+        "audio_s_per_s": round(audio / sec, 2),
+    }
+
+
+def bench_train(
+    preset: str = "paper",
+    vocab: int = 1500,
+    batch: int = 16,
+    min_frames: int = 250,
+    max_frames: int = 370,
+    steps: int = 6,
+    warmup: int = 2,
+    experts: int = 8,
+    top_k: int = 2,
+) -> dict:
+    """Dense vs UME frozen (trainable="moe") vs UME unfrozen ("all") on the same batches."""
+    cfg, dense, ume = _paper_models(vocab, preset, experts, top_k)
+    batches = synthetic_batches(
+        max(2, min(steps + warmup, 4)),
+        batch,
+        min_frames,
+        max_frames,
+        vocab,
+        cfg.model.encoder.input_dim,
+    )
+    nb = cfg.model.encoder.num_blocks
+    runs = {
+        "dense": train_throughput(dense, batches, "all", steps, warmup, nb),
+        "ume_frozen": train_throughput(ume, batches, "moe", steps, warmup, nb),
+        "ume_unfrozen": train_throughput(ume, batches, "all", steps, warmup, nb),
+    }
+    frames = sum(int(b[1].sum()) for b in batches) / len(batches)
+    return {
+        **machine_info(),
+        "preset": preset,
+        "vocab": vocab,
+        "experts": experts,
+        "top_k": top_k,
+        "batch": batch,
+        "frames_per_batch": frames,
+        "runs": runs,
+        "frozen_vs_unfrozen_speedup": round(
+            runs["ume_frozen"]["steps_per_s"] / runs["ume_unfrozen"]["steps_per_s"], 3
+        ),
+        "unfrozen_vs_dense_cost": round(
+            runs["dense"]["steps_per_s"] / runs["ume_unfrozen"]["steps_per_s"], 3
+        ),
+    }
+
+
+def main_train_bench(args: argparse.Namespace) -> int:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    res = bench_train(
+        preset=args.preset,
+        vocab=args.vocab,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+    )
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    print(
+        f"machine={res['machine']} threads={res['threads']} preset={res['preset']} "
+        f"vocab={res['vocab']} batch={res['batch']} frames/batch={res['frames_per_batch']:.0f}"
+    )
+    for name, r in res["runs"].items():
+        print(
+            f"{name:>13}: {r['steps_per_s']:.3f} steps/s  {r['audio_s_per_s']:.1f} audio s/s  "
+            f"({r['params_trainable'] / 1e6:.2f}M of {r['params_total'] / 1e6:.2f}M trainable)"
+        )
+    print(
+        f"frozen/unfrozen speed-up x{res['frozen_vs_unfrozen_speedup']:.2f}; "
+        f"unfrozen UME step costs x{res['unfrozen_vs_dense_cost']:.2f} a dense step"
+    )
+    return 0
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="paper", help="model shape preset")
+    p.add_argument("--vocab", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=16, help="utterances per batch (2.5-3.7 s)")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per model")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--json", action="store_true")

@@ -291,7 +291,10 @@ class Trainer:
         """One forward/backward on a batch (accumulating); returns float stats."""
         tc = self.cfg.train
         real = [self.train_idx[i] for i in batch]
-        feats, feat_lens = self.train_store.collate(real, self.cfg.features, self.aug_gen)
+        warm = self.state.step < tc.curriculum_steps
+        self.model.chunk_training = not warm
+        augment = None if warm else self.cfg.features
+        feats, feat_lens = self.train_store.collate(real, augment, self.aug_gen)
         ys, ys_lens = collate_tokens([self.tokens[i] for i in batch])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
             out = self.ddp(feats, feat_lens, ys, ys_lens)

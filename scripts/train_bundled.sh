@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Retrain the bundled dense model from scratch and replace models/dense_paper.
-# Usage: bash scripts/train_bundled.sh [WORKDIR]   (about 90 min on 2 CPU cores)
+# Usage: bash scripts/train_bundled.sh [WORKDIR [extra `ume train` args, e.g. --set k=v]]
+# (55 min of training on 2 CPU cores, plus synthesis and scoring)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-work/bundle}
+shift || true
 UME=.venv/bin/ume
 $UME data synth --preset paper --out "$W/data"
 $UME train --preset paper --train "$W/data/train" --dev "$W/data/dev" --exp "$W/dense" \
-  --cache-dir "$W/data/.cache" --no-progress
+  --cache-dir "$W/data/.cache" --no-progress "$@"
 .venv/bin/python -m ume.bench.bundle --exp "$W/dense" --data "$W/data" --out models/dense_paper \
-  --command "bash scripts/train_bundled.sh"
+  --command "bash scripts/train_bundled.sh $W $*"

@@ -31,10 +31,12 @@ def tiny_cfg(moe: MoEConfig | None = None) -> ModelConfig:
     return cfg
 
 
-def tiny_moe_model(e: int = 4, k: int = 2) -> ASRModel:
+def tiny_moe_model(e: int = 4, k: int = 2, final_norm: str = "block") -> ASRModel:
     torch.manual_seed(0)
     moe = MoEConfig(num_experts=e, top_k=k, router_init="normal", router_init_std=1.0)
-    model = ASRModel(tiny_cfg(moe), 50)
+    cfg = tiny_cfg(moe)
+    cfg.encoder.final_norm = final_norm
+    model = ASRModel(cfg, 50)
     with torch.no_grad():
         model.cmvn_mean.uniform_(-1, 1)
     return model.eval()
@@ -108,9 +110,10 @@ def test_fast_path_is_bitwise_equal_to_graph_path(k: int) -> None:
 
 # ---- export ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("moe_path", ["masked", "dense"])
-def test_export_round_trip(tmp_path: Path, moe_path: str) -> None:
+@pytest.mark.parametrize("final_norm", ["block", "encoder"])
+def test_export_round_trip(tmp_path: Path, moe_path: str, final_norm: str) -> None:
     pytest.importorskip("onnxruntime")
-    model = tiny_moe_model()
+    model = tiny_moe_model(final_norm=final_norm)
     path = export_encoder(model, tmp_path / "enc.onnx", moe_path, example_frames=120)
     assert path.stat().st_size > 10_000
     feats = _feats_list(None, None, 3, 80, seed=1)  # three different lengths: dynamic T

@@ -211,11 +211,29 @@ def test_encoder_output_shapes() -> None:
     assert valid.sum(1).tolist() == [t_out, int(sub.output_lengths(torch.tensor(60)))]
 
 
+def test_encoder_final_norm_placement() -> None:
+    """ "block": a LayerNorm closes every block; "encoder": pre-LN blocks + one LayerNorm."""
+    torch.manual_seed(0)
+    per_block = ConformerEncoder(_enc_cfg(final_norm="block"), MoEConfig())
+    once = ConformerEncoder(_enc_cfg(final_norm="encoder"), MoEConfig()).eval()
+    assert per_block.after_norm is None
+    assert all(isinstance(b.norm_final, torch.nn.LayerNorm) for b in per_block.blocks)
+    assert all(isinstance(b.norm_final, torch.nn.Identity) for b in once.blocks)
+    with torch.no_grad():
+        out, valid = once(torch.randn(2, 100, 20), torch.tensor([100, 60]))
+    real = out[valid]  # (N, D): the final LayerNorm leaves each frame zero-mean, unit-variance
+    assert torch.allclose(real.mean(-1), torch.zeros(len(real)), atol=1e-5)
+    with pytest.raises(ValueError, match="final_norm"):
+        ConformerEncoder(_enc_cfg(final_norm="layer"), MoEConfig())
+
+
+@pytest.mark.parametrize("final_norm", ["block", "encoder"])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("chunk", [0, 3])
-def test_encoder_padding_does_not_leak(causal: bool, chunk: int) -> None:
+def test_encoder_padding_does_not_leak(causal: bool, chunk: int, final_norm: str) -> None:
     torch.manual_seed(0)
-    enc = ConformerEncoder(_enc_cfg(causal_conv=causal), MoEConfig()).eval()
+    enc = ConformerEncoder(_enc_cfg(causal_conv=causal, final_norm=final_norm), MoEConfig())
+    enc = enc.eval()
     a = torch.randn(1, 90, 20)
     b = torch.randn(1, 55, 20)
     batch = torch.zeros(2, 90, 20)

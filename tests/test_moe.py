@@ -40,6 +40,7 @@ def tiny_model_cfg(moe: MoEConfig | None = None) -> ModelConfig:
     e = cfg.encoder
     e.input_dim, e.d_model, e.num_heads, e.d_ff, e.num_blocks = 80, 32, 2, 64, 2
     e.subsampling, e.conv_kernel = 4, 3
+    e.final_norm = "encoder"  # what the presets ship (its after_norm must be copied too)
     d = cfg.decoder
     d.num_blocks, d.r_num_blocks, d.num_heads, d.d_ff = 1, 1, 2, 64
     cfg.moe = moe or MoEConfig()

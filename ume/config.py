@@ -80,6 +80,9 @@ class EncoderConfig:
     dropout: float = 0.0
     attn_dropout: float = 0.0
     macaron: bool = True
+    # where the LayerNorm after the residual stream sits: "block" (end of every block, as in the
+    # Conformer paper) or "encoder" (pre-LN blocks, one LayerNorm after the last block)
+    final_norm: str = "block"
 
 
 @dataclass

@@ -74,6 +74,8 @@ class EncoderForExport(nn.Module):
         pos = rel_pos_encoding(t, enc.cfg.d_model).to(x.dtype)
         for block in enc.blocks:
             x = block(x, valid, att_mask, pos)
+        if enc.after_norm is not None:
+            x = enc.after_norm(x)
         return x, m.ctc_log_probs(x), lens
 
 

@@ -24,11 +24,14 @@ from ume.model.asr import ASRModel, count_params
 
 VARIANTS: dict[str, list[tuple[str, object]]] = {
     "preset": [],
+    "fp32": [("precision", "fp32")],
+    "bf16 autocast": [("precision", "bf16")],
     "subsampling x4": [("encoder.subsampling", 4)],
     "subsampling x6": [("encoder.subsampling", 6)],
-    "stem channels = d_model": [("encoder.subsampling_channels", 0)],
+    "stem channels 16": [("encoder.subsampling_channels", 16)],
     "stem channels 32": [("encoder.subsampling_channels", 32)],
-    "bf16 autocast": [("precision", "bf16")],
+    "stem channels 64": [("encoder.subsampling_channels", 64)],
+    "stem channels = d_model": [("encoder.subsampling_channels", 0)],
 }
 
 

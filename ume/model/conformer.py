@@ -108,7 +108,9 @@ class ConformerBlock(nn.Module):
         self.conv = ConvModule(d, cfg.conv_kernel, cfg.causal_conv)
         self.norm_ff = nn.LayerNorm(d)
         self.ffn = build_ffn(d, cfg.d_ff, "swish", cfg.dropout, "encoder_ffn", layer, n, moe)
-        self.norm_final = nn.LayerNorm(d)
+        if cfg.final_norm not in ("block", "encoder"):
+            raise ValueError(f"encoder.final_norm={cfg.final_norm!r}: use 'block' or 'encoder'")
+        self.norm_final = nn.LayerNorm(d) if cfg.final_norm == "block" else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout)
         self.ff_scale = 0.5 if cfg.macaron else 1.0
 
@@ -136,6 +138,7 @@ class ConformerEncoder(nn.Module):
         )
         self.pos_enc = RelPositionalEncoding(cfg.d_model, cfg.dropout)
         self.blocks = nn.ModuleList(ConformerBlock(cfg, moe, i) for i in range(cfg.num_blocks))
+        self.after_norm = nn.LayerNorm(cfg.d_model) if cfg.final_norm == "encoder" else None
 
     def forward(
         self,
@@ -151,4 +154,6 @@ class ConformerEncoder(nn.Module):
         pos = self.pos_enc(x.size(1), x.device).to(x.dtype)  # (1, 2T'-1, D)
         for block in self.blocks:
             x = block(x, valid, att_mask, pos)
+        if self.after_norm is not None:
+            x = self.after_norm(x)
         return x, valid

@@ -40,11 +40,14 @@ def evaluate_run(
     data_root: str | Path,
     mode: str = "attention_rescoring",
     rtf_utts: int = 32,
-    threads: int = 2,
+    threads: int | None = None,
 ) -> dict:
-    """Decode test and test_heldout of `data_root`, measure RTF; returns a results row."""
+    """Decode test and test_heldout of `data_root`, measure RTF; returns a results row.
+    threads: torch threads (None: keep the process setting, i.e. OMP_NUM_THREADS or all cores);
+    the row records it as rtf_threads."""
     run, data = Path(run_dir), Path(data_root)
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     cfg, tok, model = load_experiment(run)
     test = score_split(model, tok, cfg, data / "test", mode, run / "hyp_test.txt")
     row = {

@@ -95,6 +95,12 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return main_train_bench(args)
 
 
+def cmd_bench_compile(args: argparse.Namespace) -> int:
+    from ume.bench.compile import main_compile
+
+    return main_compile(args)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ume.bench.export import main_export
 
@@ -210,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("train", help="training steps/s: dense vs UME frozen vs unfrozen")
     add_train_args(p)
     p.set_defaults(func=cmd_bench_train)
+    from ume.bench.compile import add_compile_args
+
+    p = bench.add_parser("compile", help="torch.compile vs eager encoder latency")
+    add_compile_args(p)
+    p.set_defaults(func=cmd_bench_compile)
 
     p = sub.add_parser("export", help="ONNX export of encoder + CTC (MoE included), --check")
     add_export_args(p)

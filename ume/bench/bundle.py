@@ -59,6 +59,10 @@ def bundle(exp: Path, data: Path, out: Path, command: str) -> dict:
     info = json.loads((exp / "train_info.json").read_text())
     if (exp / "curve.jsonl").is_file():
         shutil.copy(exp / "curve.jsonl", out / "curve.jsonl")
+    if info.get("curve"):
+        from ume.bench.experiment import plot_curves
+
+        plot_curves({"runs": {"dense_paper": {"curve": info["curve"]}}}, out / "curve.png")
     row = evaluate_run(out, data)  # scored from the fp16 weights actually shipped
     check = card_check(out)
     summary = (
@@ -108,7 +112,8 @@ def bundle(exp: Path, data: Path, out: Path, command: str) -> dict:
         "",
         f"Check: the first {SLICE_UTTS} paper-test utterances, re-synthesised, decode to MER "
         f"{check['mer']} ({CHECK_MODE}); `pytest tests/test_bundled.py` recomputes it.",
-        "Dev curve (ctc greedy, 200-utt dev subset) is in `curve.jsonl`.",
+        "Dev curve (ctc greedy, 200-utt dev subset, MER vs training minutes): `curve.jsonl`,"
+        " plotted in `curve.png`.",
     ]
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return card

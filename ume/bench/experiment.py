@@ -240,7 +240,7 @@ def plot_curves(results: dict, path: Path) -> None:
         c = row.get("curve") or []
         if c:
             ax.plot([p["minutes"] for p in c], [p["dev_mer"] for p in c], marker=".", label=name)
-    ax.set_xlabel("training wall-clock (minutes, 2 CPU cores)")
+    ax.set_xlabel("training wall-clock (minutes)")
     ax.set_ylabel("dev MER % (ctc greedy, dev subset)")
     ax.grid(alpha=0.3)
     ax.legend()

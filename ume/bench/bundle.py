@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ume.bench.evaluate import evaluate_run, score_split
+from ume.bench.rtf import cpu_model
 from ume.data.synth import synthesize_slice
 from ume.expdir import (
     MODEL_FILE,
@@ -76,7 +77,7 @@ def bundle(exp: Path, data: Path, out: Path, command: str) -> dict:
         "train_seconds": info.get("train_seconds"),
         "train_steps": info.get("steps"),
         "threads": info.get("threads"),
-        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "machine": f"{cpu_model()} ({platform.machine()})",
         "decode_mode": row["decode_mode"],
         "dev_mer": row["dev_mer"],
         "test_mer": row["test_mer"],

@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ume.config import load_config, preset_config
@@ -36,6 +37,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
     summary = synthesize(args.preset, args.out, seed=args.seed, num_workers=args.workers)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
+
+
+def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+    """A command handler that imports `module` only when the command runs (fast `ume --help`)."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), func)(args)
+
+    return run
 
 
 def _resolve_config(args: argparse.Namespace) -> Path:
@@ -65,76 +77,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_decode(args: argparse.Namespace) -> int:
-    from ume.decode.cli import run_decode
-
-    return run_decode(args)
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     from ume.decode.score import main_score
 
     return main_score(args.ref, args.hyp, args.json)
-
-
-def cmd_bench_rtf(args: argparse.Namespace) -> int:
-    from ume.bench.rtf import main_rtf
-
-    return main_rtf(args)
-
-
-def cmd_bench_moe(args: argparse.Namespace) -> int:
-    from ume.bench.moe import main_moe
-
-    return main_moe(args)
-
-
-def cmd_bench_train(args: argparse.Namespace) -> int:
-    from ume.bench.moe import main_train_bench
-
-    return main_train_bench(args)
-
-
-def cmd_bench_compile(args: argparse.Namespace) -> int:
-    from ume.bench.compile import main_compile
-
-    return main_compile(args)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from ume.bench.export import main_export
-
-    return main_export(args)
-
-
-def cmd_upcycle(args: argparse.Namespace) -> int:
-    from ume.upcycle import main_upcycle
-
-    return main_upcycle(args)
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from ume.upcycle import main_inspect
-
-    return main_inspect(args)
-
-
-def cmd_experiment(args: argparse.Namespace) -> int:
-    from ume.bench.experiment import main_experiment
-
-    return main_experiment(args)
-
-
-def cmd_bench_step(args: argparse.Namespace) -> int:
-    from ume.bench.step import main_step
-
-    return main_step(args)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from ume.demo import run_demo
-
-    return run_demo(args)
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
@@ -184,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="hypothesis file (utt-id text)")
     p.add_argument("--batch-size", type=int, default=16)
     add_decode_args(p)
-    p.set_defaults(func=cmd_decode)
+    p.set_defaults(func=_lazy("ume.decode.cli", "run_decode"))
 
     p = sub.add_parser("score", help="CER (zh) / WER (en) / MER")
     p.add_argument("--ref", required=True)
@@ -205,36 +151,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=0)
     p.add_argument("--stream-chunk", type=int, default=16, help="also streaming RTF; 0 = off")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_bench_rtf)
+    p.set_defaults(func=_lazy("ume.bench.rtf", "main_rtf"))
 
     from ume.bench.export import add_export_args
     from ume.bench.moe import add_moe_args, add_train_args
 
     p = bench.add_parser("moe", help="MoE dispatch vs FLOP bound, loop and HF references")
     add_moe_args(p)
-    p.set_defaults(func=cmd_bench_moe)
+    p.set_defaults(func=_lazy("ume.bench.moe", "main_moe"))
     p = bench.add_parser("train", help="training steps/s: dense vs UME frozen vs unfrozen")
     add_train_args(p)
-    p.set_defaults(func=cmd_bench_train)
+    p.set_defaults(func=_lazy("ume.bench.moe", "main_train_bench"))
     from ume.bench.compile import add_compile_args
 
     p = bench.add_parser("compile", help="torch.compile vs eager encoder latency")
     add_compile_args(p)
-    p.set_defaults(func=cmd_bench_compile)
+    p.set_defaults(func=_lazy("ume.bench.compile", "main_compile"))
 
     p = sub.add_parser("export", help="ONNX export of encoder + CTC (MoE included), --check")
     add_export_args(p)
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=_lazy("ume.bench.export", "main_export"))
 
     from ume.upcycle import add_inspect_args, add_upcycle_args
 
     p = sub.add_parser("upcycle", help="dense experiment dir -> MoE experiment dir (UME)")
     add_upcycle_args(p)
-    p.set_defaults(func=cmd_upcycle)
+    p.set_defaults(func=_lazy("ume.upcycle", "main_upcycle"))
 
     p = sub.add_parser("inspect", help="MoE diagnostics: expert load, similarity, heat-map")
     add_inspect_args(p)
-    p.set_defaults(func=cmd_inspect)
+    p.set_defaults(func=_lazy("ume.upcycle", "main_inspect"))
 
     p = sub.add_parser("experiment", help="the paper's comparison: dense vs UME vs scratch")
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])
@@ -242,13 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-scratch", action="store_true", help="train the dense model too")
     p.add_argument("--model", help="dense experiment dir to start from (default: bundled)")
     p.add_argument("--runs", help="comma list of runs to do (default: the preset's)")
-    p.set_defaults(func=cmd_experiment)
+    p.set_defaults(func=_lazy("ume.bench.experiment", "main_experiment"))
 
     from ume.bench.step import add_step_args
 
     p = bench.add_parser("step", help="training-step cost of model/precision variants")
     add_step_args(p)
-    p.set_defaults(func=cmd_bench_step)
+    p.set_defaults(func=_lazy("ume.bench.step", "main_step"))
 
     p = sub.add_parser("demo", help="synthesise, fine-tune, decode, score: the README demo")
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])
@@ -257,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-scratch", action="store_true", help="train the dense model, not the bundled one"
     )
     p.add_argument("--model", help="dense experiment dir to start from (default: bundled)")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=_lazy("ume.demo", "run_demo"))
     return ap
 
 

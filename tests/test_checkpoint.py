@@ -260,7 +260,17 @@ def test_lr_lambda_noam_and_constant() -> None:
     h = lr_lambda(TrainConfig(warmup_steps=0))
     assert h(0) == 1.0 and math.isclose(h(3), 0.5)
     with pytest.raises(ValueError, match="lr_schedule"):
-        lr_lambda(TrainConfig(lr_schedule="cosine"))
+        lr_lambda(TrainConfig(lr_schedule="linear"))
+
+
+def test_lr_lambda_cosine_anneals_to_zero_at_max_steps() -> None:
+    c = lr_lambda(TrainConfig(warmup_steps=4, lr_schedule="cosine", max_steps=104))
+    assert [c(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert math.isclose(c(53), 0.5)  # half-way through the decay
+    assert math.isclose(c(103), 0.0, abs_tol=1e-12) and c(500) == c(103)
+    assert all(c(s) >= c(s + 1) for s in range(3, 120))
+    with pytest.raises(ValueError, match="max_steps"):
+        lr_lambda(TrainConfig(warmup_steps=50, lr_schedule="cosine", max_steps=50))
 
 
 def test_phase_at_boundaries() -> None:

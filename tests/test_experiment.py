@@ -52,3 +52,41 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     before = info.stat().st_mtime_ns
     assert main(["experiment", "--preset", "tiny", "--workdir", str(work)]) == 0
     assert info.stat().st_mtime_ns == before
+
+
+def test_add_comparisons_targets_and_relative_change() -> None:
+    from ume.bench.experiment import add_comparisons
+
+    def curve(*pts: tuple[int, float, float]) -> list[dict]:
+        return [{"step": s, "minutes": m, "dev_mer": d} for s, m, d in pts]
+
+    res = {
+        "runs": {
+            "dense": {"test_mer": 40.0, "train_seconds": 600.0, "curve": []},
+            "dense_continued": {
+                "test_mer": 38.0,
+                "curve": curve((0, 0.0, 50.0), (100, 1.0, 48.0), (200, 2.0, 47.0)),
+            },
+            "ume": {
+                "test_mer": 34.0,
+                "curve": curve((0, 0.0, 50.0), (100, 1.5, 44.0), (200, 3.0, 41.0)),
+            },
+            "moe_scratch": {
+                "test_mer": 60.0,
+                "curve": curve((100, 5.0, 90.0), (200, 10.0, 45.0), (300, 15.0, 46.0)),
+            },
+        }
+    }
+    out = add_comparisons(res)
+    runs = out["runs"]
+    assert out["dense_dev_mer_greedy"] == 50.0  # the continued runs' step-0 evaluation
+    assert out["best_dev_mer_greedy"] == {"dense": 50.0, "ume": 41.0, "scratch": 45.0}
+    assert out["dense_minutes"] == 10.0
+    assert runs["ume"]["rel_change_vs_dense_pct"] == -15.0
+    assert runs["dense_continued"]["rel_change_vs_dense_pct"] == -5.0
+    assert runs["ume"]["minutes_to_dense_dev_mer"] == 0.0
+    assert runs["ume"]["minutes_to_scratch_dev_mer"] == 1.5  # first point <= 45
+    assert runs["ume"]["minutes_to_ume_dev_mer"] == 3.0
+    assert runs["moe_scratch"]["minutes_to_scratch_dev_mer"] == 10.0
+    assert runs["moe_scratch"]["minutes_to_ume_dev_mer"] is None  # never reached 41
+    assert runs["dense_continued"]["minutes_to_scratch_dev_mer"] is None

@@ -131,7 +131,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # 0 = no time limit; else stop (and checkpoint) after this
     lr: float = 2e-3
     warmup_steps: int = 300
-    lr_schedule: str = "noam"  # "noam" (warmup then inverse sqrt) or "constant" (after warmup)
+    lr_schedule: str = "noam"  # after warmup: "noam" (inverse sqrt), "constant", "cosine" (to 0)
     weight_decay: float = 1e-2
     grad_clip: float = 5.0
     accum_grad: int = 1

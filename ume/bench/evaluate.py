@@ -98,6 +98,10 @@ def format_results(data: dict) -> str:
         "train_seconds",
         "params_total",
         "params_active",
+        "rel_change_vs_dense_pct",
+        "minutes_to_dense_dev_mer",
+        "minutes_to_ume_dev_mer",
+        "minutes_to_scratch_dev_mer",
     ]
     lines = ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in data.get("runs", {}).items():

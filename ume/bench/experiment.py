@@ -57,7 +57,7 @@ class ExperimentPlan:
     extra_minutes: float = 0.0  # optional wall-clock cap per continued run (0 = none)
     lr: float = 1e-3
     warmup_steps: int = 30
-    lr_schedule: str = "constant"
+    lr_schedule: str = "constant"  # "cosine" anneals to 0 at extra_steps
     freeze_steps: int = 100  # UME phase 1 length
     phase1_trainable: str = "moe"
     experts: int = 8
@@ -207,25 +207,33 @@ def minutes_to_reach(curve: list[dict], target: float) -> float | None:
 
 
 def add_comparisons(results: dict) -> dict:
-    """Relative change vs dense and time-to-target on the dev curves (ctc greedy subset)."""
+    """Relative test-MER change vs dense, and minutes of each run's own training to reach three
+    dev targets (ctc greedy on the dev subset, the curves' metric): the dense model's dev MER,
+    UME's best, and the scratch MoE's best. `dense_minutes` is the dense model's training time,
+    the sunk cost to add to an upcycled run's minutes for its cost "dense + UME"."""
     runs = results.get("runs", {})
     dense = runs.get("dense")
     curves = {k: v.get("curve", []) for k, v in runs.items()}
     start = curves.get("dense_continued") or curves.get("ume") or []
     dense_dev = start[0]["dev_mer"] if start and start[0]["step"] == 0 else None
-    ume_curve = curves.get("ume") or []
-    ume_best = min((p["dev_mer"] for p in ume_curve), default=None)
+    targets = {
+        "dense": dense_dev,
+        "ume": min((p["dev_mer"] for p in curves.get("ume") or []), default=None),
+        "scratch": min((p["dev_mer"] for p in curves.get("moe_scratch") or []), default=None),
+    }
     for row in runs.values():
-        if dense and dense.get("test_mer"):
+        if dense and dense.get("test_mer") and row.get("test_mer") is not None:
             row["rel_change_vs_dense_pct"] = round(
                 100 * (row["test_mer"] - dense["test_mer"]) / dense["test_mer"], 2
             )
         c = row.get("curve", [])
-        row["minutes_to_dense_dev_mer"] = (
-            minutes_to_reach(c, dense_dev) if dense_dev is not None and c else None
-        )
-        row["minutes_to_ume_dev_mer"] = minutes_to_reach(c, ume_best) if ume_best and c else None
+        for name, target in targets.items():
+            hit = minutes_to_reach(c, target) if target is not None and c else None
+            row[f"minutes_to_{name}_dev_mer"] = hit
     results["dense_dev_mer_greedy"] = dense_dev
+    results["best_dev_mer_greedy"] = targets
+    secs = (dense or {}).get("train_seconds")
+    results["dense_minutes"] = round(secs / 60, 2) if secs else None
     return results
 
 

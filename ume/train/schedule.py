@@ -21,16 +21,30 @@ from ume.config import PhaseConfig, TrainConfig
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Multiplier on cfg.lr for a step: linear warmup, then inverse-sqrt decay ("noam") or flat."""
+    """Multiplier on cfg.lr for a step: linear warmup, then inverse-sqrt decay ("noam"), flat
+    ("constant"), or a half cosine down to 0 at cfg.max_steps ("cosine", for continued training
+    of a converged model: it anneals by the end of the run, as the model it starts from did)."""
     warm = max(1, cfg.warmup_steps)
-    if cfg.lr_schedule not in ("noam", "constant"):
-        raise ValueError(f"train.lr_schedule={cfg.lr_schedule!r}: use 'noam' or 'constant'")
+    if cfg.lr_schedule not in ("noam", "constant", "cosine"):
+        raise ValueError(
+            f"train.lr_schedule={cfg.lr_schedule!r}: use 'noam', 'constant' or 'cosine'"
+        )
+    if cfg.lr_schedule == "cosine" and cfg.max_steps <= warm:
+        raise ValueError(
+            f"train.lr_schedule='cosine' decays over train.max_steps={cfg.max_steps}, which "
+            f"must exceed train.warmup_steps={cfg.warmup_steps}"
+        )
 
     def f(step: int) -> float:
         s = step + 1
         if s < warm:
             return s / warm
-        return 1.0 if cfg.lr_schedule == "constant" else math.sqrt(warm / s)
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        if cfg.lr_schedule == "noam":
+            return math.sqrt(warm / s)
+        progress = min(1.0, (s - warm) / (cfg.max_steps - warm))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
 

@@ -45,6 +45,10 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     assert dense["params_total"] < ume["params_active"] < ume["params_total"]
     # continued runs start their curve at the initial model (step 0)
     assert res["runs"]["ume"]["curve"][0]["step"] == 0
+    # every non-dense run carries a paired-bootstrap interval against dense
+    lo, hi = res["runs"]["ume"]["rel_ci95_vs_dense_pct"]
+    assert lo <= res["runs"]["ume"]["rel_change_vs_dense_pct"] <= hi
+    assert 0.0 <= res["runs"]["ume"]["p_better_than_dense"] <= 1.0
     for f in ("results.md", "dev_mer_curves.png", "expert_load.png"):
         assert (work / f).is_file(), f
     # a rerun skips finished runs (no retraining: train_info untouched)
@@ -65,7 +69,7 @@ def test_add_comparisons_targets_and_relative_change() -> None:
             "dense": {"test_mer": 40.0, "train_seconds": 600.0, "curve": []},
             "dense_continued": {
                 "test_mer": 38.0,
-                "curve": curve((0, 0.0, 50.0), (100, 1.0, 48.0), (200, 2.0, 47.0)),
+                "curve": curve((0, 0.0, 50.0), (100, 1.0, 52.0), (200, 2.0, 47.0)),
             },
             "ume": {
                 "test_mer": 34.0,
@@ -84,9 +88,22 @@ def test_add_comparisons_targets_and_relative_change() -> None:
     assert out["dense_minutes"] == 10.0
     assert runs["ume"]["rel_change_vs_dense_pct"] == -15.0
     assert runs["dense_continued"]["rel_change_vs_dense_pct"] == -5.0
-    assert runs["ume"]["minutes_to_dense_dev_mer"] == 0.0
+    # the step-0 point is the starting (dense) model: reaching a target there is not training
+    assert runs["ume"]["minutes_to_dense_dev_mer"] == 1.5
+    assert runs["dense_continued"]["minutes_to_dense_dev_mer"] == 2.0  # 52 at 1 min misses 50
     assert runs["ume"]["minutes_to_scratch_dev_mer"] == 1.5  # first point <= 45
     assert runs["ume"]["minutes_to_ume_dev_mer"] == 3.0
     assert runs["moe_scratch"]["minutes_to_scratch_dev_mer"] == 10.0
     assert runs["moe_scratch"]["minutes_to_ume_dev_mer"] is None  # never reached 41
     assert runs["dense_continued"]["minutes_to_scratch_dev_mer"] is None
+
+
+def test_best_trained_ignores_the_starting_point() -> None:
+    from ume.bench.experiment import best_trained
+
+    pts = [
+        {"step": 0, "minutes": 0.0, "dev_mer": 30.0},
+        {"step": 50, "minutes": 1.0, "dev_mer": 35.0},
+    ]
+    assert best_trained(pts) == 35.0
+    assert best_trained(pts[:1]) is None

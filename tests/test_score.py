@@ -77,3 +77,44 @@ def test_main_score(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "MER" in capsys.readouterr().out
     assert main_score(str(tmp_path / "nope"), str(tmp_path / "hyp"), as_json=False) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_paired_bootstrap_identical_systems_and_clear_winner() -> None:
+    from ume.decode.significance import paired_bootstrap
+
+    refs = {f"u{i}": "你好世界 HELLO" for i in range(30)}
+    worse = {f"u{i}": "你好 HELLO" for i in range(30)}  # 2 deletions of 5 units each
+    same = paired_bootstrap(refs, worse, worse, replicates=200)
+    assert same["rel_change_pct"] == 0.0 and same["rel_ci95_pct"] == [0.0, 0.0]
+    assert same["p_b_better"] == 0.0  # ties are not "better"
+    win = paired_bootstrap(refs, worse, refs, replicates=200)
+    assert win["mer_a"] == 40.0 and win["mer_b"] == 0.0
+    assert win["rel_change_pct"] == -100.0 and win["p_b_better"] == 1.0
+    # B fixes one utterance in 30: never worse in any draw, so the interval ends at <= 0
+    one = dict(worse, u0=refs["u0"])
+    res = paired_bootstrap(refs, worse, one, replicates=500, seed=1)
+    lo, hi = res["rel_ci95_pct"]
+    assert lo < res["rel_change_pct"] < 0.0 and hi <= 0.0
+    assert res["rel_change_pct"] == pytest.approx(100 * (58 / 150 * 100 - 40) / 40, abs=1e-3)
+
+
+def test_paired_bootstrap_bad_input() -> None:
+    from ume.data.manifest import DataError
+    from ume.decode.significance import paired_bootstrap
+
+    with pytest.raises(DataError, match="no reference"):
+        paired_bootstrap({}, {}, {})
+    with pytest.raises(ValueError, match="replicates"):
+        paired_bootstrap({"a": "HI"}, {}, {}, replicates=0)
+
+
+def test_main_score_vs_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_text_file({"a": "你好WORLD", "b": "HI"}, tmp_path / "ref")
+    write_text_file({"a": "你好 word", "b": "你"}, tmp_path / "base")
+    write_text_file({"a": "你好 WORLD", "b": "HI"}, tmp_path / "hyp")
+    args = (str(tmp_path / "ref"), str(tmp_path / "hyp"))
+    assert main_score(*args, as_json=True, vs=str(tmp_path / "base"), replicates=50) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mer"] == 0.0 and out["vs"]["mer_a"] == 50.0 and out["vs"]["p_b_better"] > 0.5
+    assert main_score(*args, as_json=False, vs=str(tmp_path / "base"), replicates=50) == 0
+    assert "95% CI" in capsys.readouterr().out

@@ -4,7 +4,7 @@ Examples:
     ume data synth --preset quick --out data/quick
     ume train --config configs/quick.yaml --train data/quick/train --dev data/quick/dev --exp runs/dense
     ume decode --model runs/dense --data data/quick/test --mode attention_rescoring --out hyp.txt
-    ume score --ref data/quick/test/text --hyp hyp.txt [--json]
+    ume score --ref data/quick/test/text --hyp hyp.txt [--vs baseline_hyp.txt] [--json]
     ume bench rtf --model runs/dense --data data/quick/test
     ume bench moe --quick
     ume export --model runs/ume --out encoder.onnx --check
@@ -80,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     from ume.decode.score import main_score
 
-    return main_score(args.ref, args.hyp, args.json)
+    return main_score(args.ref, args.hyp, args.json, vs=args.vs, replicates=args.bootstrap)
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="CER (zh) / WER (en) / MER")
     p.add_argument("--ref", required=True)
     p.add_argument("--hyp", required=True)
+    p.add_argument(
+        "--vs", help="a baseline's hypotheses: adds a paired-bootstrap comparison of --hyp to it"
+    )
+    p.add_argument("--bootstrap", type=int, default=1000, help="replicates for --vs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_score)
 

@@ -99,6 +99,7 @@ def format_results(data: dict) -> str:
         "params_total",
         "params_active",
         "rel_change_vs_dense_pct",
+        "rel_ci95_vs_dense_pct",
         "minutes_to_dense_dev_mer",
         "minutes_to_ume_dev_mer",
         "minutes_to_scratch_dev_mer",
@@ -106,5 +107,9 @@ def format_results(data: dict) -> str:
     lines = ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in data.get("runs", {}).items():
         vals = [row.get(c) for c in cols]
-        lines.append(f"| {name} | " + " | ".join("-" if v is None else str(v) for v in vals) + " |")
+        cells = [
+            "-" if v is None else ("..".join(map(str, v)) if isinstance(v, list) else str(v))
+            for v in vals
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

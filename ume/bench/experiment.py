@@ -200,10 +200,17 @@ def _curve(run_dir: Path) -> list[dict]:
 
 
 def minutes_to_reach(curve: list[dict], target: float) -> float | None:
+    """Minutes of training until the dev MER is at or below `target` (None: never).
+    A step-0 point is the starting model, not a result of this run, so it never counts."""
     for p in curve:
-        if p["dev_mer"] <= target:
+        if p["step"] > 0 and p["dev_mer"] <= target:
             return p["minutes"]
     return None
+
+
+def best_trained(curve: list[dict]) -> float | None:
+    """Best dev MER a run reached by training (step-0 point excluded)."""
+    return min((p["dev_mer"] for p in curve if p["step"] > 0), default=None)
 
 
 def add_comparisons(results: dict) -> dict:
@@ -218,8 +225,8 @@ def add_comparisons(results: dict) -> dict:
     dense_dev = start[0]["dev_mer"] if start and start[0]["step"] == 0 else None
     targets = {
         "dense": dense_dev,
-        "ume": min((p["dev_mer"] for p in curves.get("ume") or []), default=None),
-        "scratch": min((p["dev_mer"] for p in curves.get("moe_scratch") or []), default=None),
+        "ume": best_trained(curves.get("ume") or []),
+        "scratch": best_trained(curves.get("moe_scratch") or []),
     }
     for row in runs.values():
         if dense and dense.get("test_mer") and row.get("test_mer") is not None:
@@ -237,21 +244,56 @@ def add_comparisons(results: dict) -> dict:
     return results
 
 
+STARTS_FROM_DENSE = ("dense_continued", "ume", "ume_no_freeze", "ume_no_balance", "ume_drop")
+
+
+def add_significance(results: dict, runs_dir: Path, data: Path, replicates: int = 1000) -> dict:
+    """Paired bootstrap of each run's test hypotheses against the dense run's (same utterances):
+    rel_ci95_vs_dense_pct (95% interval of the relative MER change) and p_better_than_dense."""
+    from ume.data.manifest import read_text_file
+    from ume.decode.significance import paired_bootstrap
+
+    ref_path, dense_hyp = data / "test" / "text", runs_dir / "dense" / "hyp_test.txt"
+    if not (ref_path.is_file() and dense_hyp.is_file()):
+        return results
+    refs, base = read_text_file(ref_path), read_text_file(dense_hyp)
+    for name, row in results.get("runs", {}).items():
+        hyp = runs_dir / name / "hyp_test.txt"
+        if name == "dense" or not hyp.is_file():
+            continue
+        res = paired_bootstrap(refs, base, read_text_file(hyp), replicates)
+        row["rel_ci95_vs_dense_pct"] = res["rel_ci95_pct"]
+        row["p_better_than_dense"] = res["p_b_better"]
+    return results
+
+
 def plot_curves(results: dict, path: Path) -> None:
+    """Dev MER vs wall-clock, two panels: each run's own training minutes (the dense model as a
+    sunk cost, as the paper counts), and cumulative minutes, where runs that start from the dense
+    model are shifted right by its training time (the cost of dense + UME together)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, row in results.get("runs", {}).items():
-        c = row.get("curve") or []
-        if c:
-            ax.plot([p["minutes"] for p in c], [p["dev_mer"] for p in c], marker=".", label=name)
-    ax.set_xlabel("training wall-clock (minutes)")
-    ax.set_ylabel("dev MER % (ctc greedy, dev subset)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    offset = results.get("dense_minutes") or 0.0
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, cumulative in zip(axes, (False, True)):
+        for name, row in results.get("runs", {}).items():
+            c = row.get("curve") or []
+            if not c:
+                continue
+            shift = offset if cumulative and name in STARTS_FROM_DENSE else 0.0
+            xs = [p["minutes"] + shift for p in c]
+            ax.plot(xs, [p["dev_mer"] for p in c], marker=".", label=name)
+        ax.set_xlabel(
+            "cumulative minutes (dense training + the run's own)"
+            if cumulative
+            else "the run's own training wall-clock (minutes)"
+        )
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("dev MER % (ctc greedy, dev subset)")
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -310,7 +352,7 @@ def run_experiment(
             row["evaluated"] = True
             row["wall_seconds_this_session"] = round(time.time() - t0, 1)
             results = update_results(results_path, name, row)
-    results = add_comparisons(results)
+    results = add_significance(add_comparisons(results), runs_dir, data)
     from ume.expdir import atomic_write_json
 
     atomic_write_json(results, results_path)

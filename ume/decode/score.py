@@ -181,20 +181,33 @@ def format_table(res: dict) -> str:
     return "\n".join(rows)
 
 
-def main_score(ref: str, hyp: str, as_json: bool) -> int:
-    """CLI entry for ``ume score --ref TEXT --hyp HYP [--json]``; returns the exit code.
+def main_score(
+    ref: str, hyp: str, as_json: bool, vs: str | None = None, replicates: int = 1000
+) -> int:
+    """CLI entry for ``ume score --ref TEXT --hyp HYP [--vs BASELINE_HYP] [--json]``; returns
+    the exit code. With `vs`, adds a paired bootstrap of HYP against the baseline
+    (``"vs"`` in the JSON; see ume/decode/significance.py).
 
     Example:
         >>> main_score("data/test/text", "exp/decode/hyp.txt", as_json=False)
         0
     """
     try:
-        res = score(read_text_file(ref), read_text_file(hyp))
-    except DataError as e:
+        refs = read_text_file(ref)
+        res = score(refs, read_text_file(hyp))
+        if vs:
+            from ume.decode.significance import paired_bootstrap
+
+            res["vs"] = paired_bootstrap(refs, read_text_file(vs), read_text_file(hyp), replicates)
+    except (DataError, ValueError) as e:
         print(f"ume score: error: {e}", file=sys.stderr)
         return 1
     if as_json:
         print(json.dumps(_json_safe(res), indent=2, allow_nan=False))
     else:
         print(format_table(res))
+        if vs:
+            from ume.decode.significance import format_bootstrap
+
+            print("\n" + format_bootstrap(res["vs"], name_a=vs, name_b=hyp))
     return 0

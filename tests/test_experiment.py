@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from ume.cli import main
 
 RUNS = (
@@ -45,6 +47,10 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     assert dense["params_total"] < ume["params_active"] < ume["params_total"]
     # continued runs start their curve at the initial model (step 0)
     assert res["runs"]["ume"]["curve"][0]["step"] == 0
+    # continued runs never replay the from-scratch warm-up curriculum on a trained model
+    for name in ("dense_continued", "ume"):
+        train_cfg = yaml.safe_load((work / "runs" / name / "config.yaml").read_text())["train"]
+        assert train_cfg["sortagrad"] is False and train_cfg["curriculum_steps"] == 0, name
     # every non-dense run carries a paired-bootstrap interval against dense
     lo, hi = res["runs"]["ume"]["rel_ci95_vs_dense_pct"]
     assert lo <= res["runs"]["ume"]["rel_change_vs_dense_pct"] <= hi

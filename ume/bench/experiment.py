@@ -92,7 +92,13 @@ def _finished(run_dir: Path) -> bool:
 
 
 def _continue_overrides(plan: ExperimentPlan, extra: list[str] | None = None) -> list[str]:
+    """Train overrides of every run that continues a trained model. The from-scratch warm-up
+    curriculum (shortest-first first epoch, no SpecAugment or chunk training for
+    curriculum_steps) is switched off: on a converged model it is a distribution shift that
+    undid the dense model's progress for the first 2,000 steps (docs/RESULTS.md)."""
     return [
+        "train.sortagrad=false",
+        "train.curriculum_steps=0",
         f"train.max_steps={plan.extra_steps}",
         f"train.max_minutes={plan.extra_minutes}",
         f"train.lr={plan.lr}",

@@ -250,24 +250,26 @@ def add_comparisons(results: dict) -> dict:
     return results
 
 
-STARTS_FROM_DENSE = ("dense_continued", "ume", "ume_no_freeze", "ume_no_balance", "ume_drop")
+STARTS_FROM_DENSE = tuple(r for r in ALL_RUNS if r not in ("dense", "moe_scratch"))
 
 
 def add_significance(results: dict, runs_dir: Path, data: Path, replicates: int = 1000) -> dict:
     """Paired bootstrap of each run's test hypotheses against the dense run's (same utterances):
     rel_ci95_vs_dense_pct (95% interval of the relative MER change) and p_better_than_dense."""
     from ume.data.manifest import read_text_file
-    from ume.decode.significance import paired_bootstrap
+    from ume.decode.significance import bootstrap_errors, utterance_errors
 
     ref_path, dense_hyp = data / "test" / "text", runs_dir / "dense" / "hyp_test.txt"
     if not (ref_path.is_file() and dense_hyp.is_file()):
         return results
-    refs, base = read_text_file(ref_path), read_text_file(dense_hyp)
+    refs = read_text_file(ref_path)
+    keys = sorted(refs)
+    base = utterance_errors(refs, read_text_file(dense_hyp), keys)  # (N, 2), once for all runs
     for name, row in results.get("runs", {}).items():
         hyp = runs_dir / name / "hyp_test.txt"
         if name == "dense" or not hyp.is_file():
             continue
-        res = paired_bootstrap(refs, base, read_text_file(hyp), replicates)
+        res = bootstrap_errors(base, utterance_errors(refs, read_text_file(hyp), keys), replicates)
         row["rel_ci95_vs_dense_pct"] = res["rel_ci95_pct"]
         row["p_better_than_dense"] = res["p_b_better"]
     return results

@@ -193,12 +193,12 @@ def main_score(
         0
     """
     try:
-        refs = read_text_file(ref)
-        res = score(refs, read_text_file(hyp))
+        refs, hyps = read_text_file(ref), read_text_file(hyp)
+        res = score(refs, hyps)
         if vs:
             from ume.decode.significance import paired_bootstrap
 
-            res["vs"] = paired_bootstrap(refs, read_text_file(vs), read_text_file(hyp), replicates)
+            res["vs"] = paired_bootstrap(refs, read_text_file(vs), hyps, replicates)
     except (DataError, ValueError) as e:
         print(f"ume score: error: {e}", file=sys.stderr)
         return 1

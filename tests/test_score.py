@@ -118,3 +118,13 @@ def test_main_score_vs_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert out["mer"] == 0.0 and out["vs"]["mer_a"] == 50.0 and out["vs"]["p_b_better"] > 0.5
     assert main_score(*args, as_json=False, vs=str(tmp_path / "base"), replicates=50) == 0
     assert "95% CI" in capsys.readouterr().out
+
+
+def test_main_score_vs_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_text_file({"a": "HI"}, tmp_path / "ref")
+    write_text_file({"a": "HI"}, tmp_path / "hyp")
+    args = (str(tmp_path / "ref"), str(tmp_path / "hyp"))
+    assert main_score(*args, as_json=False, vs=str(tmp_path / "nope")) == 1
+    assert "nope does not exist" in capsys.readouterr().err
+    assert main_score(*args, as_json=False, vs=str(tmp_path / "hyp"), replicates=0) == 1
+    assert "replicates must be >= 1, got 0" in capsys.readouterr().err

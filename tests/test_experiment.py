@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ume.cli import main
@@ -20,6 +21,7 @@ RUNS = (
 )
 ROW_KEYS = (
     "test_mer",
+    "train_subset_mer",
     "test_cer_zh",
     "test_wer_en",
     "rtf_b1",
@@ -57,11 +59,32 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     assert 0.0 <= res["runs"]["ume"]["p_better_than_dense"] <= 1.0
     for f in ("results.md", "dev_mer_curves.png", "expert_load.png"):
         assert (work / f).is_file(), f
-    # a rerun skips finished runs (no retraining: train_info untouched)
+    # the generalisation gap: a fixed train subset decoded like test
+    hyp_train = (work / "runs" / "dense" / "hyp_train_subset.txt").read_text().splitlines()
+    assert 0 < len(hyp_train) <= 400
+    assert 0.0 <= dense["train_subset_mer"] <= 200.0
+    # a rerun skips finished runs (no retraining: train_info untouched) and fills in the
+    # train-subset MER of rows written before that column existed
     info = work / "runs" / "ume" / "train_info.json"
     before = info.stat().st_mtime_ns
+    old = json.loads((work / "results.json").read_text())
+    del old["runs"]["ume"]["train_subset_mer"]
+    (work / "results.json").write_text(json.dumps(old))
     assert main(["experiment", "--preset", "tiny", "--workdir", str(work)]) == 0
     assert info.stat().st_mtime_ns == before
+    res = json.loads((work / "results.json").read_text())
+    assert res["runs"]["ume"]["train_subset_mer"] == ume["train_subset_mer"]
+
+
+def test_experiment_on_another_corpus_needs_its_own_dense(tmp_path: Path, monkeypatch) -> None:
+    from ume.bench import experiment
+    from ume.config import ConfigError
+
+    monkeypatch.setattr(experiment, "synthesize", lambda *a, **k: None)
+    plan = experiment.load_plan("large")
+    assert (plan.corpus, plan.model_config, plan.bundled_dense) == ("large", "paper", False)
+    with pytest.raises(ConfigError, match="--from-scratch"):
+        experiment.run_experiment("large", tmp_path / "w")
 
 
 def test_add_comparisons_targets_and_relative_change() -> None:

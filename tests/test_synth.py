@@ -240,6 +240,19 @@ def test_determinism_and_reuse(tiny, tmp_path, capsys):
     again = synthesize("tiny", out, seed=0, num_workers=2, progress=False)
     assert again == summary and "reusing" in capsys.readouterr().out
 
+    # a corpus written before a SynthPreset field existed is still complete (the field reads
+    # as its default): no silent re-check of every wav
+    path = out / "summary.json"
+    full = path.read_text(encoding="utf-8")
+    old = json.loads(full)
+    del old["config"]["train_text_reuse"]
+    path.write_text(json.dumps(old), encoding="utf-8")
+    try:
+        assert synthesize("tiny", out, seed=0, num_workers=2, progress=False) == old
+        assert "reusing" in capsys.readouterr().out
+    finally:
+        path.write_text(full, encoding="utf-8")
+
     other = tmp_path / "synth_b"
     synthesize("tiny", other, seed=0, num_workers=1, progress=False)
     for split in ALL_SPLITS:
@@ -271,6 +284,26 @@ def test_tts_failure_is_reported_not_raised(tmp_path, monkeypatch):
         tts.render(plan.segments[0][0], "", {})
     assert not tts.voice_available(Voice(id="x", engine="flite", lang="en", name="nosuch"))
     assert not tts.voice_available(Voice(id="x", engine="espeak", lang="en", name="xx-yy+f1"))
+
+
+@needs_tools
+def test_large_preset_keeps_paper_eval_splits_and_reuses_train_text(tmp_path):
+    paper, _ = plan_corpus(PRESETS["paper"], tmp_path, 0)
+    large, _ = plan_corpus(PRESETS["large"], tmp_path, 0)
+
+    def held(plans):
+        return [(p.uttid, p.text, p.segments, p.aug) for p in plans if p.split != "train"]
+
+    assert held(large) == held(paper)  # one test set: models of both corpora compare directly
+    train = [p for p in large if p.split == "train"]
+    assert len(train) == PRESETS["large"].n_train
+    texts = [p.text for p in train]
+    assert len(set(texts)) < len(texts)  # Mandarin sentences repeat...
+    eval_texts = {p.text for p in large if p.split != "train"}
+    assert not eval_texts & set(texts)  # ...but never a dev/test one
+    repeated = {t for t in texts if texts.count(t) > 1}
+    spoken = {(p.text, p.segments[0][0].id, p.aug) for p in train if p.text in repeated}
+    assert len(spoken) == sum(texts.count(t) for t in repeated)  # each repeat sounds different
 
 
 def test_unknown_preset(tmp_path):

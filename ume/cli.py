@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_cmd", required=True
     )
     p = data.add_parser("synth", help="synthesise the embedded bilingual corpus (offline)")
-    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])
+    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper", "large"])
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_lazy("ume.upcycle", "main_inspect"))
 
     p = sub.add_parser("experiment", help="the paper's comparison: dense vs UME vs scratch")
-    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])
+    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper", "large"])
     p.add_argument("--workdir", required=True)
     p.add_argument("--from-scratch", action="store_true", help="train the dense model too")
     p.add_argument("--model", help="dense experiment dir to start from (default: bundled)")

@@ -1,5 +1,7 @@
-"""Evaluate a finished run: test CER/WER/MER (+ held-out voices), RTF, parameter counts,
-and merge the row into WORKDIR/results.json.
+"""Evaluate a finished run: test CER/WER/MER (+ held-out voices), MER on a fixed subset of the
+train split (the generalisation gap: a model that decodes its train set far better than dev is
+data-bound, and extra capacity cannot help it), RTF, parameter counts, and merge the row into
+WORKDIR/results.json.
 
 Example:
     >>> row = evaluate_run("work/runs/dense", "work/data")
@@ -24,9 +26,15 @@ from ume.upcycle import param_report
 
 log = logging.getLogger(__name__)
 
+TRAIN_SUBSET_UTTS = 400  # every (N // 400)-th train utterance, in manifest order
 
-def score_split(model, tok, cfg, data_dir: Path, mode: str, out_hyp: Path) -> dict:
+
+def score_split(model, tok, cfg, data_dir: Path, mode: str, out_hyp: Path, subset: int = 0) -> dict:
+    """Decode and score the Kaldi dir `data_dir` (`subset` > 0: an evenly spaced, fixed subset
+    of that many utterances)."""
     utts, skipped = load_manifest(data_dir)
+    if subset and len(utts) > subset:
+        utts = utts[:: len(utts) // subset][:subset]
     store = FeatureStore.build(utts, cfg.features, progress=False)
     hyps = decode_store(model, store, tok, mode)
     write_text_file(hyps, out_hyp)
@@ -64,6 +72,7 @@ def evaluate_run(
         dev = score_split(model, tok, cfg, data / "dev", mode, run / "hyp_dev.txt")
         dev_mer = round(dev["mer"], 2)
     row["dev_mer"] = dev_mer
+    row["train_subset_mer"] = train_subset_mer(run, data, mode, (cfg, tok, model))
     waves = load_waves(str(data / "test"), rtf_utts)
     row["rtf_b1"] = round(measure_rtf(model, cfg.features, waves, 1), 5)
     row["rtf_b16"] = round(measure_rtf(model, cfg.features, waves, 16), 5)
@@ -74,6 +83,19 @@ def evaluate_run(
     row["train_steps"] = info.get("steps")
     row.update({k: v for k, v in param_report(model).items() if k != "params_expert"})
     return row
+
+
+def train_subset_mer(
+    run_dir: str | Path, data_root: str | Path, mode: str = "attention_rescoring", loaded=None
+) -> float | None:
+    """MER on :data:`TRAIN_SUBSET_UTTS` fixed train utterances (None without a train split)."""
+    run, data = Path(run_dir), Path(data_root)
+    if not (data / "train" / "wav.scp").is_file():
+        return None
+    cfg, tok, model = loaded or load_experiment(run)
+    out = run / "hyp_train_subset.txt"
+    res = score_split(model, tok, cfg, data / "train", mode, out, subset=TRAIN_SUBSET_UTTS)
+    return round(res["mer"], 2)
 
 
 def update_results(path: str | Path, run: str, row: dict) -> dict:
@@ -93,6 +115,7 @@ def format_results(data: dict) -> str:
         "test_wer_en",
         "heldout_mer",
         "dev_mer",
+        "train_subset_mer",
         "rtf_b1",
         "rtf_b16",
         "train_seconds",

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ume.bench.evaluate import evaluate_run, format_results, update_results
+from ume.bench.evaluate import evaluate_run, format_results, train_subset_mer, update_results
 from ume.config import ConfigError, from_dict, load_config, preset_config
 from ume.data.synth import synthesize
 from ume.expdir import MODEL_FILE
@@ -73,6 +73,9 @@ class ExperimentPlan:
     scratch_minutes: float = 0.0
     eval_every: int = 100
     eval_max_utts: int = 200
+    corpus: str = ""  # synthetic corpus preset (`ume data synth`); "" = the experiment's name
+    model_config: str = ""  # config preset of from-scratch runs; "" = the experiment's name
+    bundled_dense: bool = True  # False: the corpus differs from the bundled model's
 
 
 def load_plan(preset: str) -> ExperimentPlan:
@@ -81,6 +84,8 @@ def load_plan(preset: str) -> ExperimentPlan:
     path = preset_config(f"experiment_{preset}")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     plan = from_dict(ExperimentPlan, data, where=str(path))
+    plan.corpus = plan.corpus or preset
+    plan.model_config = plan.model_config or preset
     bad = [r for r in plan.runs if r not in ALL_RUNS]
     if bad:
         raise ConfigError(f"{path}: unknown run(s) {bad}; known runs: {list(ALL_RUNS)}")
@@ -181,7 +186,7 @@ def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Pat
         init = _upcycled(plan, dense, runs / "_init_ume_drop", drop_ratio=plan.drop_upcycling)
         _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
     elif name == "moe_scratch":
-        steps = plan.scratch_steps or load_config(preset_config("paper")).train.max_steps
+        steps = plan.scratch_steps or load_config(preset_config(plan.model_config)).train.max_steps
         moe = [
             f"model.moe.num_experts={plan.experts}",
             f"model.moe.top_k={plan.top_k}",
@@ -195,7 +200,7 @@ def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Pat
             f"train.eval_every={plan.eval_every}",
             f"train.checkpoint_every={plan.eval_every}",
         ]
-        _train(run_dir, data, preset_config(preset), moe, None)
+        _train(run_dir, data, preset_config(plan.model_config), moe, None)
     else:
         raise ConfigError(f"unknown run {name!r}")
 
@@ -319,14 +324,19 @@ def run_experiment(
     work = Path(workdir)
     plan = load_plan(preset)
     data = work / "data"
-    synthesize(preset, data, seed=0)
+    synthesize(plan.corpus, data, seed=0)
     runs_dir = work / "runs"
     dense = runs_dir / "dense"
     todo = runs or plan.runs
     if not _finished(dense):
         src = Path(dense_dir) if dense_dir else BUNDLED
+        if not (from_scratch or dense_dir or plan.bundled_dense):
+            raise ConfigError(
+                f"preset {preset!r} trains on the {plan.corpus!r} corpus, not the bundled dense "
+                "model's: pass --from-scratch (train dense on it) or --model DENSE_EXPDIR"
+            )
         if from_scratch:
-            _train(dense, data, preset_config(preset), [], None)
+            _train(dense, data, preset_config(plan.model_config), [], None)
         elif src.resolve() != dense.resolve():
             if not (src / MODEL_FILE).is_file():
                 raise FileNotFoundError(
@@ -359,6 +369,10 @@ def run_experiment(
             row["curve"] = _curve(runs_dir / name)
             row["evaluated"] = True
             row["wall_seconds_this_session"] = round(time.time() - t0, 1)
+            results = update_results(results_path, name, row)
+        elif "train_subset_mer" not in results["runs"][name]:  # rows from before the column
+            row = dict(results["runs"][name])
+            row["train_subset_mer"] = train_subset_mer(runs_dir / name, data)
             results = update_results(results_path, name, row)
     results = add_significance(add_comparisons(results), runs_dir, data)
     from ume.expdir import atomic_write_json

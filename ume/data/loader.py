@@ -112,7 +112,7 @@ class FeatureStore:
 
     def _save_cache(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # runs may share one cache dir
         tensors = {f"{i:07d}": f for i, f in enumerate(self.feats)}
         meta = {
             "keys": json.dumps([u.key for u in self.utts]),

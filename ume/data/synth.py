@@ -44,7 +44,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
 
@@ -101,6 +101,9 @@ class SynthPreset:
         p_zh / p_en / p_mix: language proportions (mix = code-switched zh + en phrase).
         n_zh_voices / n_en_voices: size of the seen voice pools (``None``: all of them); small
             presets use fewer voices so that every voice occurs in every split.
+        train_text_reuse: when the text pool runs out, the train split cycles through its own
+            sentences again (each repeat with another voice and augmentation); dev and test
+            sentences are never reused, and stay those of a preset with the same split sizes.
     """
 
     name: str
@@ -113,6 +116,7 @@ class SynthPreset:
     p_mix: float = 0.10
     n_zh_voices: int | None = None
     n_en_voices: int | None = None
+    train_text_reuse: bool = False
     description: str = ""
 
     def split_size(self, split: str) -> int:
@@ -125,6 +129,12 @@ PRESETS: dict[str, SynthPreset] = {
     ),
     "quick": SynthPreset("quick", 1120, 150, 150, 60, description="~1 h train audio"),
     "paper": SynthPreset("paper", 7000, 400, 400, 120, description=">= 6 h train audio"),
+    # Same dev/test/held-out utterances as "paper" (same sizes and seed), ~2.9x the train
+    # audio: every remaining English sentence is new, Mandarin ones repeat ~1.5x in other voices
+    # (the 1,200-character pool holds 7,834 sentences). See docs/RESULTS.md, "large" preset.
+    "large": SynthPreset(
+        "large", 20000, 400, 400, 120, train_text_reuse=True, description="~17.5 h train audio"
+    ),
 }
 
 
@@ -437,6 +447,12 @@ def _en_phrase(sent: Sentence, rng: np.random.Generator) -> Sentence:
     return Sentence(tts=tts, text=normalize_text(tts))
 
 
+def _cycled(items: list[Sentence], n: int) -> list[Sentence]:
+    """`items` repeated in order up to length `n` (unchanged when already long enough)."""
+    reps = -(-n // len(items))
+    return (items * reps)[:n]
+
+
 def plan_corpus(preset: SynthPreset, out_dir: Path, seed: int) -> tuple[list[UttPlan], dict]:
     """Assign sentences, voices and all random parameters to every utterance."""
     zh_all, en_all = load_sentences()
@@ -448,6 +464,7 @@ def plan_corpus(preset: SynthPreset, out_dir: Path, seed: int) -> tuple[list[Utt
     babble_voices = pools["zh"] + pools["en"]
 
     need = {"zh": 0, "en": 0}
+    train_need = {"zh": 0, "en": 0}
     layout: dict[str, list[tuple[str, bool]]] = {}
     for split in ("test", "dev", "train"):
         slots = []
@@ -461,6 +478,11 @@ def plan_corpus(preset: SynthPreset, out_dir: Path, seed: int) -> tuple[list[Utt
         for lang, _held in slots:
             need["zh"] += lang in ("zh", "mix")
             need["en"] += lang in ("en", "mix")
+            if split == "train":
+                train_need["zh"] += lang in ("zh", "mix")
+                train_need["en"] += lang in ("en", "mix")
+    if preset.train_text_reuse:  # train may repeat, but needs at least one sentence of each
+        need = {k: v - train_need[k] + 1 for k, v in need.items()}
     if need["zh"] > len(zh_order) or need["en"] > len(en_order):
         raise ValueError(
             f"preset {preset.name!r} needs {need['zh']} zh / {need['en']} en sentences, "
@@ -476,6 +498,8 @@ def plan_corpus(preset: SynthPreset, out_dir: Path, seed: int) -> tuple[list[Utt
         n_zh_s = sum(lang in ("zh", "mix") for lang, _ in slots)
         n_en_s = sum(lang in ("en", "mix") for lang, _ in slots)
         zh_s, en_s = zh_order[zi : zi + n_zh_s], en_order[ei : ei + n_en_s]
+        if split == "train" and preset.train_text_reuse:
+            zh_s, en_s = _cycled(zh_s, n_zh_s), _cycled(en_s, n_en_s)
         zi, ei = zi + n_zh_s, ei + n_en_s
         cycles = {}
         for role in ("zh", "en", "zh_heldout", "en_heldout"):
@@ -638,6 +662,9 @@ def _fingerprint(plans: Sequence[UttPlan]) -> str:
     return h.hexdigest()
 
 
+_PRESET_DEFAULTS = {f.name: f.default for f in fields(SynthPreset) if f.default is not MISSING}
+
+
 def _complete_summary(out_dir: Path, cfg: SynthPreset, seed: int) -> dict | None:
     path = out_dir / "summary.json"
     if not path.is_file():
@@ -646,9 +673,11 @@ def _complete_summary(out_dir: Path, cfg: SynthPreset, seed: int) -> dict | None
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    # fields added to SynthPreset after a corpus was written read as their defaults
+    stored = {**_PRESET_DEFAULTS, **(summary.get("config") or {})}
     if (
         summary.get("preset") != cfg.name
-        or summary.get("config") != asdict(cfg)
+        or stored != asdict(cfg)
         or summary.get("seed") != seed
         or summary.get("version") != FORMAT_VERSION
     ):

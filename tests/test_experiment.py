@@ -136,3 +136,76 @@ def test_best_trained_ignores_the_starting_point() -> None:
     ]
     assert best_trained(pts) == 35.0
     assert best_trained(pts[:1]) is None
+
+
+def _fake_run(run_dir: Path, weights: bytes = b"w") -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "model.safetensors").write_bytes(weights)
+    (run_dir / "train_info.json").write_text('{"curve": []}')
+
+
+def _fake_workdir(root: Path, runs: dict[str, bytes], rows: dict, test_text: str) -> Path:
+    for name, weights in runs.items():
+        _fake_run(root / "runs" / name, weights)
+    (root / "data" / "test").mkdir(parents=True)
+    (root / "data" / "test" / "text").write_text(test_text)
+    (root / "results.json").write_text(json.dumps({"runs": rows}))
+    return root
+
+
+def test_merge_runs_copies_finished_runs_and_refuses_mismatches(tmp_path: Path) -> None:
+    from ume.bench.experiment import merge_runs
+    from ume.config import ConfigError
+
+    a = _fake_workdir(
+        tmp_path / "a",
+        {"dense": b"D", "ume": b"U-a"},
+        {"dense": {"test_mer": 40.0, "evaluated": True}, "ume": {"test_mer": 39.0}},
+        "u1 你好\n",
+    )
+    b = _fake_workdir(
+        tmp_path / "b",
+        {"dense": b"D", "ume": b"U-b", "moe_scratch": b"S", "ume_no_balance": b"N"},
+        {
+            "moe_scratch": {"test_mer": 41.0, "evaluated": True},
+            "ume_no_balance": {"test_mer": 42.0, "evaluated": True},
+            "ume": {"test_mer": 1.0, "evaluated": True},
+        },
+        "u1 你好\n",
+    )
+    (b / "runs" / "ume_drop").mkdir()  # unfinished: no weights, never copied
+    assert merge_runs(b, a) == ["ume_no_balance", "moe_scratch"]
+    rows = json.loads((a / "results.json").read_text())["runs"]
+    assert rows["moe_scratch"]["test_mer"] == 41.0 and rows["ume_no_balance"]["test_mer"] == 42.0
+    assert rows["ume"]["test_mer"] == 39.0  # a run this workdir finished is kept
+    assert (a / "runs" / "ume" / "model.safetensors").read_bytes() == b"U-a"
+    assert (a / "runs" / "moe_scratch" / "model.safetensors").read_bytes() == b"S"
+    assert not (a / "runs" / "ume_drop").exists()
+
+    # a continued run trained from another dense model cannot join this table
+    c = _fake_workdir(tmp_path / "c", {"dense": b"D2", "ume_drop": b"X"}, {}, "u1 你好\n")
+    with pytest.raises(ConfigError, match="ume_drop.*not this workdir's dense"):
+        merge_runs(c, a)
+    # ... and neither can any run scored on another test set
+    d = _fake_workdir(tmp_path / "d", {"moe_scratch": b"S"}, {}, "u1 再见\n")
+    with pytest.raises(ConfigError, match="differs"):
+        merge_runs(d, tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="no runs/"):
+        merge_runs(tmp_path / "nowhere", a)
+
+
+def test_scratch_only_workdir_needs_no_dense(tmp_path: Path, monkeypatch) -> None:
+    """`--runs moe_scratch` on a corpus without a bundled dense model trains only the scratch
+    MoE (the side-by-side workdir of docs/RESULTS.md), no --from-scratch or --model needed."""
+    from ume.bench import experiment
+
+    done = []
+    monkeypatch.setattr(experiment, "synthesize", lambda *a, **k: None)
+    monkeypatch.setattr(experiment, "run_one", lambda name, *a: done.append(name))
+    monkeypatch.setattr(experiment, "evaluate_run", lambda *a: {"test_mer": 50.0})
+    monkeypatch.setattr(experiment, "plot_curves", lambda *a: None)
+    res = experiment.run_experiment("large", tmp_path / "w", runs=["moe_scratch"])
+    assert done == ["moe_scratch"] and res["runs"]["moe_scratch"]["test_mer"] == 50.0
+    assert not (tmp_path / "w" / "runs" / "dense").exists()
+    with pytest.raises(experiment.ConfigError, match="unknown run"):
+        experiment.run_experiment("large", tmp_path / "w", runs=["moe_scrtch"])

@@ -192,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-scratch", action="store_true", help="train the dense model too")
     p.add_argument("--model", help="dense experiment dir to start from (default: bundled)")
     p.add_argument("--runs", help="comma list of runs to do (default: the preset's)")
+    p.add_argument(
+        "--merge-from",
+        action="append",
+        metavar="WORKDIR",
+        help="first copy in the finished runs of another workdir of the same preset "
+        "(runs trained side by side, one per core); repeatable",
+    )
     p.set_defaults(func=_lazy("ume.bench.experiment", "main_experiment"))
 
     from ume.bench.step import add_step_args

@@ -280,6 +280,57 @@ def add_significance(results: dict, runs_dir: Path, data: Path, replicates: int 
     return results
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def merge_runs(src: Path, work: Path) -> list[str]:
+    """Copy the finished runs of workdir `src` (run dirs and evaluated results rows) into `work`,
+    so runs trained side by side in two workdirs (one per core) are compared in one table.
+    Refuses when the two test sets differ, or when a run that continues the dense model started
+    from a different dense model than `work`'s. Runs `work` already finished are kept.
+    Returns the names copied.
+
+    Example:
+        ume experiment --preset large --workdir work_b --runs moe_scratch   # beside work_a
+        ume experiment --preset large --workdir work_a --merge-from work_b
+    """
+    src_runs, runs_dir = src / "runs", work / "runs"
+    if not src_runs.is_dir():
+        raise FileNotFoundError(f"--merge-from {src}: no runs/ directory there")
+    for rel in ("data/test/text", "data/dev/text"):
+        a, b = src / rel, work / rel
+        if a.is_file() and b.is_file() and a.read_bytes() != b.read_bytes():
+            raise ConfigError(
+                f"--merge-from {src}: {a} differs from {b}; runs on different corpora "
+                "cannot share a table (use the same --preset, or merge into a workdir of it)"
+            )
+    src_rows = {}
+    if (src / "results.json").is_file():
+        src_rows = json.loads((src / "results.json").read_text()).get("runs", {})
+    copied = []
+    for name in ALL_RUNS:
+        if name == "dense" or not _finished(src_runs / name) or _finished(runs_dir / name):
+            continue
+        if name in STARTS_FROM_DENSE:
+            mine, theirs = runs_dir / "dense" / MODEL_FILE, src_runs / "dense" / MODEL_FILE
+            if not (mine.is_file() and theirs.is_file()) or _sha256(mine) != _sha256(theirs):
+                raise ConfigError(
+                    f"--merge-from {src}: run {name!r} continues {theirs}, which is not this "
+                    f"workdir's dense model {mine}; train it with --model {runs_dir / 'dense'}"
+                )
+        shutil.copytree(src_runs / name, runs_dir / name, dirs_exist_ok=True)
+        row = src_rows.get(name)
+        if row and row.get("evaluated"):
+            update_results(work / "results.json", name, row)
+        copied.append(name)
+        log.info("merged run %s from %s", name, src)
+    return copied
+
+
 def plot_curves(results: dict, path: Path) -> None:
     """Dev MER vs wall-clock, two panels: each run's own training minutes (the dense model as a
     sunk cost, as the paper counts), and cumulative minutes, where runs that start from the dense
@@ -319,16 +370,24 @@ def run_experiment(
     runs: list[str] | None = None,
     demo: bool = False,
     from_scratch: bool = False,
+    merge_from: list[str | Path] | None = None,
 ) -> dict:
-    """Run (or resume) the preset's runs; returns the merged results dict."""
+    """Run (or resume) the preset's runs; returns the merged results dict. `merge_from`:
+    workdirs whose finished runs are copied in first (see `merge_runs`)."""
     work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
     plan = load_plan(preset)
     data = work / "data"
     synthesize(plan.corpus, data, seed=0)
     runs_dir = work / "runs"
     dense = runs_dir / "dense"
     todo = runs or plan.runs
-    if not _finished(dense):
+    bad = [r for r in todo if r not in ALL_RUNS]
+    if bad:
+        raise ConfigError(f"unknown run(s) {bad}; known runs: {list(ALL_RUNS)}")
+    # moe_scratch alone needs no dense model (a second workdir can run it beside the first)
+    needs_dense = any(r == "dense" or r in STARTS_FROM_DENSE for r in todo)
+    if needs_dense and not _finished(dense):
         src = Path(dense_dir) if dense_dir else BUNDLED
         if not (from_scratch or dense_dir or plan.bundled_dense):
             raise ConfigError(
@@ -359,6 +418,8 @@ def run_experiment(
                     )
                 )
     results_path = work / "results.json"
+    for other in merge_from or []:
+        merge_runs(Path(other), work)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"runs": {}}
     for name in todo:
         t0 = time.time()
@@ -401,6 +462,7 @@ def main_experiment(args: argparse.Namespace) -> int:
         dense_dir=args.model,
         runs=runs,
         from_scratch=args.from_scratch,
+        merge_from=args.merge_from,
     )
     print(format_results(results))
     return 0

@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunk-size", type=int, default=0)
     p.add_argument("--stream-chunk", type=int, default=16, help="also streaming RTF; 0 = off")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating measurements of --model and --vs; RTFs are medians over rounds",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_lazy("ume.bench.rtf", "main_rtf"))
 

@@ -155,6 +155,18 @@ def measure_isolated(exp_dir: str, args: argparse.Namespace) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _median_rows(rows: list[dict]) -> dict:
+    """One row from several rounds of one model: the median of every RTF, the rest (params,
+    memory) from the first round."""
+    import statistics
+
+    out = dict(rows[0])
+    for k in out:
+        if k.startswith("rtf_"):
+            out[k] = statistics.median(r[k] for r in rows)
+    return out
+
+
 def main_rtf(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     waves = load_waves(args.data, args.max_utts)
@@ -169,15 +181,28 @@ def main_rtf(args: argparse.Namespace) -> int:
         **machine_info(),
     }
     del waves
-    res.update(measure_isolated(args.model, args))
+    rounds = max(1, getattr(args, "rounds", 1))
+    res["rounds"] = rounds
+    # Rounds alternate model, vs, model, vs, ...: machine-speed drift during the run hits both
+    # alike, and the median of each RTF ignores a round disturbed by a neighbour.
+    mine, theirs = [], []
+    for _ in range(rounds):
+        mine.append(measure_isolated(args.model, args))
+        if args.vs:
+            theirs.append(measure_isolated(args.vs, args))
+    res.update(_median_rows(mine))
     rtf_keys = [k for k in res if k.startswith("rtf_")]
     mem_keys = ["peak_rss_mb", "rss_delta_mb", "params_active"]
     if args.vs:
-        other = measure_isolated(args.vs, args)
+        other = _median_rows(theirs)
         for k, v in other.items():
             res[f"vs_{k}"] = v
         for k in rtf_keys:  # ratio_b1, ratio_b16, ratio_b1_stream16, ...
             res["ratio_" + k.removeprefix("rtf_")] = res[k] / other[k]
+            if rounds > 1:  # the spread says how far to trust the ratio on this machine
+                res[f"ratio_{k.removeprefix('rtf_')}_per_round"] = [
+                    round(a[k] / b[k], 3) for a, b in zip(mine, theirs)
+                ]
         for k in mem_keys:
             res[f"ratio_{k}"] = round(res[k] / other[k], 3)
     if args.json:

@@ -128,3 +128,12 @@ def test_main_score_vs_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "nope does not exist" in capsys.readouterr().err
     assert main_score(*args, as_json=False, vs=str(tmp_path / "hyp"), replicates=0) == 1
     assert "replicates must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_table_says_na_for_a_rate_without_reference_units() -> None:
+    from ume.decode.score import format_table
+
+    res = score({"a": "HELLO WORLD"}, {"a": "HELLO 你 WORLD"})  # Chinese inserted in English
+    assert res["by_lang"]["en"]["cer_zh"] == float("inf")
+    row = next(r for r in format_table(res).splitlines() if r.startswith("en "))
+    assert row.split()[1:] == ["1", "50.00", "n/a", "0.00"]

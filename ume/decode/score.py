@@ -168,10 +168,15 @@ def format_table(res: dict) -> str:
         )
     rows.append("")
     rows.append(f"{'by lang':<10}{'utts':>9}{'MER%':>9}{'CER zh%':>9}{'WER en%':>9}")
+
+    def rate(v: float) -> str:  # no reference units of that kind (e.g. CER zh of English)
+        return f"{'n/a':>9}" if math.isinf(v) else f"{v:>9.2f}"
+
     for lang, r in res["by_lang"].items():
         if r["num_utts"]:
             rows.append(
-                f"{lang:<10}{r['num_utts']:>9}{r['mer']:>9.2f}{r['cer_zh']:>9.2f}{r['wer_en']:>9.2f}"
+                f"{lang:<10}{r['num_utts']:>9}{rate(r['mer'])}{rate(r['cer_zh'])}"
+                f"{rate(r['wer_en'])}"
             )
     rows.append("")
     rows.append(

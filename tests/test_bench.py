@@ -183,3 +183,9 @@ def test_rtf_rounds_take_the_median_of_each_rtf() -> None:
         {"rtf_b1": 2.0, "rtf_b16": 0.6, "peak_rss_mb": 30.0},
     ]
     assert _median_rows(rows) == {"rtf_b1": 2.0, "rtf_b16": 0.5, "peak_rss_mb": 10.0}
+
+
+def test_rtf_rejects_zero_rounds(tmp_path: Path, capsys) -> None:
+    argv = ["bench", "rtf", "--model", str(tmp_path), "--data", str(tmp_path), "--rounds", "0"]
+    assert main(argv) == 2
+    assert "--rounds 0: need at least 1" in capsys.readouterr().err

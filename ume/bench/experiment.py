@@ -86,10 +86,14 @@ def load_plan(preset: str) -> ExperimentPlan:
     plan = from_dict(ExperimentPlan, data, where=str(path))
     plan.corpus = plan.corpus or preset
     plan.model_config = plan.model_config or preset
-    bad = [r for r in plan.runs if r not in ALL_RUNS]
-    if bad:
-        raise ConfigError(f"{path}: unknown run(s) {bad}; known runs: {list(ALL_RUNS)}")
+    check_runs(plan.runs, str(path))
     return plan
+
+
+def check_runs(names: list[str], where: str) -> None:
+    bad = [r for r in names if r not in ALL_RUNS]
+    if bad:
+        raise ConfigError(f"{where}: unknown run(s) {bad}; known runs: {list(ALL_RUNS)}")
 
 
 def _finished(run_dir: Path) -> bool:
@@ -311,13 +315,18 @@ def merge_runs(src: Path, work: Path) -> list[str]:
     src_rows = {}
     if (src / "results.json").is_file():
         src_rows = json.loads((src / "results.json").read_text()).get("runs", {})
+    mine, theirs = runs_dir / "dense" / MODEL_FILE, src_runs / "dense" / MODEL_FILE
+    same_dense = None  # hashed on first need
     copied = []
     for name in ALL_RUNS:
         if name == "dense" or not _finished(src_runs / name) or _finished(runs_dir / name):
             continue
         if name in STARTS_FROM_DENSE:
-            mine, theirs = runs_dir / "dense" / MODEL_FILE, src_runs / "dense" / MODEL_FILE
-            if not (mine.is_file() and theirs.is_file()) or _sha256(mine) != _sha256(theirs):
+            if same_dense is None:
+                same_dense = (
+                    mine.is_file() and theirs.is_file() and _sha256(mine) == _sha256(theirs)
+                )
+            if not same_dense:
                 raise ConfigError(
                     f"--merge-from {src}: run {name!r} continues {theirs}, which is not this "
                     f"workdir's dense model {mine}; train it with --model {runs_dir / 'dense'}"
@@ -382,9 +391,7 @@ def run_experiment(
     runs_dir = work / "runs"
     dense = runs_dir / "dense"
     todo = runs or plan.runs
-    bad = [r for r in todo if r not in ALL_RUNS]
-    if bad:
-        raise ConfigError(f"unknown run(s) {bad}; known runs: {list(ALL_RUNS)}")
+    check_runs(todo, "--runs")
     # moe_scratch alone needs no dense model (a second workdir can run it beside the first)
     needs_dense = any(r == "dense" or r in STARTS_FROM_DENSE for r in todo)
     if needs_dense and not _finished(dense):

@@ -168,6 +168,9 @@ def _median_rows(rows: list[dict]) -> dict:
 
 
 def main_rtf(args: argparse.Namespace) -> int:
+    rounds = getattr(args, "rounds", 1)
+    if rounds < 1:
+        raise ValueError(f"--rounds {rounds}: need at least 1 measurement per model")
     torch.set_num_threads(args.threads)
     waves = load_waves(args.data, args.max_utts)
     stream = getattr(args, "stream_chunk", 0)
@@ -181,7 +184,6 @@ def main_rtf(args: argparse.Namespace) -> int:
         **machine_info(),
     }
     del waves
-    rounds = max(1, getattr(args, "rounds", 1))
     res["rounds"] = rounds
     # Rounds alternate model, vs, model, vs, ...: machine-speed drift during the run hits both
     # alike, and the median of each RTF ignores a round disturbed by a neighbour.

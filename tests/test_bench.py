@@ -99,6 +99,7 @@ def test_all_dispatch_paths_agree(e: int, k: int) -> None:
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_fast_path_is_bitwise_equal_to_graph_path(k: int) -> None:
     moe = build_layer(32, 8, k).eval()
+    moe.padded_max_rows = 0  # the sorted loop (the padded bmm is only equal within rounding)
     x = torch.randn(2, 150, 32)
     valid = torch.ones(2, 150, dtype=torch.bool)
     valid[1, 100:] = False
@@ -106,6 +107,39 @@ def test_fast_path_is_bitwise_equal_to_graph_path(k: int) -> None:
         fast = moe(x, valid)
     slow = moe(x.clone().requires_grad_(True), valid).detach()
     assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_padded_fast_path_for_short_inputs(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch-1-sized input with 2 threads: the padded bmm runs and equals the graph path, also
+    with uneven load and an expert that gets no token."""
+    moe = build_layer(32, 8, k).eval()
+    with torch.no_grad():  # expert 7 is never chosen, expert 0 takes most frames
+        moe.router.weight[7] = -100.0
+        moe.router.weight[0] += 0.5
+    calls = []
+    real = MoEFeedForward._dispatch_fast_padded
+    monkeypatch.setattr(
+        MoEFeedForward,
+        "_dispatch_fast_padded",
+        lambda self, *a: calls.append(1) or real(self, *a),
+    )
+    x = torch.rand(1, 37, 32)  # positive inputs: the router edits above decide the load
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            fast = moe(x)
+            load = moe.last_stats["load"]
+            torch.set_num_threads(1)  # one thread: the loop, bitwise equal to the graph path
+            loop = moe(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 1
+    assert float(load[7]) == 0.0 and float(load[0]) > 1.0 / 8
+    slow = moe(x.clone().requires_grad_(True)).detach()
+    assert torch.allclose(fast, slow, atol=1e-6)
+    assert torch.equal(loop, slow)
 
 
 # ---- export ------------------------------------------------------------------------------------

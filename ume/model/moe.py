@@ -14,6 +14,8 @@ router where every token picks the same k experts); `dispatch="bmm"` is kept for
 When no autograd graph is needed (decoding, no_grad) the same addmm pairs run into
 preallocated buffers (`_dispatch_fast`: one reused hidden buffer, in-place activation, outputs
 written in place, k-term weighted sum instead of index_add); the results are bit-identical.
+Short inputs with >= 2 threads (batch-1 decoding: ~10 rows per expert) take the padded bmm
+instead (`_dispatch_fast_padded`), which splits over threads by expert; equal within rounding.
 Tracing (ONNX export) switches to a dispatch without data-dependent Python values
 (`_forward_static`, "masked" or "dense"); see docs/PERFORMANCE.md for the measurements.
 
@@ -93,6 +95,11 @@ class MoEFeedForward(nn.Module):
     # "masked" / "dense" (see _forward_static), which tracing (ONNX export) always uses
     dispatch = "loop"
     export_dispatch = "masked"  # which of the two tracing uses
+    # no-graph inference with >= 2 threads: below this many token-slots per expert on average,
+    # one padded (E, C_max, D) baddbmm pair, which splits over threads by expert, beats E small
+    # addmm pairs, which do not (batch-1 UME encoder -9..-21% at 2 threads; at 1 thread the
+    # padding only costs, so the loop stays; docs/PERFORMANCE.md). 0 = never
+    padded_max_rows = 32
 
     def __init__(
         self,
@@ -225,7 +232,10 @@ class MoEFeedForward(nn.Module):
         if n == 0:
             out = xt.new_zeros(0, shape[-1])
         elif cap >= k * n and self.dispatch == "loop" and not self._needs_autograd(xt):
-            out = self._dispatch_fast(xt, order, sorted_tok, counts, gates)
+            if k * n <= self.padded_max_rows * e and torch.get_num_threads() > 1:
+                out = self._dispatch_fast_padded(xt, slot_e, order, sorted_tok, counts, gates)
+            else:
+                out = self._dispatch_fast(xt, order, sorted_tok, counts, gates)
         else:
             slot_g = gates.t().reshape(-1)
             sorted_g = slot_g.index_select(0, order)
@@ -310,6 +320,50 @@ class MoEFeedForward(nn.Module):
         contrib = ys.float() * sorted_g  # reduced precision: accumulate in float32
         return contrib.new_zeros(n, d).index_add_(0, tok, contrib).to(ys.dtype)
 
+    def _dispatch_fast_padded(
+        self,
+        xt: torch.Tensor,
+        slot_e: torch.Tensor,
+        order: torch.Tensor,
+        tok: torch.Tensor,
+        counts: torch.Tensor,
+        gates: torch.Tensor,
+    ) -> torch.Tensor:
+        """No-graph dispatch for short inputs (batch-1 decoding, streaming chunks): the slots
+        are copied into a zero-padded (E, C_max, D) buffer and every expert runs in one
+        baddbmm pair. With a few rows per expert, E separate addmm calls are each too small
+        to use the core (or a second thread) well, while one bmm spreads over experts; the
+        padding costs FLOPs on every expert below C_max. Same maps and gates as the loop;
+        equal to it within float rounding (bmm may sum in another order)."""
+        n, d = xt.shape
+        e = self.num_experts
+        sorted_e = slot_e.index_select(0, order)  # (k·N,)
+        flat, c_max = self._padded_index(sorted_e, counts)
+        p = self.experts
+        buf = xt.new_zeros(e * c_max, d).index_copy_(0, flat, xt.index_select(0, tok))
+        h = torch.baddbmm(p.b_1.unsqueeze(1), buf.view(e, c_max, d), p.w_1)  # (E, C, H)
+        self._act_(h)
+        if self.training and self.dropout.p > 0:
+            F.dropout(h, self.dropout.p, True, inplace=True)
+        y = torch.baddbmm(p.b_2.unsqueeze(1), h, p.w_2).view(e * c_max, d)
+        ys = y.index_select(0, flat)  # (k·N, D) in sorted slot order
+        if self.top_k == 1:
+            return torch.zeros_like(ys).index_add_(0, tok, ys)
+        sorted_g = gates.t().reshape(-1).index_select(0, order).unsqueeze(1)
+        if ys.dtype == torch.float32:
+            return ys.new_zeros(n, d).index_add_(0, tok, ys.mul_(sorted_g))
+        contrib = ys.float() * sorted_g
+        return contrib.new_zeros(n, d).index_add_(0, tok, contrib).to(ys.dtype)
+
+    @staticmethod
+    def _padded_index(sorted_e: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Row of each expert-sorted slot in a zero-padded (E·C_max, ·) buffer, and C_max."""
+        c_max = int(counts.max()) if counts.numel() else 0
+        starts = counts.cumsum(0) - counts
+        pos = torch.arange(sorted_e.numel(), device=sorted_e.device)
+        pos = pos - starts.index_select(0, sorted_e)
+        return sorted_e * c_max + pos, c_max
+
     def _forward_static(
         self, x_flat: torch.Tensor, valid: torch.Tensor | None, path: str
     ) -> torch.Tensor:
@@ -377,10 +431,7 @@ class MoEFeedForward(nn.Module):
         counts: torch.Tensor,
     ) -> torch.Tensor:
         e, d = self.num_experts, xt.size(1)
-        c_max = int(counts.max()) if counts.numel() else 0
-        starts = counts.cumsum(0) - counts
-        pos = torch.arange(tok.numel(), device=xt.device) - starts.index_select(0, e_idx)
-        flat = e_idx * c_max + pos
+        flat, c_max = self._padded_index(e_idx, counts)
         buf = xt.new_zeros(e * c_max, d).index_copy(0, flat, xt.index_select(0, tok))
         p = self.experts
         h = torch.baddbmm(p.b_1.unsqueeze(1), buf.view(e, c_max, d), p.w_1)

@@ -173,7 +173,9 @@ def test_train_throughput_positive() -> None:
 
 
 # ---- paired RTF with memory, each model in its own process -------------------------------------
-def test_bench_rtf_paired_stream_and_memory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def tiny_pair(tmp_path: Path, top_k: tuple[int, ...] = (2,)) -> Path:
+    """tmp_path/dense (tiny dense experiment), tmp_path/ume (its E=4 upcycle; ume_k1 too when
+    1 in top_k) and tmp_path/data (two noise utterances). Returns the data dir."""
     from ume.data.tokenizer import Tokenizer
     from ume.expdir import write_experiment
     from ume.upcycle import upcycle_experiment
@@ -183,7 +185,9 @@ def test_bench_rtf_paired_stream_and_memory(tmp_path: Path, capsys: pytest.Captu
     cfg.model = tiny_cfg()
     torch.manual_seed(0)
     write_experiment(tmp_path / "dense", cfg, tok, ASRModel(cfg.model, tok.vocab_size))
-    upcycle_experiment(tmp_path / "dense", tmp_path / "ume", experts=4, top_k=2)
+    for k in top_k:
+        out = tmp_path / ("ume" if k == 2 else f"ume_k{k}")
+        upcycle_experiment(tmp_path / "dense", out, experts=4, top_k=k, router_init="normal")
     data = tmp_path / "data"
     data.mkdir()
     rng = np.random.default_rng(0)
@@ -193,6 +197,11 @@ def test_bench_rtf_paired_stream_and_memory(tmp_path: Path, capsys: pytest.Captu
         sf.write(p, (rng.standard_normal(int(16000 * sec)) * 3000).astype(np.int16), 16000)
         lines.append(f"u{i} {p}")
     (data / "wav.scp").write_text("\n".join(lines) + "\n")
+    return data
+
+
+def test_bench_rtf_paired_stream_and_memory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tiny_pair(tmp_path)
     argv = ["bench", "rtf", "--model", str(tmp_path / "ume"), "--vs", str(tmp_path / "dense")]
     argv += ["--data", str(data), "--threads", "1", "--max-utts", "2", "--json", "--rounds", "2"]
     assert main(argv) == 0
@@ -223,3 +232,33 @@ def test_rtf_rejects_zero_rounds(tmp_path: Path, capsys) -> None:
     argv = ["bench", "rtf", "--model", str(tmp_path), "--data", str(tmp_path), "--rounds", "0"]
     assert main(argv) == 2
     assert "--rounds 0: need at least 1" in capsys.readouterr().err
+
+
+def test_bench_gap_splits_the_extra_time(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from ume.bench.gap import share_expert_weights
+    from ume.expdir import load_experiment
+    from ume.upcycle import moe_layers
+
+    data = tiny_pair(tmp_path, top_k=(1, 2))
+    flop_ratio = {}
+    for name in ("ume_k1", "ume"):
+        argv = ["bench", "gap", "--model", str(tmp_path / name), "--vs", str(tmp_path / "dense")]
+        argv += ["--data", str(data), "--batch", "1", "--batch", "2", "--rounds", "2", "--json"]
+        assert main(argv) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert [r["batch"] for r in res["rows"]] == [1, 2] and res["threads"] == 1
+        for r in res["rows"]:
+            assert r["utts"] == 2 and len(r["ratio_per_round"]) == 2
+            parts = 1 + r["extra_flops"] + r["extra_weights"] + r["extra_overhead"]
+            assert parts == pytest.approx(r["ratio"], abs=2e-3)
+        flop_ratio[name] = res["rows"][0]["flop_ratio"]
+    # top-1: the dense FLOPs plus a router; top-2: a second expert per frame on top
+    assert 1.0 < flop_ratio["ume_k1"] < 1.05 < flop_ratio["ume"]
+    _, _, model = load_experiment(tmp_path / "ume")
+    n_moe = len(moe_layers(model))
+    assert n_moe >= 2 and share_expert_weights(model) == n_moe
+    w = model.encoder.blocks[0].ffn.experts.w_1  # E views of one expert's storage
+    assert w.untyped_storage().nbytes() == w[0].numel() * w.element_size()
+    dense = str(tmp_path / "dense")
+    assert main(["bench", "gap", "--model", dense, "--vs", dense, "--data", str(data)]) == 2
+    assert "has no MoE layers" in capsys.readouterr().err

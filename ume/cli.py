@@ -178,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_compile_args(p)
     p.set_defaults(func=_lazy("ume.bench.compile", "main_compile"))
 
+    from ume.bench.gap import add_gap_args
+
+    p = bench.add_parser("gap", help="MoE vs dense encoder time split: FLOPs, weights, overhead")
+    add_gap_args(p)
+    p.set_defaults(func=_lazy("ume.bench.gap", "main_gap"))
+
     p = sub.add_parser("export", help="ONNX export of encoder + CTC (MoE included), --check")
     add_export_args(p)
     p.set_defaults(func=_lazy("ume.bench.export", "main_export"))

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every table of docs/PERFORMANCE.md in one go, on a quiet machine (run nothing else meanwhile).
 # Usage: bash scripts/bench_all.sh UME_DIR DENSE_DIR TEST_DATA_DIR OUT_DIR [THREADS]
-# e.g.   bash scripts/bench_all.sh work_paper/runs/ume models/dense_paper \
-#            work/bundle/data/test docs/bench/2thread 2
-# Takes ≈ 25-35 minutes on the 2-core dev box.
+# e.g.   bash scripts/bench_all.sh work_large/runs/ume work_large/runs/dense \
+#            work_large/data/test docs/bench/2thread 2
+# Takes ≈ 15-20 minutes on the 2-core dev box (2026-11-29).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UME_DIR=${1:?UME experiment dir}
@@ -19,6 +19,9 @@ step() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 step "rtf pair (dense vs UME, b1/b16, full + streaming chunk 16)"
 $UME bench rtf --model "$UME_DIR" --vs "$DENSE" --data "$DATA" --threads "$T" --max-utts 64 \
   --json >"$OUT/rtf_pair.json"
+step "where the UME encoder's extra time goes (FLOPs, expert weights, overhead)"
+$UME bench gap --model "$UME_DIR" --vs "$DENSE" --data "$DATA" --threads "$T" --profile \
+  >"$OUT/gap.txt" 2>&1
 step "UME shapes vs dense"
 bash scripts/bench_variants.sh "$DENSE" "$DATA" "$OUT/variants" "$T" >"$OUT/variants.md"
 step "training throughput"

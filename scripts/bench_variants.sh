@@ -28,17 +28,4 @@ k2_both_every_other encoder_macaron,encoder_ffn every_other 2
 k2_ffn_every_other encoder_ffn every_other 2
 k1_both_all encoder_macaron,encoder_ffn all 1
 EOF
-.venv/bin/python - "$OUT" <<'PY'
-import json, sys
-from pathlib import Path
-
-print("| shape | active / total params | RTF ratio b1 | b16 | stream16 b1 | stream16 b16 |")
-print("|---|---|---|---|---|---|")
-for f in sorted(Path(sys.argv[1]).glob("*.json")):
-    r = json.loads(f.read_text())
-    print(
-        f"| {f.stem} | {r['params_active'] / 1e6:.2f}M / {r['params_total'] / 1e6:.2f}M "
-        f"| {r['ratio_b1']:.3f} | {r['ratio_b16']:.3f} | {r['ratio_b1_stream16']:.3f} "
-        f"| {r['ratio_b16_stream16']:.3f} |"
-    )
-PY
+.venv/bin/python scripts/variants_table.py "$OUT"

@@ -14,6 +14,9 @@ router where every token picks the same k experts); `dispatch="bmm"` is kept for
 When no autograd graph is needed (decoding, no_grad) the same addmm pairs run into
 preallocated buffers (`_dispatch_fast`: one reused hidden buffer, in-place activation, outputs
 written in place, k-term weighted sum instead of index_add); the results are bit-identical.
+With a graph (training) the expert blocks run through `expert_ffn`, a custom autograd
+Function that writes each expert's weight gradients straight into one stacked buffer (autograd
+on `unbind` views would stack E gradient copies per parameter and step; ume/model/expert_ffn.py).
 Short inputs with >= 2 threads (batch-1 decoding: ~10 rows per expert) take the padded bmm
 instead (`_dispatch_fast_padded`), which splits over threads by expert; equal within rounding.
 Tracing (ONNX export) switches to a dispatch without data-dependent Python values
@@ -49,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ume.config import MoEConfig
+from ume.model.expert_ffn import expert_ffn
 from ume.model.ffn import FeedForward, activation_fn
 
 
@@ -125,6 +129,7 @@ class MoEFeedForward(nn.Module):
         self.d_model, self.d_ff = d_model, d_ff
         self.router = nn.Linear(d_model, e, bias=False)
         self.experts = Experts(e, d_model, d_ff)
+        self.activation = activation
         self.act = activation_fn(activation)
         self.dropout = nn.Dropout(dropout)
         self.reset_router()
@@ -413,9 +418,15 @@ class MoEFeedForward(nn.Module):
     ) -> torch.Tensor:
         xs = xt.index_select(0, tok)  # (S, D), grouped by expert
         p = self.experts
+        sizes = counts.tolist()
+        if not torch.is_autocast_enabled(xt.device.type) and xs.dtype == p.w_1.dtype:
+            drop = self.dropout.p if self.training else 0.0
+            y = expert_ffn(xs, sizes, p.w_1, p.b_1, p.w_2, p.b_2, self.activation, drop)
+            return self._combine(xt, y, tok, gate)
+        # autocast (its casts do not apply to out= calls): the same maps as autograd ops
         w_1, b_1, w_2, b_2 = p.w_1.unbind(0), p.b_1.unbind(0), p.w_2.unbind(0), p.b_2.unbind(0)
         ys = []
-        for ex, chunk in enumerate(xs.split(counts.tolist())):
+        for ex, chunk in enumerate(xs.split(sizes)):
             if chunk.size(0) > 0:
                 h = self.dropout(self.act(torch.addmm(b_1[ex], chunk, w_1[ex])))
                 ys.append(torch.addmm(b_2[ex], h, w_2[ex]))

@@ -163,9 +163,21 @@ def test_export_round_trip(tmp_path: Path, moe_path: str, final_norm: str) -> No
 # ---- training throughput -----------------------------------------------------------------------
 def test_train_throughput_positive() -> None:
     res = bench_train(
-        preset="tiny", vocab=60, batch=2, min_frames=80, max_frames=120, steps=2, warmup=1
+        preset="tiny",
+        vocab=60,
+        batch=2,
+        min_frames=80,
+        max_frames=120,
+        steps=2,
+        warmup=1,
+        rounds=3,
     )
-    assert set(res["runs"]) == {"dense", "ume_frozen", "ume_unfrozen"}
+    assert set(res["runs"]) == {"dense", "ume_frozen", "ume_unfrozen", "ume_unfrozen_ref"}
+    for name, per in res["steps_per_s_per_round"].items():  # each reports its median round
+        assert len(per) == 3 and res["runs"][name]["steps_per_s"] == sorted(per)[1], name
+    assert MoEFeedForward.fused_expert_backward  # the reference switch is restored
+    with pytest.raises(ValueError, match="--rounds 0"):
+        bench_train(preset="tiny", rounds=0)
     for r in res["runs"].values():
         assert r["steps_per_s"] > 0 and r["audio_s_per_s"] > 0 and r["seconds"] > 0
     frozen, full = res["runs"]["ume_frozen"], res["runs"]["ume_unfrozen"]
@@ -244,8 +256,9 @@ def test_bench_gap_splits_the_extra_time(tmp_path: Path, capsys: pytest.CaptureF
     for name in ("ume_k1", "ume"):
         argv = ["bench", "gap", "--model", str(tmp_path / name), "--vs", str(tmp_path / "dense")]
         argv += ["--data", str(data), "--batch", "1", "--batch", "2", "--rounds", "2", "--json"]
-        assert main(argv) == 0
+        assert main([*argv, "--padded-max-rows", "0"]) == 0
         res = json.loads(capsys.readouterr().out)
+        assert res["padded_max_rows"] == 0 and MoEFeedForward.padded_max_rows == 32
         assert [r["batch"] for r in res["rows"]] == [1, 2] and res["threads"] == 1
         for r in res["rows"]:
             assert r["utts"] == 2 and len(r["ratio_per_round"]) == 2

@@ -152,21 +152,43 @@ def add_gap_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-utts", type=int, default=32)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--padded-max-rows",
+        type=int,
+        help="override MoEFeedForward.padded_max_rows (0: never the padded bmm) to compare",
+    )
     p.add_argument("--profile", action="store_true", help="also print top ops of one MoE pass")
     p.add_argument("--json", action="store_true")
 
 
 def main_gap(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    saved = MoEFeedForward.padded_max_rows
+    if args.padded_max_rows is not None:
+        MoEFeedForward.padded_max_rows = args.padded_max_rows
+    try:
+        return _report(args)
+    finally:
+        MoEFeedForward.padded_max_rows = saved
+
+
+def _report(args: argparse.Namespace) -> int:
     batches = args.batch or [1, 16]
     rows = [
         measure_gap(args.model, args.vs, args.data, b, args.max_utts, args.rounds) for b in batches
     ]
-    info = {**machine_info(), "threads": torch.get_num_threads()}
+    info = {
+        **machine_info(),
+        "threads": torch.get_num_threads(),
+        "padded_max_rows": MoEFeedForward.padded_max_rows,
+    }
     if args.json:
         print(json.dumps({**info, "rows": rows}, indent=2))
     else:
-        print(f"machine={info['machine']} threads={info['threads']} torch={info['torch']}")
+        print(
+            f"machine={info['machine']} threads={info['threads']} torch={info['torch']} "
+            f"padded_max_rows={info['padded_max_rows']}"
+        )
         print("batch | dense ms | moe ms | shared-weights ms | moe/dense | = 1 + flops + weights")
         print("      |          |        |                   |           |   + overhead")
         for r in rows:

@@ -482,8 +482,13 @@ def bench_train(
     warmup: int = 2,
     experts: int = 8,
     top_k: int = 2,
+    rounds: int = 3,
 ) -> dict:
-    """Dense vs UME frozen (trainable="moe") vs UME unfrozen ("all") on the same batches."""
+    """Dense vs UME frozen (trainable="moe") vs UME unfrozen ("all") on the same batches, and
+    ume_unfrozen_ref: the unfrozen step with the experts' gradients from autograd ops instead
+    of expert_ffn's backward. `rounds` alternating rounds; each model reports its median."""
+    if rounds < 1:
+        raise ValueError(f"--rounds {rounds}: need at least 1 round")
     cfg, dense, ume = _paper_models(vocab, preset, experts, top_k)
     batches = synthetic_batches(
         max(2, min(steps + warmup, 4)),
@@ -494,11 +499,25 @@ def bench_train(
         cfg.model.encoder.input_dim,
     )
     nb = cfg.model.encoder.num_blocks
-    runs = {
-        "dense": train_throughput(dense, batches, "all", steps, warmup, nb),
-        "ume_frozen": train_throughput(ume, batches, "moe", steps, warmup, nb),
-        "ume_unfrozen": train_throughput(ume, batches, "all", steps, warmup, nb),
+    plan = {  # name: (model, trainable, expert_ffn's fused backward)
+        "dense": (dense, "all", True),
+        "ume_frozen": (ume, "moe", True),
+        "ume_unfrozen": (ume, "all", True),
+        "ume_unfrozen_ref": (ume, "all", False),
     }
+    per_round: dict[str, list[dict]] = {name: [] for name in plan}
+    for _ in range(rounds):  # alternate the models, so a slow spell hits them alike
+        for name, (model, trainable, fused) in plan.items():
+            MoEFeedForward.fused_expert_backward = fused
+            try:
+                per_round[name].append(
+                    train_throughput(model, batches, trainable, steps, warmup, nb)
+                )
+            finally:
+                MoEFeedForward.fused_expert_backward = True
+    runs = {}
+    for name, rows in per_round.items():  # the round with the median speed
+        runs[name] = sorted(rows, key=lambda r: r["steps_per_s"])[len(rows) // 2]
     frames = sum(int(b[1].sum()) for b in batches) / len(batches)
     return {
         **machine_info(),
@@ -515,6 +534,13 @@ def bench_train(
         "unfrozen_vs_dense_cost": round(
             runs["dense"]["steps_per_s"] / runs["ume_unfrozen"]["steps_per_s"], 3
         ),
+        "fused_vs_ref_speedup": round(
+            runs["ume_unfrozen"]["steps_per_s"] / runs["ume_unfrozen_ref"]["steps_per_s"], 3
+        ),
+        "rounds": rounds,
+        "steps_per_s_per_round": {
+            name: [r["steps_per_s"] for r in rows] for name, rows in per_round.items()
+        },
     }
 
 
@@ -527,6 +553,7 @@ def main_train_bench(args: argparse.Namespace) -> int:
         batch=args.batch,
         steps=args.steps,
         warmup=args.warmup,
+        rounds=args.rounds,
     )
     if args.json:
         print(json.dumps(res, indent=1))
@@ -537,13 +564,16 @@ def main_train_bench(args: argparse.Namespace) -> int:
     )
     for name, r in res["runs"].items():
         print(
-            f"{name:>13}: {r['steps_per_s']:.3f} steps/s  {r['audio_s_per_s']:.1f} audio s/s  "
+            f"{name:>16}: {r['steps_per_s']:.3f} steps/s  {r['audio_s_per_s']:.1f} audio s/s  "
             f"({r['params_trainable'] / 1e6:.2f}M of {r['params_total'] / 1e6:.2f}M trainable)"
         )
     print(
         f"frozen/unfrozen speed-up x{res['frozen_vs_unfrozen_speedup']:.2f}; "
-        f"unfrozen UME step costs x{res['unfrozen_vs_dense_cost']:.2f} a dense step"
+        f"unfrozen UME step costs x{res['unfrozen_vs_dense_cost']:.2f} a dense step; "
+        f"expert_ffn backward x{res['fused_vs_ref_speedup']:.2f} the autograd reference"
     )
+    for name, sps in res["steps_per_s_per_round"].items():
+        print(f"{name:>16} steps/s per round: {sps}")
     return 0
 
 
@@ -553,5 +583,6 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=16, help="utterances per batch (2.5-3.7 s)")
     p.add_argument("--steps", type=int, default=6, help="timed steps per model")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--json", action="store_true")

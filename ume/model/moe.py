@@ -104,6 +104,9 @@ class MoEFeedForward(nn.Module):
     # addmm pairs, which do not (batch-1 UME encoder -9..-21% at 2 threads; at 1 thread the
     # padding only costs, so the loop stays; docs/PERFORMANCE.md). 0 = never
     padded_max_rows = 32
+    # graph path: expert_ffn's hand-written backward (False: autograd ops on unbind views, the
+    # reference `ume bench train` times it against)
+    fused_expert_backward = True
 
     def __init__(
         self,
@@ -419,7 +422,8 @@ class MoEFeedForward(nn.Module):
         xs = xt.index_select(0, tok)  # (S, D), grouped by expert
         p = self.experts
         sizes = counts.tolist()
-        if not torch.is_autocast_enabled(xt.device.type) and xs.dtype == p.w_1.dtype:
+        fused = self.fused_expert_backward and xs.dtype == p.w_1.dtype
+        if fused and not torch.is_autocast_enabled(xt.device.type):
             drop = self.dropout.p if self.training else 0.0
             y = expert_ffn(xs, sizes, p.w_1, p.b_1, p.w_2, p.b_2, self.activation, drop)
             return self._combine(xt, y, tok, gate)

@@ -115,7 +115,10 @@ def test_rerun_resumes_and_skips(tiny_data: Path, tmp_path: Path) -> None:
     assert json.loads((exp / "train_info.json").read_text())["steps"] == 6
 
 
-def test_ddp_torchrun_two_processes(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("moe", [False, True])
+def test_ddp_torchrun_two_processes(tiny_data: Path, tmp_path: Path, moe: bool) -> None:
+    """Two gloo processes; with moe, 4-expert top-2 layers whose experts train through
+    expert_ffn's hand-written backward (DDP must see every expert gradient)."""
     exp = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -123,7 +126,7 @@ def test_ddp_torchrun_two_processes(tiny_data: Path, tmp_path: Path) -> None:
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=29533",
+        f"--master_port={29533 + int(moe)}",  # a fresh port: the last one may be in TIME_WAIT
         "-m",
         "ume.cli",
         "train",
@@ -141,11 +144,18 @@ def test_ddp_torchrun_two_processes(tiny_data: Path, tmp_path: Path) -> None:
         "--set",
         "train.num_threads=1",
     ]
+    if moe:
+        cmd += ["--set", "model.moe.num_experts=4", "--set", "model.moe.top_k=2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((exp / "train_info.json").read_text())
     assert info["world_size"] == 2 and info["steps"] == 4
     assert (exp / "model.safetensors").is_file()
+    if moe:
+        from safetensors.torch import load_file
+
+        keys = load_file(exp / "model.safetensors")
+        assert any(k.endswith("experts.w_1") for k in keys)
 
 
 def test_decode_and_score_foreign_kaldi_dir(tiny_data: Path, tmp_path: Path) -> None:

@@ -302,8 +302,7 @@ class MoEFeedForward(nn.Module):
         reused by every expert (in-place activation, cache-resident), second addmm written
         straight into its rows of the output, gates applied in place, one index_add. The
         products and the summation order are those of the graph path: bit-identical output."""
-        n, d = xt.shape
-        k = self.top_k
+        n = xt.size(0)
         sizes = counts.tolist()
         p = self.experts
         xs = xt.index_select(0, tok)  # (k·N, D), grouped by expert
@@ -320,13 +319,25 @@ class MoEFeedForward(nn.Module):
             if drop > 0:
                 F.dropout(h, drop, True, inplace=True)
             torch.addmm(b_2[ex], h, w_2[ex], out=y_e)
-        if k == 1:  # the top-1 gate is exactly 1 (p / p): no scaling
+        return self._gated_sum(ys, tok, order, gates, n)
+
+    def _gated_sum(
+        self,
+        ys: torch.Tensor,
+        tok: torch.Tensor,
+        order: torch.Tensor,
+        gates: torch.Tensor,
+        n: int,
+    ) -> torch.Tensor:
+        """No-graph combine: expert outputs ys (k·N, D) in sorted slot order, scaled in place by
+        their gates and summed into their N tokens -> (N, D)."""
+        if self.top_k == 1:  # the top-1 gate is exactly 1 (p / p): no scaling
             return torch.zeros_like(ys).index_add_(0, tok, ys)
         sorted_g = gates.t().reshape(-1).index_select(0, order).unsqueeze(1)
         if ys.dtype == torch.float32:  # same products and summation order as _combine
-            return ys.new_zeros(n, d).index_add_(0, tok, ys.mul_(sorted_g))
+            return ys.new_zeros(n, ys.size(1)).index_add_(0, tok, ys.mul_(sorted_g))
         contrib = ys.float() * sorted_g  # reduced precision: accumulate in float32
-        return contrib.new_zeros(n, d).index_add_(0, tok, contrib).to(ys.dtype)
+        return contrib.new_zeros(n, ys.size(1)).index_add_(0, tok, contrib).to(ys.dtype)
 
     def _dispatch_fast_padded(
         self,
@@ -355,13 +366,7 @@ class MoEFeedForward(nn.Module):
             F.dropout(h, self.dropout.p, True, inplace=True)
         y = torch.baddbmm(p.b_2.unsqueeze(1), h, p.w_2).view(e * c_max, d)
         ys = y.index_select(0, flat)  # (k·N, D) in sorted slot order
-        if self.top_k == 1:
-            return torch.zeros_like(ys).index_add_(0, tok, ys)
-        sorted_g = gates.t().reshape(-1).index_select(0, order).unsqueeze(1)
-        if ys.dtype == torch.float32:
-            return ys.new_zeros(n, d).index_add_(0, tok, ys.mul_(sorted_g))
-        contrib = ys.float() * sorted_g
-        return contrib.new_zeros(n, d).index_add_(0, tok, contrib).to(ys.dtype)
+        return self._gated_sum(ys, tok, order, gates, n)
 
     @staticmethod
     def _padded_index(sorted_e: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, int]:

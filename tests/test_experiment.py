@@ -209,3 +209,27 @@ def test_scratch_only_workdir_needs_no_dense(tmp_path: Path, monkeypatch) -> Non
     assert not (tmp_path / "w" / "runs" / "dense").exists()
     with pytest.raises(experiment.ConfigError, match="unknown run"):
         experiment.run_experiment("large", tmp_path / "w", runs=["moe_scrtch"])
+
+
+@pytest.mark.parametrize(
+    ("run", "top_k", "slots"),
+    [("ume_top1", 1, ["encoder_macaron", "encoder_ffn"]), ("ume_one_slot", 2, ["encoder_ffn"])],
+)
+def test_speed_variant_runs_upcycle_their_shape(
+    tmp_path: Path, monkeypatch, run: str, top_k: int, slots: list[str]
+) -> None:
+    """ume_top1 / ume_one_slot: UME's recipe (two phases) on the cheaper shapes of
+    docs/PERFORMANCE.md; checked without training by capturing what would be trained."""
+    import ume.upcycle
+    from ume.bench import experiment
+
+    upcycled, trained = [], []
+    monkeypatch.setattr(ume.upcycle, "upcycle_experiment", lambda d, o, **kw: upcycled.append(kw))
+    monkeypatch.setattr(experiment, "_train", lambda *a: trained.append(a))
+    plan = experiment.load_plan("large")
+    experiment.run_one(run, plan, "large", tmp_path, tmp_path / "dense")
+    assert upcycled[0]["top_k"] == top_k and upcycled[0]["slots"] == slots
+    assert upcycled[0]["experts"] == plan.experts
+    phases = trained[0][5]
+    assert [p["trainable"] for p in phases] == [plan.phase1_trainable, "all"]
+    experiment.check_runs([run], "test")  # a known run name

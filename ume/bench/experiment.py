@@ -9,6 +9,8 @@ resumed from its last checkpoint when interrupted):
     ume_no_balance   ablation: balance and z-loss coefficients 0
     ume_drop         ablation: Drop-Upcycling (re-initialise a fraction of expert hidden units)
     moe_scratch      the same MoE shape trained from random initialisation
+    ume_top1         speed variant: UME with top-1 routing (×1.0 dense FLOPs; docs/PERFORMANCE.md)
+    ume_one_slot     speed variant: UME with MoE in the second encoder FFN only (6 MoE layers)
 
 Writes WORKDIR/results.json, WORKDIR/results.md and PNG plots (dev MER vs training minutes,
 expert load of the UME model).
@@ -45,6 +47,8 @@ ALL_RUNS = (
     "ume_no_balance",
     "ume_drop",
     "moe_scratch",
+    "ume_top1",
+    "ume_one_slot",
 )
 
 
@@ -188,6 +192,12 @@ def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Pat
         _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
     elif name == "ume_drop":
         init = _upcycled(plan, dense, runs / "_init_ume_drop", drop_ratio=plan.drop_upcycling)
+        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
+    elif name == "ume_top1":  # the shapes that are fast enough at batch 16 (PERFORMANCE.md)
+        init = _upcycled(plan, dense, runs / "_init_ume_top1", top_k=1)
+        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
+    elif name == "ume_one_slot":
+        init = _upcycled(plan, dense, runs / "_init_ume_one_slot", slots=["encoder_ffn"])
         _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
     elif name == "moe_scratch":
         steps = plan.scratch_steps or load_config(preset_config(plan.model_config)).train.max_steps

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -52,18 +53,21 @@ def share_expert_weights(model: ASRModel) -> int:
     return n
 
 
-def feature_batches(
-    data: str, exp_dir: str, max_utts: int, batch: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Fbank of up to max_utts utterances of `data`, longest first, as padded (B, T, F)
-    batches with their lengths (B,)."""
+def load_features(data: str, exp_dir: str, max_utts: int) -> list[torch.Tensor]:
+    """Fbank (T, F) of up to max_utts utterances of `data` (exp_dir's feature config),
+    longest first."""
+    from ume.bench.rtf import load_waves
     from ume.data.features import compute_fbank
-    from ume.data.manifest import load_audio, load_manifest
 
     fcfg = load_config(Path(exp_dir) / "config.yaml").features
-    utts, _ = load_manifest(data, require_text=False)
-    feats = [torch.from_numpy(compute_fbank(load_audio(u.wav), fcfg)) for u in utts]
-    feats = sorted(feats[:max_utts] if max_utts > 0 else feats, key=lambda f: -f.shape[0])
+    feats = [torch.from_numpy(compute_fbank(w, fcfg)) for w in load_waves(data, max_utts)]
+    return sorted(feats, key=lambda f: -f.shape[0])
+
+
+def batch_features(
+    feats: list[torch.Tensor], batch: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Padded (B, T, F) batches of `feats`, in order, with their lengths (B,)."""
     out = []
     for s in range(0, len(feats), batch):
         fs = feats[s : s + batch]
@@ -106,20 +110,17 @@ def profile_top(model: ASRModel, batches: list, rows: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def measure_gap(
-    model_dir: str, vs_dir: str, data: str, batch: int, max_utts: int, rounds: int
-) -> dict:
-    """Time dense / moe / shared alternately for `rounds` rounds; medians and the split."""
-    if rounds < 1:
-        raise ValueError(f"--rounds {rounds}: need at least 1 round")
-    batches = feature_batches(data, vs_dir, max_utts, batch)
-    models = {
-        "dense": load_experiment(vs_dir)[2],
-        "moe": load_experiment(model_dir)[2],
-        "shared": load_experiment(model_dir)[2],
-    }
-    if share_expert_weights(models["shared"]) == 0:
+def load_models(model_dir: str, vs_dir: str) -> dict[str, ASRModel]:
+    """{"dense": --vs, "moe": --model, "shared": a copy of --model with shared expert weights}."""
+    moe = load_experiment(model_dir)[2]
+    shared = copy.deepcopy(moe)
+    if share_expert_weights(shared) == 0:
         raise ValueError(f"{model_dir} has no MoE layers: nothing to split")
+    return {"dense": load_experiment(vs_dir)[2], "moe": moe, "shared": shared}
+
+
+def measure_gap(models: dict[str, ASRModel], batches: list, batch: int, rounds: int) -> dict:
+    """Time dense / moe / shared alternately for `rounds` rounds; medians and the split."""
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(rounds):
         for name, m in models.items():
@@ -173,10 +174,12 @@ def main_gap(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    batches = args.batch or [1, 16]
-    rows = [
-        measure_gap(args.model, args.vs, args.data, b, args.max_utts, args.rounds) for b in batches
-    ]
+    if args.rounds < 1:
+        raise ValueError(f"--rounds {args.rounds}: need at least 1 round")
+    sizes = args.batch or [1, 16]
+    models = load_models(args.model, args.vs)
+    feats = load_features(args.data, args.vs, args.max_utts)
+    rows = [measure_gap(models, batch_features(feats, b), b, args.rounds) for b in sizes]
     info = {
         **machine_info(),
         "threads": torch.get_num_threads(),
@@ -199,8 +202,6 @@ def _report(args: argparse.Namespace) -> int:
                 f"   (per round {r['ratio_per_round']})"
             )
     if args.profile:
-        _, _, model = load_experiment(args.model)
-        feats = feature_batches(args.data, args.vs, args.max_utts, batches[0])
-        encoder_seconds(model, feats)
-        print(profile_top(model, feats, 15), file=sys.stderr if args.json else sys.stdout)
+        table = profile_top(models["moe"], batch_features(feats, sizes[0]), 15)
+        print(table, file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -132,7 +132,6 @@ class MoEFeedForward(nn.Module):
         self.d_model, self.d_ff = d_model, d_ff
         self.router = nn.Linear(d_model, e, bias=False)
         self.experts = Experts(e, d_model, d_ff)
-        self.activation = activation
         self.act = activation_fn(activation)
         self.dropout = nn.Dropout(dropout)
         self.reset_router()
@@ -430,7 +429,8 @@ class MoEFeedForward(nn.Module):
         fused = self.fused_expert_backward and xs.dtype == p.w_1.dtype
         if fused and not torch.is_autocast_enabled(xt.device.type):
             drop = self.dropout.p if self.training else 0.0
-            y = expert_ffn(xs, sizes, p.w_1, p.b_1, p.w_2, p.b_2, self.activation, drop)
+            act = _activation_name(self.act)
+            y = expert_ffn(xs, sizes, p.w_1, p.b_1, p.w_2, p.b_2, act, drop)
             return self._combine(xt, y, tok, gate)
         # autocast (its casts do not apply to out= calls): the same maps as autograd ops
         w_1, b_1, w_2, b_2 = p.w_1.unbind(0), p.b_1.unbind(0), p.w_2.unbind(0), p.b_2.unbind(0)

@@ -275,3 +275,6 @@ def test_bench_gap_splits_the_extra_time(tmp_path: Path, capsys: pytest.CaptureF
     dense = str(tmp_path / "dense")
     assert main(["bench", "gap", "--model", dense, "--vs", dense, "--data", str(data)]) == 2
     assert "has no MoE layers" in capsys.readouterr().err
+    argv = ["bench", "gap", "--model", str(tmp_path / "ume"), "--vs", dense, "--data", str(data)]
+    assert main([*argv, "--rounds", "0"]) == 2
+    assert "--rounds 0: need at least 1 round" in capsys.readouterr().err

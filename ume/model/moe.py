@@ -92,6 +92,38 @@ def _activation_name(act: nn.Module) -> str:
     raise ValueError(f"cannot upcycle an FFN with activation {type(act).__name__}")
 
 
+def expert_tensors_from_dense(
+    w_1: torch.Tensor,
+    b_1: torch.Tensor,
+    w_2: torch.Tensor,
+    b_2: torch.Tensor,
+    num_experts: int,
+    groups: int = 1,
+) -> dict[str, torch.Tensor]:
+    """Stacked expert tensors that reproduce a dense FFN exactly under top-k renormalised
+    routing. Dense nn.Linear layouts: w_1 (H, D), b_1 (H,), w_2 (D, H), b_2 (D,).
+
+    groups = 1: every expert is a copy -> w_1 (E, D, H), b_1 (E, H), w_2 (E, H, D), b_2 (E, D).
+    groups = G (fine-grained experts, Megatron's "granularity" with virtual groups): the H
+    hidden units are cut into G slices of H/G; the E/G experts of group g are copies of slice g
+    and carry b_2/G, so whichever experts a token picks inside each group (gates renormalised
+    per group), the G group outputs sum to the dense output.
+    """
+    h, d = w_1.shape
+    if num_experts % groups or h % groups:
+        raise ValueError(f"groups={groups} must divide num_experts={num_experts} and H={h}")
+    per, hs = num_experts // groups, h // groups
+    w1 = w_1.t().reshape(d, groups, hs).permute(1, 0, 2)  # (G, D, H/G)
+    b1 = b_1.reshape(groups, hs)  # (G, H/G)
+    w2 = w_2.t().reshape(groups, hs, d)  # (G, H/G, D)
+    b2 = (b_2 / groups).unsqueeze(0).expand(groups, d)  # (G, D)
+
+    def rep(t: torch.Tensor) -> torch.Tensor:  # (G, ...) -> (E, ...), group-major
+        return t.repeat_interleave(per, dim=0).contiguous()
+
+    return {"w_1": rep(w1), "b_1": rep(b1), "w_2": rep(w2), "b_2": rep(b2)}
+
+
 class MoEFeedForward(nn.Module):
     """Top-k routed mixture of FFN experts; forward(x (B, T, D), valid (B, T) | None)."""
 
@@ -118,20 +150,29 @@ class MoEFeedForward(nn.Module):
     ) -> None:
         super().__init__()
         cfg = moe_cfg if moe_cfg is not None else MoEConfig(num_experts=8)
-        e, k = cfg.num_experts, cfg.top_k
+        e, k, g = cfg.num_experts, cfg.top_k, cfg.groups
         if e < 1:
             raise ValueError(f"moe.num_experts={e}: an MoE layer needs at least 1 expert")
-        if not 1 <= k <= e:
-            raise ValueError(f"moe.top_k={k} must be between 1 and moe.num_experts={e}")
+        if g < 1 or e % g or d_ff % g:
+            raise ValueError(
+                f"moe.groups={g} must be >= 1 and divide moe.num_experts={e} and the FFN "
+                f"hidden size {d_ff} (each group holds one 1/groups slice of the dense FFN)"
+            )
+        if not 1 <= k <= e // g:
+            raise ValueError(
+                f"moe.top_k={k} must be between 1 and the experts per group "
+                f"(moe.num_experts/moe.groups = {e // g})"
+            )
         if cfg.router_init not in ("zeros", "normal"):
             raise ValueError(f"moe.router_init={cfg.router_init!r}: use 'zeros' or 'normal'")
-        if cfg.capacity_factor < 0 or cfg.jitter < 0:
-            raise ValueError("moe.capacity_factor and moe.jitter must be >= 0")
+        if cfg.capacity_factor < 0 or cfg.jitter < 0 or cfg.router_noise < 0:
+            raise ValueError("moe.capacity_factor, moe.jitter and moe.router_noise must be >= 0")
         self.cfg = cfg
-        self.num_experts, self.top_k = e, k
-        self.d_model, self.d_ff = d_model, d_ff
+        # top_k: token-slots per token over all groups (groups x the per-group top-k)
+        self.num_experts, self.top_k, self.groups = e, k * g, g
+        self.d_model, self.d_ff = d_model, d_ff // g  # d_ff: one expert's hidden size
         self.router = nn.Linear(d_model, e, bias=False)
-        self.experts = Experts(e, d_model, d_ff)
+        self.experts = Experts(e, d_model, d_ff // g)
         self.act = activation_fn(activation)
         self.dropout = nn.Dropout(dropout)
         self.reset_router()
@@ -162,22 +203,30 @@ class MoEFeedForward(nn.Module):
 
     @classmethod
     def from_dense(cls, dense: FeedForward, moe_cfg: MoEConfig) -> MoEFeedForward:
-        """An MoE layer whose experts are all exact copies of `dense` (router per cfg)."""
+        """An MoE layer computing exactly what `dense` does: every expert a copy of the dense
+        FFN, or with moe_cfg.groups = G, of one 1/G slice of its hidden units (router per cfg).
+        """
         d_ff, d_model = dense.w_1.weight.shape
         moe = cls(d_model, d_ff, _activation_name(dense.act), dense.dropout.p, moe_cfg)
         moe.to(device=dense.w_1.weight.device, dtype=dense.w_1.weight.dtype)
+        tensors = expert_tensors_from_dense(
+            dense.w_1.weight,
+            dense.w_1.bias,
+            dense.w_2.weight,
+            dense.w_2.bias,
+            moe.num_experts,
+            moe.groups,
+        )
         with torch.no_grad():
-            ex = moe.experts
-            ex.w_1.copy_(dense.w_1.weight.t().unsqueeze(0).expand_as(ex.w_1))
-            ex.b_1.copy_(dense.w_1.bias.unsqueeze(0).expand_as(ex.b_1))
-            ex.w_2.copy_(dense.w_2.weight.t().unsqueeze(0).expand_as(ex.w_2))
-            ex.b_2.copy_(dense.w_2.bias.unsqueeze(0).expand_as(ex.b_2))
+            for name, t in tensors.items():
+                getattr(moe.experts, name).copy_(t)
         return moe
 
     def extra_repr(self) -> str:
         c = self.cfg
         return (
-            f"top_k={self.top_k}, capacity_factor={c.capacity_factor}, jitter={c.jitter}, "
+            f"top_k={self.top_k}, groups={self.groups}, capacity_factor={c.capacity_factor}, "
+            f"jitter={c.jitter}, router_noise={c.router_noise}, "
             f"balance_coef={c.balance_coef}, z_loss_coef={c.z_loss_coef}"
         )
 
@@ -194,13 +243,21 @@ class MoEFeedForward(nn.Module):
                 logits = F.linear(h.float(), w.float())
         else:
             logits = F.linear(h.float(), w.float())
-        probs = logits.softmax(-1)
-        gates, experts = probs.topk(self.top_k, dim=-1)
-        if self.top_k == 1:
-            gates = torch.ones_like(gates)  # p / p
+        if self.training and self.cfg.router_noise > 0:  # noisy top-k gating (exploration)
+            logits = logits + torch.randn_like(logits) * self.cfg.router_noise
+        n, g = logits.size(0), self.groups
+        k = self.top_k // g  # per group
+        probs = logits.view(n, g, -1).softmax(-1)  # (N, G, E/G): softmax within each group
+        gates, experts = probs.topk(k, dim=-1)  # (N, G, k)
+        if k == 1:
+            # value exactly 1 (p / p), gradient of p: the router still learns from the task
+            gates = gates / gates.detach()
         else:
             gates = gates / gates.sum(-1, keepdim=True)
-        return logits, experts, gates
+        if g > 1:  # group-local expert indices -> global ones
+            offset = torch.arange(g, device=experts.device).mul_(self.num_experts // g)
+            experts = experts + offset.view(1, g, 1)
+        return logits, experts.reshape(n, g * k), gates.reshape(n, g * k)
 
     def capacity(self, n_tokens: int) -> int:
         """Token-slots each expert may take (training with capacity_factor > 0), else k·N."""
@@ -482,14 +539,22 @@ class MoEFeedForward(nn.Module):
             self._pending = None
         return self._stats or {}
 
-    def _balance(self, logits: torch.Tensor, counts: torch.Tensor, n: int) -> torch.Tensor:
-        """E·Σ f_i·P_i (1 when balanced, E when collapsed); gradient flows through P only."""
-        load = counts.to(logits.dtype) / (self.top_k * n)
-        return self.num_experts * (load * logits.softmax(-1).mean(0)).sum()
+    def _group_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, E) logits -> (N, E) router probabilities, softmax within each group."""
+        n = logits.size(0)
+        return logits.view(n, self.groups, -1).softmax(-1).view(n, -1)
 
-    @staticmethod
-    def _z_loss(logits: torch.Tensor) -> torch.Tensor:
-        return torch.logsumexp(logits, dim=-1).square().mean()
+    def _balance(self, logits: torch.Tensor, counts: torch.Tensor, n: int) -> torch.Tensor:
+        """E·Σ f_i·P_i (1 when balanced, E when collapsed); gradient flows through P only.
+        With groups, f_i and P_i are within-group fractions (each group's sum is 1) and the
+        per-group values are averaged: (E/G)·Σ_i f_i·P_i / G summed over groups."""
+        load = counts.to(logits.dtype) / (self.top_k * n) * self.groups  # (E,) per-group fracs
+        per_group = self.num_experts // self.groups
+        return per_group * (load * self._group_probs(logits).mean(0)).sum() / self.groups
+
+    def _z_loss(self, logits: torch.Tensor) -> torch.Tensor:
+        n = logits.size(0)
+        return torch.logsumexp(logits.view(n, self.groups, -1), dim=-1).square().mean()
 
     def _record(
         self, logits: torch.Tensor, counts: torch.Tensor, dropped: torch.Tensor, n: int
@@ -528,11 +593,12 @@ class MoEFeedForward(nn.Module):
                 "z_loss": zero,
                 "dropped_frac": zero,
             }
-        probs = logits.softmax(-1)
+        probs = self._group_probs(logits)
         load = counts.float() / (k * n)
         return {
             "load": load,
-            "entropy": -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1).mean(),
+            # mean router entropy per token (nats; with groups: per group, averaged)
+            "entropy": -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1).mean() / self.groups,
             "cv": load.std(unbiased=False) / load.mean(),
             "balance": self._balance(logits, counts, n),  # unscaled
             "z_loss": self._z_loss(logits),  # unscaled

@@ -105,3 +105,31 @@ def apply_trainable(model: torch.nn.Module, spec: object, num_blocks: int) -> tu
             "(e.g. 'moe' on a dense model): fix the freezing schedule"
         )
     return n_train, n_total
+
+
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, moe_lr_scale: float = 1.0
+) -> list[dict]:
+    """AdamW parameter groups of the trainable parameters: weight decay on matrices only, and
+    experts + routers (is_moe_param) in groups whose lr is scaled by moe_lr_scale (a faster
+    expert lr breaks the symmetry of upcycled experts; see PhaseConfig.moe_lr_scale)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = []
+    for decay in (True, False):
+        for moe in (False, True):
+            ps = [p for n, p in named if (p.dim() > 1) == decay and is_moe_param(n) == moe]
+            if ps:
+                groups.append(
+                    {
+                        "params": ps,
+                        "weight_decay": weight_decay if decay else 0.0,
+                        "lr_scale": moe_lr_scale if moe else 1.0,
+                    }
+                )
+    return groups
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr to lr x its lr_scale (1 where a group has none)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)

@@ -10,5 +10,5 @@ UME=.venv/bin/ume
 $UME data synth --preset paper --out "$W/data"
 $UME train --preset paper --train "$W/data/train" --dev "$W/data/dev" --exp "$W/dense" \
   --cache-dir "$W/data/.cache" --no-progress "$@"
-.venv/bin/python -m ume.bench.bundle --exp "$W/dense" --data "$W/data" --out models/dense_paper \
+.venv/bin/python -m ume.experiment.bundle --exp "$W/dense" --data "$W/data" --out models/dense_paper \
   --command "bash scripts/train_bundled.sh $W $*"

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from ume.bench.export import _feats_list, check_export, export_encoder
 from ume.bench.moe import LoopMoE, bench_shape, bench_train, build_layer
 from ume.cli import main
 from ume.config import ExperimentConfig, ModelConfig, MoEConfig
+from ume.decode.export import _feats_list, check_export, export_encoder
 from ume.model.asr import ASRModel
 from ume.model.moe import MoEFeedForward
 
@@ -249,7 +249,7 @@ def test_rtf_rejects_zero_rounds(tmp_path: Path, capsys) -> None:
 def test_bench_gap_splits_the_extra_time(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from ume.bench.gap import share_expert_weights
     from ume.expdir import load_experiment
-    from ume.upcycle import moe_layers
+    from ume.model.params import moe_layers
 
     data = tiny_pair(tmp_path, top_k=(1, 2))
     flop_ratio = {}

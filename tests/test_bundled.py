@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ume.bench.bundle import card_check
+from ume.experiment.bundle import card_check
 
 BUNDLED = Path(__file__).resolve().parent.parent / "models" / "dense_paper"
 

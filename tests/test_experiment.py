@@ -77,8 +77,8 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
 
 
 def test_experiment_on_another_corpus_needs_its_own_dense(tmp_path: Path, monkeypatch) -> None:
-    from ume.bench import experiment
     from ume.config import ConfigError
+    from ume.experiment import runner as experiment
 
     monkeypatch.setattr(experiment, "synthesize", lambda *a, **k: None)
     plan = experiment.load_plan("large")
@@ -88,7 +88,7 @@ def test_experiment_on_another_corpus_needs_its_own_dense(tmp_path: Path, monkey
 
 
 def test_add_comparisons_targets_and_relative_change() -> None:
-    from ume.bench.experiment import add_comparisons
+    from ume.experiment.runner import add_comparisons
 
     def curve(*pts: tuple[int, float, float]) -> list[dict]:
         return [{"step": s, "minutes": m, "dev_mer": d} for s, m, d in pts]
@@ -128,7 +128,7 @@ def test_add_comparisons_targets_and_relative_change() -> None:
 
 
 def test_best_trained_ignores_the_starting_point() -> None:
-    from ume.bench.experiment import best_trained
+    from ume.experiment.runner import best_trained
 
     pts = [
         {"step": 0, "minutes": 0.0, "dev_mer": 30.0},
@@ -154,8 +154,8 @@ def _fake_workdir(root: Path, runs: dict[str, bytes], rows: dict, test_text: str
 
 
 def test_merge_runs_copies_finished_runs_and_refuses_mismatches(tmp_path: Path) -> None:
-    from ume.bench.experiment import merge_runs
     from ume.config import ConfigError
+    from ume.experiment.runner import merge_runs
 
     a = _fake_workdir(
         tmp_path / "a",
@@ -197,7 +197,7 @@ def test_merge_runs_copies_finished_runs_and_refuses_mismatches(tmp_path: Path) 
 def test_scratch_only_workdir_needs_no_dense(tmp_path: Path, monkeypatch) -> None:
     """`--runs moe_scratch` on a corpus without a bundled dense model trains only the scratch
     MoE (the side-by-side workdir of docs/RESULTS.md), no --from-scratch or --model needed."""
-    from ume.bench import experiment
+    from ume.experiment import runner as experiment
 
     done = []
     monkeypatch.setattr(experiment, "synthesize", lambda *a, **k: None)
@@ -221,13 +221,14 @@ def test_speed_variant_runs_upcycle_their_shape(
     """ume_top1 / ume_one_slot: UME's recipe (two phases) on the cheaper shapes of
     docs/PERFORMANCE.md; checked without training by capturing what would be trained."""
     import ume.upcycle
-    from ume.bench import experiment
+    from ume.experiment import recipes
+    from ume.experiment import runner as experiment
 
     upcycled, trained = [], []
     monkeypatch.setattr(ume.upcycle, "upcycle_experiment", lambda d, o, **kw: upcycled.append(kw))
-    monkeypatch.setattr(experiment, "_train", lambda *a: trained.append(a))
+    monkeypatch.setattr(recipes, "_train", lambda *a: trained.append(a))
     plan = experiment.load_plan("large")
-    experiment.run_one(run, plan, "large", tmp_path, tmp_path / "dense")
+    recipes.run_one(run, plan, "large", tmp_path, tmp_path / "dense")
     assert upcycled[0]["top_k"] == top_k and upcycled[0]["slots"] == slots
     assert upcycled[0]["experts"] == plan.experts
     phases = trained[0][5]

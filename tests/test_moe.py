@@ -1,4 +1,4 @@
-"""Tests for ume.model.moe, ume.upcycle and ume.inspect (tiny models, CPU)."""
+"""Tests for ume.model.moe, ume.upcycle and ume.moe_report (tiny models, CPU)."""
 
 from __future__ import annotations
 
@@ -17,19 +17,12 @@ from ume.config import ExperimentConfig, ModelConfig, MoEConfig
 from ume.model.asr import ASRModel
 from ume.model.ffn import FeedForward
 from ume.model.moe import MoEFeedForward
+from ume.model.params import moe_layers, param_report
+from ume.moe_report import add_inspect_args, main_inspect
 from ume.train.schedule import is_moe_param
-from ume.upcycle import (
-    UpcycleError,
-    add_inspect_args,
-    add_upcycle_args,
-    main_inspect,
-    main_upcycle,
-    moe_layers,
-    param_report,
-    upcycle_experiment,
-    upcycle_state_dict,
-    verify_upcycle,
-)
+from ume.upcycle.cli import add_upcycle_args, main_upcycle
+from ume.upcycle.convert import UpcycleError, upcycle_experiment, upcycle_state_dict
+from ume.upcycle.verify import verify_upcycle
 
 ALL_SLOTS = ["encoder_macaron", "encoder_ffn", "decoder_ffn"]
 VOCAB = 50
@@ -449,7 +442,7 @@ def test_upcycle_experiment_and_cli(dense_dir: Path, capsys: pytest.CaptureFixtu
 
 
 def test_inspect_load_and_similarity(dense_dir: Path) -> None:
-    from ume.inspect import inspect_experiment
+    from ume.moe_report import inspect_experiment
 
     out = dense_dir / "moe_drop"
     upcycle_experiment(

@@ -163,7 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_lazy("ume.bench.rtf", "main_rtf"))
 
-    from ume.bench.export import add_export_args
     from ume.bench.moe import add_moe_args, add_train_args
 
     p = bench.add_parser("moe", help="MoE dispatch vs FLOP bound, loop and HF references")
@@ -184,19 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_gap_args(p)
     p.set_defaults(func=_lazy("ume.bench.gap", "main_gap"))
 
+    from ume.decode.export import add_export_args
+
     p = sub.add_parser("export", help="ONNX export of encoder + CTC (MoE included), --check")
     add_export_args(p)
-    p.set_defaults(func=_lazy("ume.bench.export", "main_export"))
+    p.set_defaults(func=_lazy("ume.decode.export", "main_export"))
 
-    from ume.upcycle import add_inspect_args, add_upcycle_args
+    from ume.moe_report import add_inspect_args
+    from ume.upcycle.cli import add_upcycle_args
 
     p = sub.add_parser("upcycle", help="dense experiment dir -> MoE experiment dir (UME)")
     add_upcycle_args(p)
-    p.set_defaults(func=_lazy("ume.upcycle", "main_upcycle"))
+    p.set_defaults(func=_lazy("ume.upcycle.cli", "main_upcycle"))
 
     p = sub.add_parser("inspect", help="MoE diagnostics: expert load, similarity, heat-map")
     add_inspect_args(p)
-    p.set_defaults(func=_lazy("ume.upcycle", "main_inspect"))
+    p.set_defaults(func=_lazy("ume.moe_report", "main_inspect"))
 
     p = sub.add_parser("experiment", help="the paper's comparison: dense vs UME vs scratch")
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper", "large"])
@@ -211,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="first copy in the finished runs of another workdir of the same preset "
         "(runs trained side by side, one per core); repeatable",
     )
-    p.set_defaults(func=_lazy("ume.bench.experiment", "main_experiment"))
+    p.set_defaults(func=_lazy("ume.experiment.runner", "main_experiment"))
 
     from ume.bench.step import add_step_args
 
@@ -226,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-scratch", action="store_true", help="train the dense model, not the bundled one"
     )
     p.add_argument("--model", help="dense experiment dir to start from (default: bundled)")
-    p.set_defaults(func=_lazy("ume.demo", "run_demo"))
+    p.set_defaults(func=_lazy("ume.experiment.demo", "run_demo"))
     return ap
 
 

@@ -16,12 +16,15 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
 import torch
 
+from ume.data.loader import load_batch
 from ume.model.moe import MoEFeedForward
+from ume.model.params import param_report
 
 DEAD_FRACTION = 0.16  # an expert is "dead" below DEAD_FRACTION / E of the load
 
@@ -91,7 +94,6 @@ def inspect_experiment(
     """Report per MoE layer (see module docstring); with `data`, up to max_utts utterances
     are run through the model to measure the load. Writes a heat-map PNG if `png`."""
     from ume.expdir import load_experiment
-    from ume.upcycle import load_batch, param_report
 
     cfg, tok, model = load_experiment(exp_dir)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, MoEFeedForward)}
@@ -230,3 +232,31 @@ def format_report(rep: dict) -> str:
     if rep.get("png"):
         lines.append(f"wrote {rep['png']}")
     return "\n".join(lines)
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+def add_inspect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("expdir", help="MoE experiment dir")
+    p.add_argument("--data", default=None, help="Kaldi dir or data.list to measure expert load")
+    p.add_argument("--max-utts", type=int, default=50)
+    p.add_argument("--png", default=None, help="write a load / similarity heat-map here")
+
+
+def main_inspect(args: argparse.Namespace) -> int:
+    """`ume inspect EXPDIR [--data D] [--png P]`: per-layer expert load and similarity."""
+    from ume.data.manifest import DataError
+    from ume.expdir import ExpDirError
+
+    exp = getattr(args, "expdir", None) or getattr(args, "exp_dir", None)
+    try:
+        rep = inspect_experiment(
+            exp,
+            data=getattr(args, "data", None),
+            max_utts=int(getattr(args, "max_utts", 50) or 50),
+            png=getattr(args, "png", None),
+        )
+    except (ExpDirError, DataError) as e:
+        print(f"ume inspect: error: {e}")
+        return 2
+    print(format_report(rep))
+    return 0

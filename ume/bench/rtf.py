@@ -95,7 +95,7 @@ def rtf_for_dir(exp_dir: str, waves: list, mode: str, chunk: int, stream_chunk: 
             res[f"rtf_b{b}_stream{stream_chunk}"] = measure_rtf(
                 model, cfg.features, waves, b, mode, stream_chunk
             )
-    from ume.upcycle import param_report
+    from ume.model.params import param_report
 
     rep = param_report(model)
     res["params_total"], res["params_active"] = rep["params_total"], rep["params_active"]

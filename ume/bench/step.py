@@ -20,7 +20,8 @@ import time
 import torch
 
 from ume.config import load_config
-from ume.model.asr import ASRModel, count_params
+from ume.model.asr import ASRModel
+from ume.model.params import count_params
 
 VARIANTS: dict[str, list[tuple[str, object]]] = {
     "preset": [],

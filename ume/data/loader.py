@@ -212,3 +212,31 @@ def numpy_seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def load_batch(
+    data: str | Path, features_cfg: FeatureConfig, max_utts: int
+) -> tuple[list, list[tuple]]:
+    """Up to max_utts utterances of a Kaldi dir / data.list as a list of padded batches
+    [(feats (B, T, F), lens (B,), utts)], longest first, ≤ 8 utterances per batch."""
+    from ume.data.manifest import load_manifest
+
+    utts, _ = load_manifest(data, require_text=False)
+    store = FeatureStore.build(utts[:max_utts], features_cfg, progress=False)
+    order = sorted(range(len(store)), key=lambda i: -store.lengths[i])
+    batches = []
+    for s in range(0, len(order), 8):
+        idx = order[s : s + 8]
+        feats, lens = store.collate(idx)
+        batches.append((feats, lens, [store.utts[i] for i in idx]))
+    return store.utts, batches
+
+
+def random_batch(input_dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A reproducible padded batch of 4 fake fbank sequences: feats (4, 400, input_dim) with
+    zeros past each length, lens (4,) = 400, 317, 256, 180."""
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor([400, 317, 256, 180])
+    feats = torch.randn(len(lens), int(lens.max()), input_dim, generator=g) * 3.0 + 8.0
+    feats = feats * (torch.arange(feats.size(1)).view(1, -1, 1) < lens.view(-1, 1, 1))
+    return feats, lens

@@ -19,52 +19,12 @@ import json
 import logging
 import math
 import sys
-from dataclasses import dataclass
-
-import kaldialign
 
 from ume.data.manifest import DataError, read_text_file
 from ume.data.text import normalize_text, split_units, text_lang, unit_lang
+from ume.decode.metrics import ErrorCounts
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ErrorCounts:
-    """Summed edit-distance counts; ``dele`` is the deletion count (``del`` in dict output)."""
-
-    ref: int = 0
-    sub: int = 0
-    dele: int = 0
-    ins: int = 0
-
-    @property
-    def errors(self) -> int:
-        return self.sub + self.dele + self.ins
-
-    @property
-    def rate(self) -> float:
-        """Errors / reference units in percent; 0.0 if both are 0, inf if only ref is 0."""
-        if self.ref == 0:
-            return 0.0 if self.errors == 0 else math.inf
-        return 100.0 * self.errors / self.ref
-
-    def add(self, ref: list[str], hyp: list[str]) -> None:
-        """Accumulate the edit distance between unit lists `ref` and `hyp`."""
-        d = kaldialign.edit_distance(ref, hyp)
-        self.ref += len(ref)
-        self.sub += int(d["sub"])
-        self.dele += int(d["del"])
-        self.ins += int(d["ins"])
-
-    def to_dict(self) -> dict:
-        return {
-            "ref": self.ref,
-            "sub": self.sub,
-            "del": self.dele,
-            "ins": self.ins,
-            "errors": self.errors,
-        }
 
 
 class _Acc:

@@ -21,21 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 from ume.data.manifest import DataError
-from ume.data.text import normalize_text, split_units
-from ume.decode.score import ErrorCounts
+from ume.decode.metrics import utterance_errors
 
-
-def utterance_errors(refs: dict[str, str], hyps: dict[str, str], keys: list[str]) -> np.ndarray:
-    """(N, 2) int array: MER edit errors and reference units per utterance of `keys`
-    (a missing hypothesis counts as empty, as in `score`)."""
-    out = np.zeros((len(keys), 2), dtype=np.int64)
-    for i, key in enumerate(keys):
-        c = ErrorCounts()
-        c.add(
-            split_units(normalize_text(refs[key])), split_units(normalize_text(hyps.get(key, "")))
-        )
-        out[i] = (c.errors, c.ref)
-    return out
+__all__ = ["bootstrap_errors", "format_bootstrap", "paired_bootstrap", "utterance_errors"]
 
 
 def paired_bootstrap(

@@ -2,7 +2,7 @@
 scored on dev/test/held-out, with a model card (MODEL_CARD.md + card.json).
 
 Example:
-    python -m ume.bench.bundle --exp work/paper_dense --data work/paper_data \\
+    python -m ume.experiment.bundle --exp work/paper_dense --data work/paper_data \\
         --out models/dense_paper --command "bash scripts/train_bundled.sh"
 """
 
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from ume.bench.evaluate import evaluate_run, score_split
 from ume.bench.rtf import cpu_model
 from ume.data.synth import synthesize_slice
 from ume.expdir import (
@@ -27,6 +26,7 @@ from ume.expdir import (
     load_experiment,
     save_weights,
 )
+from ume.experiment.evaluate import evaluate_run, score_split
 
 SLICE_UTTS = 60
 
@@ -61,7 +61,7 @@ def bundle(exp: Path, data: Path, out: Path, command: str) -> dict:
     if (exp / "curve.jsonl").is_file():
         shutil.copy(exp / "curve.jsonl", out / "curve.jsonl")
     if info.get("curve"):
-        from ume.bench.experiment import plot_curves
+        from ume.experiment.report import plot_curves
 
         plot_curves({"runs": {"dense_paper": {"curve": info["curve"]}}}, out / "curve.png")
     row = evaluate_run(out, data)  # scored from the fp16 weights actually shipped

@@ -18,15 +18,13 @@ import logging
 import time
 from pathlib import Path
 
-from ume.bench.evaluate import format_results
 from ume.config import load_config, preset_config
 from ume.data.synth import synthesize
 from ume.expdir import MODEL_FILE
+from ume.experiment.evaluate import format_results
+from ume.experiment.plan import BUNDLED
 
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED = REPO_ROOT / "models" / "dense_paper"
 
 
 def train_run(
@@ -74,7 +72,7 @@ def run_demo(args: argparse.Namespace) -> int:
             )
         # model shape from the bundled model, training schedule from the preset (brief)
         train_run(runs / "dense", data, base / "config.yaml", [], base, train_section_from=preset)
-    from ume.bench.experiment import run_experiment
+    from ume.experiment.runner import run_experiment
 
     results = run_experiment(args.preset, work, dense_dir=runs / "dense")
     print(format_results(results))

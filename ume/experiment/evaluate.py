@@ -22,7 +22,7 @@ from ume.data.manifest import load_manifest, write_text_file
 from ume.decode.runner import decode_store, references
 from ume.decode.score import score
 from ume.expdir import atomic_write_json, load_experiment
-from ume.upcycle import param_report
+from ume.model.params import param_report
 
 log = logging.getLogger(__name__)
 

@@ -177,7 +177,3 @@ class ASRModel(nn.Module):
             loss = loss + v
         out["loss"] = loss
         return out
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -19,8 +19,8 @@ from torch import nn
 
 from ume.config import EncoderConfig, MoEConfig
 from ume.model.attention import RelPositionalEncoding, RelPositionAttention
-from ume.model.ffn import build_ffn
 from ume.model.mask import encoder_attention_mask, make_valid_mask
+from ume.model.slots import build_ffn
 
 # (kernel, stride) of each conv in the subsampling stem, per total rate
 _STEMS = {4: [(3, 2), (3, 2)], 6: [(3, 2), (5, 3)], 8: [(3, 2), (3, 2), (3, 2)]}

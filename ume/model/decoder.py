@@ -19,8 +19,8 @@ from torch import nn
 
 from ume.config import DecoderConfig, MoEConfig
 from ume.model.attention import MultiHeadAttention, sinusoid
-from ume.model.ffn import build_ffn
 from ume.model.mask import causal_mask, make_valid_mask
+from ume.model.slots import build_ffn
 
 
 class DecoderBlock(nn.Module):

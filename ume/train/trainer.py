@@ -39,7 +39,8 @@ from ume.expdir import (
     load_weights,
     write_experiment,
 )
-from ume.model.asr import ASRModel, count_params
+from ume.model.asr import ASRModel
+from ume.model.params import count_params
 from ume.train.checkpoint import (
     average_checkpoints,
     latest_checkpoint,

@@ -1,0 +1,77 @@
+"""Merge workdirs: runs trained side by side in two workdirs (one per core) join one table.
+
+Example:
+    ume experiment --preset large --workdir work_b --runs moe_scratch   # beside work_a
+    ume experiment --preset large --workdir work_a --merge-from work_b
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from ume.config import ConfigError
+from ume.expdir import MODEL_FILE
+from ume.experiment.evaluate import update_results
+from ume.experiment.plan import ALL_RUNS, STARTS_FROM_DENSE
+from ume.experiment.recipes import _finished
+
+log = logging.getLogger(__name__)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def merge_runs(src: Path, work: Path) -> list[str]:
+    """Copy the finished runs of workdir `src` (run dirs and evaluated results rows) into `work`,
+    so runs trained side by side in two workdirs (one per core) are compared in one table.
+    Refuses when the two test sets differ, or when a run that continues the dense model started
+    from a different dense model than `work`'s. Runs `work` already finished are kept.
+    Returns the names copied.
+
+    Example:
+        ume experiment --preset large --workdir work_b --runs moe_scratch   # beside work_a
+        ume experiment --preset large --workdir work_a --merge-from work_b
+    """
+    src_runs, runs_dir = src / "runs", work / "runs"
+    if not src_runs.is_dir():
+        raise FileNotFoundError(f"--merge-from {src}: no runs/ directory there")
+    for rel in ("data/test/text", "data/dev/text"):
+        a, b = src / rel, work / rel
+        if a.is_file() and b.is_file() and a.read_bytes() != b.read_bytes():
+            raise ConfigError(
+                f"--merge-from {src}: {a} differs from {b}; runs on different corpora "
+                "cannot share a table (use the same --preset, or merge into a workdir of it)"
+            )
+    src_rows = {}
+    if (src / "results.json").is_file():
+        src_rows = json.loads((src / "results.json").read_text()).get("runs", {})
+    mine, theirs = runs_dir / "dense" / MODEL_FILE, src_runs / "dense" / MODEL_FILE
+    same_dense = None  # hashed on first need
+    copied = []
+    for name in ALL_RUNS:
+        if name == "dense" or not _finished(src_runs / name) or _finished(runs_dir / name):
+            continue
+        if name in STARTS_FROM_DENSE:
+            if same_dense is None:
+                same_dense = (
+                    mine.is_file() and theirs.is_file() and _sha256(mine) == _sha256(theirs)
+                )
+            if not same_dense:
+                raise ConfigError(
+                    f"--merge-from {src}: run {name!r} continues {theirs}, which is not this "
+                    f"workdir's dense model {mine}; train it with --model {runs_dir / 'dense'}"
+                )
+        shutil.copytree(src_runs / name, runs_dir / name, dirs_exist_ok=True)
+        row = src_rows.get(name)
+        if row and row.get("evaluated"):
+            update_results(work / "results.json", name, row)
+        copied.append(name)
+        log.info("merged run %s from %s", name, src)
+    return copied

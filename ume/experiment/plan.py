@@ -1,0 +1,78 @@
+"""The experiment's plan: which runs exist, and the strict per-preset settings
+(configs/experiment_<preset>.yaml) that every run is made from.
+
+Example:
+    >>> plan = load_plan("quick")
+    >>> plan.runs, plan.experts, plan.top_k
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ume.config import ConfigError, from_dict, preset_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+BUNDLED = REPO_ROOT / "models" / "dense_paper"
+ALL_RUNS = (
+    "dense",
+    "dense_continued",
+    "ume",
+    "ume_no_freeze",
+    "ume_no_balance",
+    "ume_drop",
+    "moe_scratch",
+    "ume_top1",
+    "ume_one_slot",
+)
+
+STARTS_FROM_DENSE = tuple(r for r in ALL_RUNS if r not in ("dense", "moe_scratch"))
+
+
+@dataclass
+class ExperimentPlan:
+    """Strict plan for one preset (configs/experiment_<preset>.yaml)."""
+
+    runs: list[str] = field(default_factory=lambda: ["dense", "dense_continued", "ume"])
+    extra_steps: int = 300  # steps dense_continued and every UME run train for
+    extra_minutes: float = 0.0  # optional wall-clock cap per continued run (0 = none)
+    lr: float = 1e-3
+    warmup_steps: int = 30
+    lr_schedule: str = "constant"  # "cosine" anneals to 0 at extra_steps
+    freeze_steps: int = 100  # UME phase 1 length
+    phase1_trainable: str = "moe"
+    experts: int = 8
+    top_k: int = 2
+    slots: list[str] = field(default_factory=lambda: ["encoder_macaron", "encoder_ffn"])
+    layers: str = "all"
+    router_init: str = "normal"
+    balance_coef: float = 0.01
+    z_loss_coef: float = 0.001
+    jitter: float = 0.0
+    drop_upcycling: float = 0.5
+    scratch_steps: int = 0  # 0 = same budget as the dense preset's max_steps
+    scratch_minutes: float = 0.0
+    eval_every: int = 100
+    eval_max_utts: int = 200
+    corpus: str = ""  # synthetic corpus preset (`ume data synth`); "" = the experiment's name
+    model_config: str = ""  # config preset of from-scratch runs; "" = the experiment's name
+    bundled_dense: bool = True  # False: the corpus differs from the bundled model's
+
+
+def load_plan(preset: str) -> ExperimentPlan:
+    import yaml
+
+    path = preset_config(f"experiment_{preset}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    plan = from_dict(ExperimentPlan, data, where=str(path))
+    plan.corpus = plan.corpus or preset
+    plan.model_config = plan.model_config or preset
+    check_runs(plan.runs, str(path))
+    return plan
+
+
+def check_runs(names: list[str], where: str) -> None:
+    bad = [r for r in names if r not in ALL_RUNS]
+    if bad:
+        raise ConfigError(f"{where}: unknown run(s) {bad}; known runs: {list(ALL_RUNS)}")

@@ -1,0 +1,138 @@
+"""Recipes: how each run of the experiment is made (which starting model, which overrides,
+which freezing phases), and the training/upcycling calls that make it. A run is one complete
+experiment dir WORKDIR/runs/<run>/; a finished run is skipped, an interrupted one resumes.
+
+Example:
+    >>> run_one("ume", load_plan("quick"), "quick", Path("work"), Path("work/runs/dense"))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ume.config import ConfigError, load_config, preset_config
+from ume.expdir import MODEL_FILE
+from ume.experiment.plan import ExperimentPlan
+
+log = logging.getLogger(__name__)
+
+
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / MODEL_FILE).is_file() and (run_dir / "train_info.json").is_file()
+
+
+def _continue_overrides(plan: ExperimentPlan, extra: list[str] | None = None) -> list[str]:
+    """Train overrides of every run that continues a trained model. The from-scratch warm-up
+    curriculum (shortest-first first epoch, no SpecAugment or chunk training for
+    curriculum_steps) is switched off: on a converged model it is a distribution shift that
+    undid the dense model's progress for the first 2,000 steps (docs/RESULTS.md)."""
+    return [
+        "train.sortagrad=false",
+        "train.curriculum_steps=0",
+        f"train.max_steps={plan.extra_steps}",
+        f"train.max_minutes={plan.extra_minutes}",
+        f"train.lr={plan.lr}",
+        f"train.warmup_steps={plan.warmup_steps}",
+        f"train.lr_schedule={plan.lr_schedule}",
+        f"train.eval_every={plan.eval_every}",
+        f"train.eval_max_utts={plan.eval_max_utts}",
+        f"train.checkpoint_every={plan.eval_every}",
+        *(extra or []),
+    ]
+
+
+def _train(
+    run_dir: Path,
+    data: Path,
+    config: Path,
+    overrides: list[str],
+    init: Path | None,
+    phases: list[dict] | None = None,
+) -> None:
+    from ume.config import PhaseConfig
+    from ume.train.trainer import Trainer
+
+    if _finished(run_dir):
+        log.info("%s already finished; skipping", run_dir.name)
+        return
+    cfg = load_config(config, overrides)
+    if phases is not None:
+        cfg.train.phases = [PhaseConfig(**p) for p in phases]
+    Trainer(
+        cfg,
+        run_dir,
+        str(data / "train"),
+        str(data / "dev"),
+        init_dir=str(init) if init else None,
+        cache_dir=str(data / ".cache"),
+    ).run()
+
+
+def _upcycled(plan: ExperimentPlan, dense: Path, out: Path, **kw) -> Path:
+    from ume.upcycle import upcycle_experiment
+
+    if not (out / MODEL_FILE).is_file():
+        args = dict(
+            experts=plan.experts,
+            top_k=plan.top_k,
+            slots=plan.slots,
+            layers=plan.layers,
+            drop_ratio=0.0,
+            router_init=plan.router_init,
+            balance_coef=plan.balance_coef,
+            z_loss_coef=plan.z_loss_coef,
+        )
+        args.update(kw)
+        upcycle_experiment(dense, out, overwrite=True, **args)
+    return out
+
+
+def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Path) -> None:
+    data, runs = work / "data", work / "runs"
+    run_dir = runs / name
+    ov = _continue_overrides(plan)
+    two_phase = [
+        {"steps": plan.freeze_steps, "trainable": plan.phase1_trainable},
+        {"steps": 0, "trainable": "all"},
+    ]
+    jitter = [f"model.moe.jitter={plan.jitter}"]
+    if name == "dense_continued":
+        _train(run_dir, data, dense / "config.yaml", ov, dense)
+    elif name == "ume":
+        init = _upcycled(plan, dense, runs / "_init_ume")
+        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
+    elif name == "ume_no_freeze":
+        init = _upcycled(plan, dense, runs / "_init_ume")
+        _train(run_dir, data, init / "config.yaml", ov + jitter, init, [])
+    elif name == "ume_no_balance":
+        init = _upcycled(plan, dense, runs / "_init_ume_nobal", balance_coef=0.0, z_loss_coef=0.0)
+        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
+    elif name == "ume_drop":
+        init = _upcycled(plan, dense, runs / "_init_ume_drop", drop_ratio=plan.drop_upcycling)
+        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
+    elif name == "ume_top1":  # the shapes that are fast enough at batch 16 (PERFORMANCE.md)
+        init = _upcycled(plan, dense, runs / "_init_ume_top1", top_k=1)
+        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
+    elif name == "ume_one_slot":
+        init = _upcycled(plan, dense, runs / "_init_ume_one_slot", slots=["encoder_ffn"])
+        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
+    elif name == "moe_scratch":
+        steps = plan.scratch_steps or load_config(preset_config(plan.model_config)).train.max_steps
+        moe = [
+            f"model.moe.num_experts={plan.experts}",
+            f"model.moe.top_k={plan.top_k}",
+            f"model.moe.slots={json.dumps(plan.slots)}",
+            f"model.moe.layers={plan.layers}",
+            f"model.moe.router_init={plan.router_init}",
+            f"model.moe.balance_coef={plan.balance_coef}",
+            f"model.moe.z_loss_coef={plan.z_loss_coef}",
+            f"train.max_steps={steps}",
+            f"train.max_minutes={plan.scratch_minutes}",
+            f"train.eval_every={plan.eval_every}",
+            f"train.checkpoint_every={plan.eval_every}",
+        ]
+        _train(run_dir, data, preset_config(plan.model_config), moe, None)
+    else:
+        raise ConfigError(f"unknown run {name!r}")

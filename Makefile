@@ -24,7 +24,7 @@ format:
 	.venv/bin/ruff check --fix .
 
 bench: install
-	$(UME) bench rtf --model models/dense_paper --data work/data/test
+	$(UME) bench rtf --model ume/models/dense_paper --data work/data/test
 
 # Retrain and replace the bundled dense model (after an incompatible model change).
 bundle: install

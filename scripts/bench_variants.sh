@@ -3,7 +3,7 @@
 # Upcycling adds compute but no training is needed to time it, so each shape is upcycled from
 # DENSE (router_init normal: near-uniform load, like a trained, balanced UME) and timed.
 # Usage: bash scripts/bench_variants.sh DENSE_DIR TEST_DATA_DIR OUT_DIR [THREADS]
-# e.g.   bash scripts/bench_variants.sh models/dense_paper work/bundle/data/test docs/bench/variants 2
+# e.g.   bash scripts/bench_variants.sh ume/models/dense_paper work/bundle/data/test docs/bench/variants 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DENSE=${1:?dense experiment dir}

@@ -9,7 +9,7 @@ import pytest
 
 from ume.experiment.bundle import card_check
 
-BUNDLED = Path(__file__).resolve().parent.parent / "models" / "dense_paper"
+BUNDLED = Path(__file__).resolve().parent.parent / "ume" / "models" / "dense_paper"
 
 
 @pytest.mark.skipif(not (BUNDLED / "card.json").is_file(), reason="no bundled model")

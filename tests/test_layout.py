@@ -20,7 +20,7 @@ PKG = ROOT / "ume"
 # names the package's __init__, so a new top-level module must be placed here explicitly). A
 # module may import modules of its own floor or lower floors, never higher ones; no circles.
 FLOORS: list[tuple[str, ...]] = [
-    ("ume", "ume.config", "ume.atomic", "ume.machine"),  # leaves: configs, files, host facts
+    ("ume", "ume.config", "ume.atomic", "ume.machine", "ume.bundled"),  # leaves: configs, files, host facts, bundled models
     ("ume.data",),  # text, corpus, audio, features, tokenizer, batches
     ("ume.model",),  # networks: conformer, decoder, FFN/MoE layers, parameter counts
     ("ume.expdir",),  # experiment dirs: config + tokenizer + weights on disk

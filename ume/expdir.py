@@ -96,7 +96,7 @@ def load_experiment(
         if not (exp / need).exists():
             raise ExpDirError(
                 f"{exp} is not a complete experiment dir: {need} is missing "
-                "(train one with `ume train` or use the bundled model under models/)"
+                "(train one with `ume train` or use the bundled model: ume.bundled_model())"
             )
     cfg = load_config(exp / "config.yaml")
     tok = Tokenizer.load(exp / "tokenizer")

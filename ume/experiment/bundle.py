@@ -3,7 +3,7 @@ scored on dev/test/held-out, with a model card (MODEL_CARD.md + card.json).
 
 Example:
     python -m ume.experiment.bundle --exp work/paper_dense --data work/paper_data \\
-        --out models/dense_paper --command "bash scripts/train_bundled.sh"
+        --out ume/models/dense_paper --command "bash scripts/train_bundled.sh"
 """
 
 from __future__ import annotations

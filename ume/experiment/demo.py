@@ -1,7 +1,7 @@
 """`ume demo`: the README's main job, end to end on the embedded corpus.
 
 1. synthesise the preset's corpus into WORKDIR/data (skipped if already there);
-2. take the dense model (bundled models/dense_paper by default, or train it with --from-scratch)
+2. take the dense model (bundled ume/models/dense_paper by default, or train it with --from-scratch)
    and fine-tune it briefly on the corpus -> WORKDIR/runs/dense;
 3. decode and score test (+ held-out voices), measure RTF -> WORKDIR/results.json;
 4. run the UME comparison of the preset (dense-continued vs upcycled MoE) when available.

@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ume.bundled import DEFAULT, MODELS_DIR
 from ume.config import ConfigError, from_dict, preset_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-BUNDLED = REPO_ROOT / "models" / "dense_paper"
+BUNDLED = MODELS_DIR / DEFAULT  # package data (ume.bundled_model())
 ALL_RUNS = (
     "dense",
     "dense_continued",

@@ -5,7 +5,7 @@ Example:
     $ ume train --config configs/quick.yaml --train data/quick/train --dev data/quick/dev \\
           --exp runs/dense
     $ torchrun --nproc_per_node=2 -m ume.cli train --config ... --exp runs/dense_ddp
-    $ ume train --init models/dense_paper --train ... --dev ... --exp runs/finetune \\
+    $ ume train --init ume/models/dense_paper --train ... --dev ... --exp runs/finetune \\
           --set train.max_steps=200
 """
 

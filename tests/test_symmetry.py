@@ -4,10 +4,11 @@ noise upcycling, router noise, expert learning-rate scale)."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
-from test_moe import VOCAB, padded_batch, tiny_model_cfg
+from test_moe import VOCAB, dense_dir, padded_batch, tiny_model_cfg  # noqa: F401 (fixture)
 
 from ume.config import MoEConfig
 from ume.model.asr import ASRModel
@@ -170,3 +171,51 @@ def test_phase_moe_lr_scale_groups(dense: ASRModel) -> None:
     opt = torch.optim.AdamW(groups, lr=1e-3)
     set_lr(opt, 2e-4)
     assert sorted({round(g["lr"], 10) for g in opt.param_groups}) == [2e-4, 1e-3]
+
+
+def test_inspect_json_reports_specialisation(
+    dense_dir,
+    tmp_path,
+    capsys: pytest.CaptureFixture,  # noqa: F811 (fixture)
+) -> None:
+    import argparse
+    import json
+    import shutil
+
+    from ume.moe_report import add_inspect_args, main_inspect
+    from ume.upcycle.convert import upcycle_experiment
+
+    data = tmp_path / "data"
+    shutil.copytree(dense_dir / "data", data)
+    (data / "utt2lang").write_text("u0 zh\nu1 en\nu2 mix\n")
+    out = tmp_path / "moe"
+    upcycle_experiment(
+        dense_dir / "dense", out, experts=4, top_k=2, router_init="normal", noise_std=0.2
+    )
+    p = argparse.ArgumentParser()
+    add_inspect_args(p)
+    assert main_inspect(p.parse_args([str(out), "--data", str(data), "--json"])) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert len(rep["layers"]) == 4  # both encoder slots of 2 blocks
+    for row in rep["layers"]:
+        assert 0.5 < row["sim_mean"] < 1.0 - 1e-4  # noise upcycling moved the experts apart
+        assert row["sim_min"] <= row["sim_mean"]
+        assert 0 < row["router_entropy"] <= math.log(4) + 1e-6
+        assert sum(row["lang_mix"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert row["lang_mix"]["zh"] > 0 and row["lang_mix"]["en"] > 0
+        assert len(row["lang_share"]) == 4 and 0 <= row["lang_gap"] <= 1
+
+
+def test_routing_by_language_counts_frames(dense: ASRModel) -> None:
+    from ume.moe_report import RoutingByLanguage
+
+    moe = _moe_model(dense, num_experts=4, top_k=2, router_init="normal").eval()
+    feats, lens = padded_batch([40, 24])
+    with torch.no_grad(), RoutingByLanguage(moe) as rl:
+        rl.langs = ["zh", "en"]
+        _, valid = moe.encode(feats, lens)
+    name = next(iter(rl.counts))
+    c = rl.counts[name]  # (E, 3)
+    n_zh, n_en = int(valid[0].sum()), int(valid[1].sum())
+    assert c[:, 0].sum().item() == 2 * n_zh and c[:, 1].sum().item() == 2 * n_en
+    assert c[:, 2].sum().item() == 0

@@ -8,6 +8,12 @@ Per MoE layer:
     sim_mean    mean pairwise cosine similarity of the experts' flattened weights
     sim_min     (1.0 right after upcycling; falls as the experts specialise)
     router_norm Frobenius norm of the router weight (0 right after zero-init upcycling)
+    router_entropy  mean router entropy over the data's valid frames (nats; needs data)
+    lang_share  per expert, the share of its token-slots from zh / en / mix utterances
+    lang_gap    max over experts of |zh share of the expert - zh share overall| (0 = every
+                expert sees the same mix; grows when routing depends on content)
+With groups > 1 (fine-grained experts), similarity is over pairs inside one group.
+`ume inspect EXPDIR --data DIR --json` prints the whole report as JSON.
 
 Example:
     >>> rep = inspect_experiment("runs/moe8", data="data/dev", png="moe8.png")
@@ -17,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -41,17 +48,88 @@ def short_name(prefix: str) -> str:
 
 def expert_similarity(moe: MoEFeedForward) -> torch.Tensor:
     """(E, E) cosine similarity of the experts' flattened (w_1, b_1, w_2, b_2)."""
-    ex = moe.experts
-    flat = torch.cat(
-        [t.detach().float().reshape(ex.num_experts, -1) for t in (ex.w_1, ex.b_1, ex.w_2, ex.b_2)],
-        dim=1,
-    )
-    flat = torch.nn.functional.normalize(flat, dim=1)
-    return flat @ flat.t()
+    return moe.expert_similarity()
+
+
+LANGS = ("zh", "en", "mix")
+
+
+class RoutingByLanguage:
+    """Forward hooks that count, per MoE layer, which experts the valid frames of zh / en / mix
+    utterances pick, and the router entropy (nats, per group, averaged over frames).
+
+    Example:
+        >>> with RoutingByLanguage(model) as rl:
+        ...     rl.langs = ["zh", "en"]; model.encode(feats, lens)
+        >>> rl.counts["encoder.blocks.0.ffn"]  # (E, 3) token-slot counts per language
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.layers = {n: m for n, m in model.named_modules() if isinstance(m, MoEFeedForward)}
+        self.counts = {n: torch.zeros(m.num_experts, len(LANGS)) for n, m in self.layers.items()}
+        self.entropy = dict.fromkeys(self.layers, 0.0)
+        self.frames = dict.fromkeys(self.layers, 0)
+        self.langs: list[str] = []  # language of each utterance of the batch being run
+        self._handles: list = []
+
+    def __enter__(self) -> RoutingByLanguage:
+        for name, m in self.layers.items():
+            self._handles.append(m.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def _hook(self, name: str):
+        def hook(m: MoEFeedForward, args: tuple, out: torch.Tensor) -> None:
+            x = args[0]  # (B, T, D)
+            b, t, _ = x.shape
+            if len(self.langs) != b:  # e.g. the decoder: other batch layout; not counted
+                return
+            valid = args[1] if len(args) > 1 and args[1] is not None else None
+            lang = torch.tensor([LANGS.index(g) if g in LANGS else -1 for g in self.langs])
+            lang = lang.view(b, 1).expand(b, t)  # (B, T)
+            keep = lang >= 0 if valid is None else (lang >= 0) & valid.bool()
+            xt, lt = x[keep], lang[keep]  # (N, D), (N,)
+            if xt.numel() == 0:
+                return
+            logits, top_e, _ = m.route(xt)  # (N, E), (N, k)
+            for j in range(top_e.size(1)):
+                idx = top_e[:, j] * len(LANGS) + lt
+                self.counts[name].view(-1).index_add_(0, idx, torch.ones(idx.numel()))
+            p = m._group_probs(logits)
+            ent = -(p * torch.log(p.clamp_min(1e-30))).sum(-1) / m.groups  # (N,)
+            self.entropy[name] += float(ent.sum())
+            self.frames[name] += int(ent.numel())
+
+        return hook
+
+    def summary(self, name: str) -> dict:
+        """router_entropy, lang_mix (share of zh/en/mix frames over all token-slots), lang_share
+        per expert, and lang_gap: the largest |share of zh in an expert - share of zh overall|
+        (0 = every expert sees the mix; content-dependent routing makes it grow)."""
+        c = self.counts[name]  # (E, L)
+        total = c.sum()
+        if total == 0:
+            return {"router_entropy": None, "lang_mix": None, "lang_share": None, "lang_gap": None}
+        mix = c.sum(0) / total  # (L,)
+        per = c / c.sum(1, keepdim=True).clamp_min(1)  # (E, L)
+        zh = LANGS.index("zh")
+        seen = c.sum(1) > 0
+        gap = float((per[seen, zh] - mix[zh]).abs().max())
+        return {
+            "router_entropy": self.entropy[name] / max(self.frames[name], 1),
+            "lang_mix": {g: round(float(v), 4) for g, v in zip(LANGS, mix)},
+            "lang_share": [
+                {g: round(float(v), 4) for g, v in zip(LANGS, row)} for row in per.tolist()
+            ],
+            "lang_gap": round(gap, 4),
+        }
 
 
 @torch.no_grad()
-def measure_load(model, tokenizer, batches: list) -> None:
+def measure_load(model, tokenizer, batches: list, by_lang: RoutingByLanguage | None = None) -> None:
     """Run batches [(feats, lens, utts)] through the encoder and (teacher-forced on the
     reference text, else on the CTC greedy output) the decoders, accumulating each MoE layer's
     load_sum over valid frames."""
@@ -65,7 +143,11 @@ def measure_load(model, tokenizer, batches: list) -> None:
         m.track_load = True
     try:
         for feats, lens, utts in batches:
+            if by_lang is not None:
+                by_lang.langs = [u.lang for u in utts]
             enc, valid = model.encode(feats, lens)
+            if by_lang is not None:
+                by_lang.langs = []
             if not has_dec_moe:
                 continue
             hyps = ctc_greedy(model.ctc_log_probs(enc), valid.sum(1))
@@ -106,25 +188,32 @@ def inspect_experiment(
     if data is not None:
         utts, batches = load_batch(data, cfg.features, max_utts)
         n_utts = len(utts)
-        measure_load(model, tok, batches)
+        with RoutingByLanguage(model) as by_lang:
+            measure_load(model, tok, batches, by_lang)
     rep["data"] = str(data) if data is not None else None
     rep["num_utts"] = n_utts
     for name, m in layers.items():
         e = m.num_experts
-        sim = expert_similarity(m)
-        off = sim[~torch.eye(e, dtype=torch.bool)]
+        sim_mean, sim_min = m.similarity_summary()
         row = {
             "name": name,
             "short": short_name(name),
             "experts": e,
             "top_k": m.top_k,
-            "sim_mean": float(off.mean()) if e > 1 else 1.0,
-            "sim_min": float(off.min()) if e > 1 else 1.0,
+            "groups": m.groups,
+            "sim_mean": sim_mean,
+            "sim_min": sim_min,
             "router_norm": float(m.router.weight.detach().norm()),
             "load": None,
             "cv": None,
             "dead": [],
+            "router_entropy": None,
+            "lang_mix": None,
+            "lang_share": None,
+            "lang_gap": None,
         }
+        if data is not None:
+            row.update(by_lang.summary(name))
         if m.load_sum is not None and float(m.load_sum.sum()) > 0:
             load = (m.load_sum / m.load_sum.sum()).float()
             row["load"] = [round(float(v), 5) for v in load]
@@ -219,14 +308,17 @@ def format_report(rep: dict) -> str:
         src = f" over {rep['num_utts']} utts of {rep['data']}" if rep.get("data") else ""
         lines.append(
             f"{'layer':<14} {'E':>2} {'k':>2} {'cv':>6} {'sim':>6} {'simmin':>6} "
-            f"{'router':>7}  load{src}"
+            f"{'router':>7} {'entropy':>7} {'zhgap':>6}  load{src}"
         )
         for r in rep["layers"]:
             cv = f"{r['cv']:.3f}" if r["cv"] is not None else "-"
             load = " ".join(f"{v:.2f}" for v in r["load"]) if r["load"] is not None else "-"
+            ent = f"{r['router_entropy']:.3f}" if r.get("router_entropy") is not None else "-"
+            gap = f"{r['lang_gap']:.3f}" if r.get("lang_gap") is not None else "-"
             lines.append(
                 f"{r['short']:<14} {r['experts']:>2} {r['top_k']:>2} {cv:>6} "
-                f"{r['sim_mean']:>6.3f} {r['sim_min']:>6.3f} {r['router_norm']:>7.3f}  {load}"
+                f"{r['sim_mean']:>6.3f} {r['sim_min']:>6.3f} {r['router_norm']:>7.3f} "
+                f"{ent:>7} {gap:>6}  {load}"
             )
     lines.extend(f"WARNING: {w}" for w in rep["warnings"])
     if rep.get("png"):
@@ -240,6 +332,11 @@ def add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="Kaldi dir or data.list to measure expert load")
     p.add_argument("--max-utts", type=int, default=50)
     p.add_argument("--png", default=None, help="write a load / similarity heat-map here")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report as JSON (one record per MoE layer under 'layers')",
+    )
 
 
 def main_inspect(args: argparse.Namespace) -> int:
@@ -258,5 +355,8 @@ def main_inspect(args: argparse.Namespace) -> int:
     except (ExpDirError, DataError) as e:
         print(f"ume inspect: error: {e}")
         return 2
-    print(format_report(rep))
+    if getattr(args, "json", False):
+        print(json.dumps(rep, indent=1))
+    else:
+        print(format_report(rep))
     return 0

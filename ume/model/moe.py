@@ -529,6 +529,36 @@ class MoEFeedForward(nn.Module):
         out = contrib.new_zeros(xt.size(0), y.size(1)).index_add(0, tok, contrib)
         return out.to(y.dtype)
 
+    # ---- specialisation diagnostics -----------------------------------------------------------
+    @torch.no_grad()
+    def expert_similarity(self) -> torch.Tensor:
+        """(E, E) cosine similarity of the experts' flattened (w_1, b_1, w_2, b_2)."""
+        ex = self.experts
+        flat = torch.cat(
+            [
+                t.detach().float().reshape(ex.num_experts, -1)
+                for t in (ex.w_1, ex.b_1, ex.w_2, ex.b_2)
+            ],
+            dim=1,
+        )
+        flat = F.normalize(flat, dim=1)
+        return flat @ flat.t()
+
+    def similarity_summary(self) -> tuple[float, float]:
+        """(mean, min) pairwise expert cosine similarity over pairs that start equal: all pairs,
+        or with groups > 1 the pairs inside one group (other groups hold other FFN slices).
+        1.0 right after upcycling; falls as the experts become different."""
+        e, per = self.num_experts, self.num_experts // self.groups
+        if per < 2:
+            return 1.0, 1.0
+        sim = self.expert_similarity()
+        gid = torch.arange(e, device=sim.device) // per
+        pairs = (gid.view(-1, 1) == gid.view(1, -1)) & ~torch.eye(
+            e, dtype=torch.bool, device=sim.device
+        )
+        vals = sim[pairs]
+        return float(vals.mean()), float(vals.min())
+
     # ---- losses and statistics --------------------------------------------------------------
     @property
     def last_stats(self) -> dict[str, torch.Tensor]:

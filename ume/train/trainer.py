@@ -1,9 +1,14 @@
 """Training loop: AdamW + warmup, grad clipping/accumulation, dynamic chunks, freezing phases,
-atomic checkpoints with exact resume, checkpoint averaging, dev curve, TensorBoard, DDP (gloo).
+atomic checkpoints with exact resume, checkpoint averaging, dev curve, TensorBoard, DDP (NCCL on
+GPUs, gloo on CPUs), --device cpu|cuda|auto.
+
+Under DDP every decision that changes control flow is collective (a non-finite loss on any rank
+skips the step on all ranks; a time limit stops all ranks), each rank's RNG state is saved and
+restored, and only rank 0 trains the tokenizer and writes files.
 
 Example:
     $ ume train --config configs/quick.yaml --train data/quick/train --dev data/quick/dev \\
-          --exp runs/dense
+          --exp runs/dense [--device cuda]
     $ torchrun --nproc_per_node=2 -m ume.cli train --config ... --exp runs/dense_ddp
     $ ume train --init ume/models/dense_paper --train ... --dev ... --exp runs/finetune \\
           --set train.max_steps=200
@@ -31,6 +36,7 @@ from ume.data.manifest import load_manifest
 from ume.data.tokenizer import Tokenizer
 from ume.decode.runner import decode_store, references
 from ume.decode.score import score
+from ume.device import autocast, autocast_dtype
 from ume.expdir import (
     MODEL_FILE,
     atomic_save_tensors,
@@ -40,17 +46,27 @@ from ume.expdir import (
     write_experiment,
 )
 from ume.model.asr import ASRModel
+from ume.model.moe import MoEFeedForward
 from ume.model.params import count_params
 from ume.train.checkpoint import (
     average_checkpoints,
     latest_checkpoint,
     list_checkpoints,
     load_optimizer_tensors,
+    python_rng_state,
+    read_rank_rng,
     read_state,
     save_checkpoint,
     set_python_rng_state,
 )
-from ume.train.schedule import apply_trainable, lr_lambda, phase_at
+from ume.train.distributed import (
+    barrier,
+    gather_rank_rngs,
+    ranks_where,
+    reduced_moe_stats,
+    setup_distributed,
+)
+from ume.train.schedule import apply_trainable, lr_lambda, param_groups, phase_at, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +80,7 @@ class TrainState:
     curve: list[dict] = field(default_factory=list)  # {"step","minutes","dev_mer"}
     ckpt_mer: dict[str, float] = field(default_factory=dict)  # checkpoint name -> dev MER
     phase: int = 0
-    skipped_batches: int = 0
-
-
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def setup_distributed() -> tuple[int, int]:
-    """Initialise gloo process group when launched by torchrun; returns (rank, world)."""
-    if (
-        "WORLD_SIZE" in os.environ
-        and int(os.environ["WORLD_SIZE"]) > 1
-        and not dist.is_initialized()
-    ):
-        dist.init_process_group("gloo")
-    return _dist_info()
+    skipped_batches: int = 0  # optimizer steps skipped (non-finite loss or gradient)
 
 
 def prepare_data(
@@ -108,11 +107,12 @@ class Trainer:
         init_dir: str | None = None,
         cache_dir: str | None = None,
         progress: bool = True,
+        device: str = "auto",
     ) -> None:
         self.cfg = cfg
         self.exp = Path(exp_dir)
         self.init_dir = init_dir
-        self.rank, self.world = setup_distributed()
+        self.rank, self.world, self.device = setup_distributed(device)
         self.main = self.rank == 0
         self.progress = progress and self.main
         tc = cfg.train
@@ -127,25 +127,36 @@ class Trainer:
         self.dev_store = prepare_data(cfg, dev_data, cache_root, False) if dev_data else None
 
         # tokenizer + CMVN: from the init model, from a previous run in exp, or fit on train
+        # (rank 0 alone trains and writes the tokenizer; the other ranks wait, then read it)
         if init_dir is not None:
             self.tokenizer = Tokenizer.load(Path(init_dir) / "tokenizer")
         elif (self.exp / "tokenizer" / "tokenizer.json").is_file():
             self.tokenizer = Tokenizer.load(self.exp / "tokenizer")
         else:
-            texts = [u.text for u in self.train_store.utts]
-            self.tokenizer = Tokenizer.train(texts, cfg.tokenizer.bpe_size, self.exp / "tokenizer")
+            if self.main:
+                texts = [u.text for u in self.train_store.utts]
+                tok = Tokenizer.train(texts, cfg.tokenizer.bpe_size, self.exp / "tokenizer")
+                tok.save(self.exp / "tokenizer")
+            barrier()
+            self.tokenizer = tok if self.main else Tokenizer.load(self.exp / "tokenizer")
         self.model: ASRModel = build_model(cfg, self.tokenizer)
+        self._resume_ck = latest_checkpoint(self.exp / "checkpoints")
+        fresh_cmvn = False  # statistics the model holds now that cmvn.json must record
         if init_dir is not None:
             load_weights(self.model, Path(init_dir) / MODEL_FILE)
-        elif not latest_checkpoint(self.exp / "checkpoints"):
+            fresh_cmvn = True
+        elif self._resume_ck is None:
             cmvn = GlobalCMVN.from_features(f.float().numpy() for f in self.train_store.feats)
             self.model.set_cmvn(*cmvn.as_tensors())
+            fresh_cmvn = True
+        # on resume the statistics come with the checkpoint's weights (resume() writes
+        # cmvn.json only if it is missing): never overwrite them with the identity here
         if self.main:
             write_experiment(self.exp, cfg, self.tokenizer)
-            atomic_write_json(
-                {"mean": self.model.cmvn_mean.tolist(), "istd": self.model.cmvn_istd.tolist()},
-                self.exp / "cmvn.json",
-            )
+            if fresh_cmvn:
+                self._write_cmvn()
+        self.model.to(self.device)
+        self.amp_dtype = autocast_dtype(self.device, tc.precision)
 
         # targets; drop utterances CTC cannot align (more tokens than encoder frames)
         sub = cfg.model.encoder.subsampling
@@ -177,7 +188,12 @@ class Trainer:
             self.writer = SummaryWriter(str(self.exp / "tensorboard"))
         self.optimizer: torch.optim.Optimizer | None = None
         self.ddp: torch.nn.Module | None = None
-        self._resume_ck = latest_checkpoint(self.exp / "checkpoints")
+
+    def _write_cmvn(self) -> None:
+        m = self.model
+        atomic_write_json(
+            {"mean": m.cmvn_mean.tolist(), "istd": m.cmvn_istd.tolist()}, self.exp / "cmvn.json"
+        )
 
     # ---- optimiser / phases -------------------------------------------------------------
     def _build_optimizer(self, phase_idx: int) -> None:
@@ -188,13 +204,9 @@ class Trainer:
         )
         old = self.optimizer
         params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() > 1]
-        no_decay = [p for p in params if p.dim() <= 1]
+        groups = param_groups(self.model, tc.weight_decay, phase.moe_lr_scale)
         self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": tc.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
+            groups,
             lr=tc.lr,
             betas=(0.9, 0.98),
             eps=1e-9,
@@ -207,7 +219,8 @@ class Trainer:
         self.state.phase = phase_idx
         if self.world > 1:
             moe = self.cfg.model.moe.num_experts > 0
-            self.ddp = DDP(self.model, find_unused_parameters=moe)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DDP(self.model, device_ids=ids, find_unused_parameters=moe)
         else:
             self.ddp = self.model
         if self.main:
@@ -221,15 +234,36 @@ class Trainer:
 
     def _set_lr(self) -> float:
         lr = self.cfg.train.lr * self.lr_fn(self.state.step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        set_lr(self.optimizer, lr)
         return lr
 
     # ---- checkpoints --------------------------------------------------------------------
     def _rng(self) -> dict[str, torch.Tensor]:
-        return {"torch": torch.get_rng_state(), "augment": self.aug_gen.get_state()}
+        rng = {"torch": torch.get_rng_state(), "augment": self.aug_gen.get_state()}
+        if self.device.type == "cuda":  # dropout on the GPU draws from the device generator
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def _set_rng(self, r: dict[str, torch.Tensor], py: dict) -> None:
+        torch.set_rng_state(r["torch"])
+        self.aug_gen.set_state(r["augment"])
+        if self.device.type == "cuda" and "cuda" in r:
+            torch.cuda.set_rng_state(r["cuda"], self.device)
+        set_python_rng_state(py)
+
+    def _best_names(self, writing: str) -> set[str]:
+        """The checkpoints (existing or being written) that `average_by: best` would average
+        now: kept apart from the `keep` newest, so the best is never deleted for being old."""
+        tc = self.cfg.train
+        if tc.average_by != "best":
+            return set()
+        have = {c.name for c in list_checkpoints(self.exp / "checkpoints")} | {writing}
+        mer = {k: v for k, v in self.state.ckpt_mer.items() if k in have}
+        return set(sorted(mer, key=lambda k: (mer[k], k))[: max(1, tc.average_last)])
 
     def save(self) -> Path | None:
+        """Checkpoint (collective under DDP: every rank's RNG state is gathered to rank 0)."""
+        others = gather_rank_rngs(self._rng(), python_rng_state(), self.device)
         if not self.main:
             return None
         st = self.state
@@ -242,23 +276,52 @@ class Trainer:
             state,
             self._rng(),
             keep=max(self.cfg.train.keep_checkpoints, self.cfg.train.average_last),
+            protect=self._best_names(f"step-{st.step:08d}"),
+            rank_rngs=others,
         )
 
     def resume(self, ck: Path) -> None:
         from safetensors.torch import load_file
 
         st = read_state(ck)
-        rng = st.pop("rng")
+        st.pop("rng")
+        saved_world = int(st.pop("world_size", 1))
         self.state = TrainState(**st)
         load_weights(self.model, ck / "model.safetensors")
+        if self.main and not (self.exp / "cmvn.json").is_file():
+            self._write_cmvn()  # the statistics the checkpoint carries
         self._build_optimizer(phase_at(self.cfg.train.phases, self.state.step)[0])
         load_optimizer_tensors(self.optimizer, self.model, load_file(str(ck / "optim.safetensors")))
-        r = load_file(str(ck / "rng.safetensors"))
-        torch.set_rng_state(r["torch"])
-        self.aug_gen.set_state(r["augment"])
-        set_python_rng_state(rng)
+        if saved_world == self.world:
+            self._set_rng(*read_rank_rng(ck, self.rank))
+        else:
+            self._reseed_for_new_world(ck, saved_world)
         if self.main:
             log.info("resumed from %s at step %d", ck, self.state.step)
+
+    def _reseed_for_new_world(self, ck: Path, saved_world: int) -> None:
+        """Documented fallback when the world size changed: weights, optimizer, step, schedule
+        and epoch are restored exactly; each rank's RNG streams are re-seeded from (seed, step,
+        rank) and the in-epoch position is converted to the same number of consumed batches.
+        The run continues correctly but is not bit-identical to an uninterrupted one."""
+        tc = self.cfg.train
+        consumed = self.state.pos * saved_world
+        self.state.pos = -(-consumed // self.world)  # ceil: never repeat a batch
+        seed = tc.seed + 1000003 * self.state.step + self.rank
+        numpy_seed_everything(seed)
+        self.aug_gen.manual_seed(seed * 7)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        if self.main:
+            log.warning(
+                "%s was written by %d process(es), this run has %d: model, optimizer, step "
+                "and epoch restored; RNG streams re-seeded per rank and the epoch position "
+                "rescaled (%d batches consumed), so this resume is not bit-exact",
+                ck,
+                saved_world,
+                self.world,
+                consumed,
+            )
 
     # ---- evaluation ---------------------------------------------------------------------
     def evaluate(self, max_utts: int = 0, mode: str = "ctc_greedy") -> dict:
@@ -281,6 +344,14 @@ class Trainer:
             epoch = self.sampler.epoch_batches(
                 self.state.epoch, sorted_order, self.rank, self.world
             )
+            if not epoch:  # the same on every rank: every rank raises, none waits for the others
+                raise ValueError(
+                    f"epoch {self.state.epoch} has no training batches for rank {self.rank} "
+                    f"of {self.world}: {len(self.sampler)} batch(es) from {len(self.train_idx)} "
+                    f"usable utterance(s) ({len(self.train_store.skipped)} skipped, see the "
+                    "warnings), and every rank needs at least one. Add data, lower "
+                    "train.max_frames / train.max_batch_size, or use fewer processes"
+                )
             while self.state.pos < len(epoch):
                 batch = epoch[self.state.pos]
                 self.state.pos += 1  # before yielding: a checkpoint after this step resumes past it
@@ -297,12 +368,21 @@ class Trainer:
         augment = None if warm else self.cfg.features
         feats, feat_lens = self.train_store.collate(real, augment, self.aug_gen)
         ys, ys_lens = collate_tokens([self.tokens[i] for i in batch])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-            out = self.ddp(feats, feat_lens, ys, ys_lens)
+        dev = self.device
+        with autocast(dev, self.amp_dtype):
+            out = self.ddp(feats.to(dev), feat_lens.to(dev), ys.to(dev), ys_lens.to(dev))
         loss = out["loss"] / tc.accum_grad
-        if not torch.isfinite(loss):
-            self.state.skipped_batches += 1
-            log.warning("non-finite loss at step %d; batch skipped", self.state.step)
+        # collective: if any rank's loss is not finite, every rank skips this backward (a rank
+        # alone skipping it would leave the others waiting in DDP's gradient all-reduce)
+        bad = ranks_where(not bool(torch.isfinite(loss)), dev)
+        if bad:
+            self._skip_step = True
+            if self.main:
+                log.warning(
+                    "non-finite loss at step %d on rank(s) %s; step skipped on all ranks",
+                    self.state.step,
+                    bad,
+                )
             return {}
         loss.backward()
         stats = {k: float(v.detach()) for k, v in out.items()}
@@ -336,6 +416,7 @@ class Trainer:
         audio_s = 0.0
         micro = 0
         stop = False
+        self._skip_step = False
         for batch in self.batches():
             phase_idx, _ = phase_at(tc.phases, self.state.step)
             if phase_idx != self.state.phase:
@@ -351,15 +432,19 @@ class Trainer:
             gnorm = torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], tc.grad_clip
             )
-            if torch.isfinite(gnorm):
-                self.optimizer.step()
-            else:
+            # gradients are all-reduced, so gnorm (and this decision) is the same on all ranks
+            if self._skip_step or not torch.isfinite(gnorm):
                 self.state.skipped_batches += 1
+            else:
+                self.optimizer.step()
+            self._skip_step = False
             self.optimizer.zero_grad(set_to_none=True)
             self.state.step += 1
             now = time.time()
             self.state.train_seconds += now - t_last
             t_last = now
+            log_now = self.state.step % tc.log_every == 0
+            moe_stats = reduced_moe_stats(self.model, self.device) if log_now else {}
             if stats and self.main:
                 bar.set_postfix(
                     loss=f"{stats['loss']:.2f}",
@@ -379,10 +464,12 @@ class Trainer:
                         self.writer.add_scalar(f"train/{k}", v, self.state.step)
                     self.writer.add_scalar("train/lr", lr, self.state.step)
                     self.writer.add_scalar("train/grad_norm", float(gnorm), self.state.step)
-                    self._log_moe(self.state.step)
+                    self._log_moe(moe_stats, self.state.step)
             bar.update(1)
-            if tc.max_minutes > 0 and self.state.train_seconds >= tc.max_minutes * 60:
-                stop = True
+            if tc.max_minutes > 0:  # collective: ranks' clocks differ, all must stop together
+                stop = bool(
+                    ranks_where(self.state.train_seconds >= tc.max_minutes * 60, self.device)
+                )
             done = self.state.step >= tc.max_steps or stop
             if tc.eval_every and (self.state.step % tc.eval_every == 0 or done):
                 self._eval_point()
@@ -397,13 +484,11 @@ class Trainer:
             log.info("trained %d steps in this run", self.state.step - start_step)
         return self.finish()
 
-    def _log_moe(self, step: int) -> None:
-        for name, m in self.model.named_modules():
-            stats = getattr(m, "last_stats", None)
-            if not stats:
-                continue
+    def _log_moe(self, moe_stats: dict[str, dict], step: int) -> None:
+        """TensorBoard scalars of the MoE layers' statistics, already averaged over ranks."""
+        for name, stats in moe_stats.items():
             for k, v in stats.items():
-                if torch.is_tensor(v) and v.numel() == 1:
+                if v.numel() == 1:
                     self.writer.add_scalar(f"moe/{name}/{k}", float(v), step)
 
     def _eval_point(self) -> None:
@@ -414,6 +499,16 @@ class Trainer:
                 "minutes": round(self.state.train_seconds / 60, 3),
                 "dev_mer": res["mer"],
             }
+            sims = {  # how far upcycled experts have moved apart (issue 13)
+                n: m.similarity_summary()[0]
+                for n, m in self.model.named_modules()
+                if isinstance(m, MoEFeedForward)
+            }
+            if sims:
+                point["expert_sim"] = round(sum(sims.values()) / len(sims), 5)
+                point["expert_sim_max"] = round(max(sims.values()), 5)
+                for n, v in sims.items():
+                    self.writer.add_scalar(f"moe_sim/{n}", v, self.state.step)
             self.state.curve.append(point)
             self.state.ckpt_mer[f"step-{self.state.step:08d}"] = res["mer"]
             self.writer.add_scalar("dev/mer_ctc_greedy", res["mer"], self.state.step)
@@ -431,7 +526,7 @@ class Trainer:
         if self.main:
             cks = list_checkpoints(self.exp / "checkpoints")
             n = max(1, tc.average_last)
-            if tc.average_by == "best" and self.state.ckpt_mer:
+            if tc.average_by == "best" and self.state.ckpt_mer:  # kept by save(): protect
                 scored = [c for c in cks if c.name in self.state.ckpt_mer]
                 chosen = sorted(scored, key=lambda c: self.state.ckpt_mer[c.name])[:n]
             else:

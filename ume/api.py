@@ -1,0 +1,201 @@
+"""The public Python API: upcycle any PyTorch model, train it with the balancing losses, freeze
+by phase, save and load. Re-exported lazily by `ume/__init__.py` (`import ume` stays light).
+
+Example:
+    >>> import ume
+    >>> model = ume.upcycle(model, num_experts=8, top_k=2, ffn="auto", verify_input=batch)
+    >>> loss = task_loss + ume.aux_loss(model)       # balance + z-loss of the last forward
+    >>> ume.freeze(model, trainable="moe")           # UME phase 1: experts + routers learn
+    >>> ume.save(model, "moe_dir")                   # model.safetensors + moe_layout.json
+    >>> model = ume.load("moe_dir", DenseArch(cfg))  # same architecture, freshly built
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ume.config import MoEConfig
+from ume.model.moe import MoEFeedForward
+from ume.model.moe_split import MoEEntry, MoEExit, MoERouter
+from ume.upcycle.any_model import UpcycleAnyError, apply_layout, routers, upcycle_any
+
+WEIGHTS_FILE = "model.safetensors"
+LAYOUT_FILE = "moe_layout.json"
+
+
+def upcycle(
+    model: nn.Module,
+    num_experts: int = 8,
+    top_k: int = 2,
+    ffn: str | list[str] = "auto",
+    verify_input: object = None,
+    *,
+    moe: MoEConfig | None = None,
+    perturb: float = 0.0,
+    seed: int = 0,
+    tol: float = 1e-5,
+) -> nn.Module:
+    """Turn the feed-forward blocks of `model` into Mixture-of-Experts layers, in place, with
+    every expert a copy of its dense block (so the model computes the same function), and
+    return the model.
+
+    ffn:          "auto" (found by structure: Linear D->H, activation, [dropout], Linear H->D,
+                  gated GLU/SwiGLU variants, HF's fc1/fc2 and intermediate/output naming, inline
+                  or as a submodule), or a list of module names holding the projections.
+    verify_input: a batch for the model (tensor, tuple of positional args, or dict of keyword
+                  args); the outputs before and after must agree within `tol`, else
+                  UpcycleAnyError names the first FFN that differs. Without it only the FFN
+                  modules that can run alone are checked (on a random input).
+    moe:          routing and loss settings (MoEConfig: router_init, balance_coef,
+                  z_loss_coef, jitter); num_experts/top_k override its fields.
+    perturb:      > 0 multiplies each expert weight by (1 + perturb·N(0,1)) after verifying,
+                  so the copies differ and the routers learn from the task loss.
+    The report (modules, per-FFN and overall max |diff|) is `model.ume_upcycle_report`.
+
+    Example:
+        >>> enc = transformers.WhisperModel(cfg).encoder
+        >>> ume.upcycle(enc, 8, 2, verify_input=feats)  # every encoder layer's fc1/fc2
+    """
+    report = upcycle_any(model, num_experts, top_k, ffn, verify_input, moe, perturb, seed, tol)
+    model.ume_upcycle_report = report
+    return model
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor:
+    """Sum of every MoE layer's auxiliary losses (Switch balance + router z-loss, already
+    scaled by their coefficients) from the model's last forward in training mode; a zero
+    tensor in eval mode.
+
+    Example:
+        >>> loss = task_loss + ume.aux_loss(model)
+    """
+    rs = routers(model)
+    if not rs:
+        raise UpcycleAnyError("the model has no MoE layers: call ume.upcycle(model, ...) first")
+    terms = [t for r in rs for t in r.aux_losses.values()]
+    if not terms:
+        p = next(model.parameters())
+        return torch.zeros((), device=p.device, dtype=torch.float32)
+    return torch.stack([t.float() for t in terms]).sum()
+
+
+def _moe_params(model: nn.Module, routers_only: bool) -> set[int]:
+    ids: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, MoEFeedForward):
+            mods = [m.router] if routers_only else [m]
+        elif isinstance(m, MoERouter):
+            mods = [m]
+        elif isinstance(m, MoEEntry | MoEExit) and not routers_only:
+            mods = [m]
+        else:
+            continue
+        ids.update(id(p) for mod in mods for p in mod.parameters())
+    return ids
+
+
+def freeze(model: nn.Module, trainable: str | list[str] = "moe") -> tuple[int, int]:
+    """Set requires_grad for a UME training phase; returns (trainable, total) parameter counts.
+
+    trainable: "moe" (experts and routers learn, the rest is frozen: UME phase 1), "router"
+               (routers only), "all" (phase 2), or a list of parameter-name prefixes, where
+               the entry "moe" adds the MoE parameters.
+
+    Example:
+        >>> ume.freeze(model, "moe")   # phase 1 ... then ume.freeze(model, "all")
+    """
+    if trainable == "all":
+        keep = None
+    elif trainable in ("moe", "router"):
+        keep = _moe_params(model, trainable == "router")
+        prefixes: tuple[str, ...] = ()
+    elif isinstance(trainable, list | tuple) and all(isinstance(x, str) for x in trainable):
+        keep = _moe_params(model, False) if "moe" in trainable else set()
+        prefixes = tuple(x for x in trainable if x != "moe")
+    else:
+        raise ValueError(
+            f"trainable={trainable!r}: use 'moe', 'router', 'all' or a list of parameter-name "
+            "prefixes (may include 'moe')"
+        )
+    n_train = n_total = 0
+    for name, p in model.named_parameters():
+        on = keep is None or id(p) in keep or (bool(prefixes) and name.startswith(prefixes))
+        p.requires_grad_(on)
+        n_total += p.numel()
+        n_train += p.numel() if on else 0
+    if n_train == 0:
+        raise ValueError(f"trainable={trainable!r} selects no parameter (is the model upcycled?)")
+    return n_train, n_total
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write `path/model.safetensors` (all weights) and `path/moe_layout.json` (which FFNs are
+    MoE, with which projections and settings) for a model upcycled by `ume.upcycle`. Each
+    file is written to a temporary name and renamed, so a crash never leaves a torn file.
+
+    Example:
+        >>> ume.save(model, "runs/whisper_moe")
+    """
+    from safetensors.torch import save_model
+
+    layout = getattr(model, "ume_moe_layout", None)
+    if layout is None:
+        raise UpcycleAnyError(
+            "the model carries no MoE layout: save models upcycled by ume.upcycle (ume's own "
+            "experiment dirs are written by `ume train` / `ume upcycle`)"
+        )
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (WEIGHTS_FILE + ".tmp")
+    save_model(model, str(tmp), metadata={"format": "pt", "ume_layout": LAYOUT_FILE})
+    os.replace(tmp, out / WEIGHTS_FILE)
+    tmp = out / (LAYOUT_FILE + ".tmp")
+    tmp.write_text(json.dumps(layout, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / LAYOUT_FILE)
+    return out
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Load a model saved by `ume.save` into `model`, a freshly built DENSE model of the
+    original architecture and config (the layout is re-applied to it, then every weight is
+    loaded strictly: a missing or unexpected tensor is an error); returns it in eval mode.
+    Without `model`, `path` must be a ume experiment dir (`ume train`/`ume upcycle` output),
+    whose config builds the model. Nothing is unpickled.
+
+    Example:
+        >>> model = ume.load("runs/whisper_moe", transformers.WhisperModel(cfg))
+        >>> model = ume.load("runs/ume")  # a ume experiment dir
+    """
+    from safetensors.torch import load_model
+
+    root = Path(path)
+    if model is None:
+        if (root / "config.yaml").is_file():
+            from ume.expdir import load_experiment
+
+            return load_experiment(root)[2]
+        raise UpcycleAnyError(
+            f"ume.load({str(path)!r}) needs the original architecture for a model saved by "
+            "ume.save: build the dense model as before upcycling and call ume.load(path, model)"
+        )
+    for f in (WEIGHTS_FILE, LAYOUT_FILE):
+        if not (root / f).is_file():
+            raise UpcycleAnyError(f"{root / f} is missing: not a directory written by ume.save")
+    try:
+        layout = json.loads((root / LAYOUT_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UpcycleAnyError(f"{root / LAYOUT_FILE} is not valid JSON: {e}") from e
+    apply_layout(model, layout)
+    missing, unexpected = load_model(model, str(root / WEIGHTS_FILE), strict=False)
+    if missing or unexpected:
+        raise UpcycleAnyError(
+            f"{root / WEIGHTS_FILE} does not match the model (built with another config?)\n"
+            f"  missing from file ({len(missing)}): {sorted(missing)[:10]}\n"
+            f"  unexpected in file ({len(unexpected)}): {sorted(unexpected)[:10]}"
+        )
+    return model.eval()

@@ -44,6 +44,16 @@ def compute_fbank(wave: np.ndarray, cfg: FeatureConfig, sample_rate: int = 16000
     frame_len = int(round(sample_rate * cfg.frame_length_ms / 1000))
     if wave.shape[0] < frame_len:  # shorter than one frame: no frames (caller skips it)
         return np.zeros((0, int(cfg.num_mel_bins)), dtype=np.float32)
+    fb = knf.OnlineFbank(fbank_options(cfg, sample_rate))
+    fb.accept_waveform(float(sample_rate), (wave.astype(np.float32) * 32768.0).tolist())
+    fb.input_finished()
+    n = fb.num_frames_ready
+    feats = np.stack([np.asarray(fb.get_frame(i), dtype=np.float32) for i in range(n)])  # (T, F)
+    return feats
+
+
+def fbank_options(cfg: FeatureConfig, sample_rate: int = 16000) -> knf.FbankOptions:
+    """kaldi-native-fbank options for a feature config (snip_edges, as compute_fbank uses)."""
     opts = knf.FbankOptions()
     opts.frame_opts.samp_freq = float(sample_rate)
     opts.frame_opts.frame_shift_ms = float(cfg.frame_shift_ms)
@@ -51,12 +61,50 @@ def compute_fbank(wave: np.ndarray, cfg: FeatureConfig, sample_rate: int = 16000
     opts.frame_opts.dither = float(cfg.dither)
     opts.frame_opts.snip_edges = True
     opts.mel_opts.num_bins = int(cfg.num_mel_bins)
-    fb = knf.OnlineFbank(opts)
-    fb.accept_waveform(float(sample_rate), (wave.astype(np.float32) * 32768.0).tolist())
-    fb.input_finished()
-    n = fb.num_frames_ready
-    feats = np.stack([np.asarray(fb.get_frame(i), dtype=np.float32) for i in range(n)])  # (T, F)
-    return feats
+    return opts
+
+
+class OnlineFeatures:
+    """Fbank of audio that arrives in pieces: the frames compute_fbank gives for the whole wave.
+
+    Example:
+        >>> fe = OnlineFeatures(FeatureConfig())
+        >>> fe.accept(wave[:1600]); fe.accept(wave[1600:]); fe.finish()
+        >>> fe.frames(0, fe.num_frames).shape   # == compute_fbank(wave, cfg).shape
+        (98, 80)
+    """
+
+    def __init__(self, cfg: FeatureConfig, sample_rate: int = 16000) -> None:
+        self.sample_rate = sample_rate
+        self._fb = knf.OnlineFbank(fbank_options(cfg, sample_rate))
+        self._rows: list[np.ndarray] = []
+
+    def accept(self, wave: np.ndarray) -> None:
+        """Append mono float samples in [-1, 1] (N,)."""
+        self._fb.accept_waveform(
+            float(self.sample_rate), (np.asarray(wave, np.float32) * 32768.0).tolist()
+        )
+        self._collect()
+
+    def finish(self) -> None:
+        """No more audio: the last frames become ready."""
+        self._fb.input_finished()
+        self._collect()
+
+    def _collect(self) -> None:
+        for i in range(len(self._rows), self._fb.num_frames_ready):
+            self._rows.append(np.asarray(self._fb.get_frame(i), dtype=np.float32))
+
+    @property
+    def num_frames(self) -> int:
+        return len(self._rows)
+
+    def frames(self, start: int, end: int) -> np.ndarray:
+        """Ready frames [start, end) as (T, F) float32."""
+        rows = self._rows[start:end]
+        if not rows:
+            return np.zeros((0, self._fb.dim), dtype=np.float32)
+        return np.stack(rows)
 
 
 @dataclass

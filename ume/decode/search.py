@@ -45,6 +45,40 @@ def ctc_greedy(log_probs: torch.Tensor, lens: torch.Tensor, blank: int = 0) -> l
     return out
 
 
+Beams = dict[tuple[int, ...], tuple[float, float]]  # prefix -> (log p blank-ending, non-blank)
+
+
+def prefix_beam_step(beams: Beams, frame: torch.Tensor, beam: int = 10, blank: int = 0) -> Beams:
+    """One frame of CTC prefix beam search: beams, frame (V,) log-probs -> the `beam` best
+    prefixes after it. Streaming decoding calls this frame by frame as chunks arrive."""
+    top_v, top_i = frame.topk(min(beam, frame.numel()))
+    nxt: dict[tuple[int, ...], list[float]] = defaultdict(lambda: [NEG_INF, NEG_INF])
+    for lp, s in zip(top_v.tolist(), top_i.tolist()):
+        for prefix, (pb, pnb) in beams.items():
+            if s == blank:
+                e = nxt[prefix]
+                e[0] = log_add(e[0], pb + lp, pnb + lp)
+                continue
+            last = prefix[-1] if prefix else None
+            ext = prefix + (s,)
+            e = nxt[ext]
+            if s == last:
+                # repeat: only a blank in between starts a new token
+                e[1] = log_add(e[1], pb + lp)
+                same = nxt[prefix]
+                same[1] = log_add(same[1], pnb + lp)
+            else:
+                e[1] = log_add(e[1], pb + lp, pnb + lp)
+    alive = ((k, v) for k, v in nxt.items() if max(v) > NEG_INF)
+    ranked = sorted(alive, key=lambda kv: log_add(*kv[1]), reverse=True)[:beam]
+    return {k: (v[0], v[1]) for k, v in ranked}
+
+
+def nbest_of(beams: Beams) -> list[tuple[tuple[int, ...], float]]:
+    """Beams -> [(prefix, log score)] sorted best first."""
+    return sorted(((k, log_add(*v)) for k, v in beams.items()), key=lambda kv: kv[1], reverse=True)
+
+
 def ctc_prefix_beam(
     log_probs: torch.Tensor, beam: int = 10, blank: int = 0
 ) -> list[tuple[tuple[int, ...], float]]:
@@ -53,31 +87,10 @@ def ctc_prefix_beam(
     Each prefix keeps two scores: ending in blank (pb) and ending in a non-blank (pnb).
     Only the `beam` most likely tokens of each frame are expanded.
     """
-    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, NEG_INF)}
+    beams: Beams = {(): (0.0, NEG_INF)}
     for t in range(log_probs.size(0)):
-        frame = log_probs[t]
-        top_v, top_i = frame.topk(min(beam, frame.numel()))
-        nxt: dict[tuple[int, ...], list[float]] = defaultdict(lambda: [NEG_INF, NEG_INF])
-        for lp, s in zip(top_v.tolist(), top_i.tolist()):
-            for prefix, (pb, pnb) in beams.items():
-                if s == blank:
-                    e = nxt[prefix]
-                    e[0] = log_add(e[0], pb + lp, pnb + lp)
-                    continue
-                last = prefix[-1] if prefix else None
-                ext = prefix + (s,)
-                e = nxt[ext]
-                if s == last:
-                    # repeat: only a blank in between starts a new token
-                    e[1] = log_add(e[1], pb + lp)
-                    same = nxt[prefix]
-                    same[1] = log_add(same[1], pnb + lp)
-                else:
-                    e[1] = log_add(e[1], pb + lp, pnb + lp)
-        alive = ((k, v) for k, v in nxt.items() if max(v) > NEG_INF)
-        ranked = sorted(alive, key=lambda kv: log_add(*kv[1]), reverse=True)[:beam]
-        beams = {k: (v[0], v[1]) for k, v in ranked}
-    return sorted(((k, log_add(*v)) for k, v in beams.items()), key=lambda kv: kv[1], reverse=True)
+        beams = prefix_beam_step(beams, log_probs[t], beam, blank)
+    return nbest_of(beams)
 
 
 @torch.inference_mode()
@@ -93,13 +106,14 @@ def attention_beam(
     finished: list[tuple[list[int], float]] = []
     for _ in range(max_len):
         k = len(hyps)
-        ys = torch.tensor([h for h, _ in hyps], dtype=torch.long)  # (k, L)
-        lens = torch.full((k,), ys.size(1), dtype=torch.long)
+        dev = mem.device
+        ys = torch.tensor([h for h, _ in hyps], dtype=torch.long, device=dev)  # (k, L)
+        lens = torch.full((k,), ys.size(1), dtype=torch.long, device=dev)
         logits = model.decoder.left(
-            mem.expand(k, -1, -1), torch.ones(k, n_frames, dtype=torch.bool), ys, lens
+            mem.expand(k, -1, -1), torch.ones(k, n_frames, dtype=torch.bool, device=dev), ys, lens
         )
         logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (k, V)
-        scores = torch.tensor([s for _, s in hyps]).unsqueeze(1) + logp  # (k, V)
+        scores = torch.tensor([s for _, s in hyps], device=dev).unsqueeze(1) + logp  # (k, V)
         top_v, top_i = scores.view(-1).topk(min(beam, scores.numel()))
         new = []
         for v, i in zip(top_v.tolist(), top_i.tolist()):
@@ -134,20 +148,23 @@ def rescore(
     n = len(nbest)
     n_frames = int(valid.sum())
     mem = enc[:, :n_frames].expand(n, -1, -1)
-    mem_valid = torch.ones(n, n_frames, dtype=torch.bool)
+    dev = enc.device
+    mem_valid = torch.ones(n, n_frames, dtype=torch.bool, device=dev)
     seqs = [list(h) for h, _ in nbest]
-    lens = torch.tensor([len(s) + 1 for s in seqs])
+    lens = torch.tensor([len(s) + 1 for s in seqs], device=dev)
     width = int(lens.max())
 
     def pad(rows: list[list[int]]) -> torch.Tensor:
-        return torch.tensor([r + [eos] * (width - len(r)) for r in rows], dtype=torch.long)
+        return torch.tensor(
+            [r + [eos] * (width - len(r)) for r in rows], dtype=torch.long, device=dev
+        )
 
     ys_in = pad([[sos] + s for s in seqs])
     r_ys_in = pad([[sos] + s[::-1] for s in seqs])
     l2r, r2l = model.decoder(mem, mem_valid, ys_in, lens, r_ys_in if rw > 0 else None)
 
     def seq_score(logits: torch.Tensor, rows: list[list[int]]) -> list[float]:
-        lp = torch.log_softmax(logits.float(), dim=-1)
+        lp = torch.log_softmax(logits.float(), dim=-1).cpu()
         out = []
         for i, r in enumerate(rows):
             tgt = r + [eos]

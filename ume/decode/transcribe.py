@@ -1,0 +1,278 @@
+"""`ume transcribe`: audio files (or 16-bit PCM on stdin) -> text, one line per file.
+
+    ume transcribe [--model EXPDIR] FILE... [--mode MODE] [--json] [--chunk-size N]
+    ume transcribe --stream --chunk-size 16 FILE      # partials on stderr, result on stdout
+    arecord -f S16_LE -r 16000 -c 1 | ume transcribe --stream -     # live, from stdin
+
+The default model is the bundled one (`ume.bundled_model()`). Files are anything soundfile
+reads (WAV, FLAC, OGG, ...), any sample rate (resampled to 16 kHz with soxr) and any channel
+count (averaged to mono): the manifest's `load_audio`. `-` reads raw little-endian 16-bit PCM,
+mono, at --rate Hz (default 16000) from stdin. Output: `FILE<TAB>text` per file; with --json
+one JSON object per line with the decoding mode and per-token CTC start/end times (seconds,
+from a CTC Viterbi alignment of the final tokens). A file that is missing or unreadable gets a
+one-line error on stderr naming it; the other files are still transcribed; the exit status
+is 1 if any file failed.
+
+Without --stream the whole file is decoded as `ume decode` does (the masked encoder with
+--chunk-size/--left-chunks); with --stream the audio is fed in chunk-sized pieces to the
+chunk-by-chunk encoder with caches (ume/decode/streaming.py), partial hypotheses go to stderr
+as they come, and the final text equals the non-streaming one for the same mode and chunk.
+
+Python:
+    >>> import ume
+    >>> ume.transcribe(ume.bundled_model(), "hello.wav")
+    'HELLO WORLD'
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ume.config import ExperimentConfig
+from ume.data.features import compute_fbank
+from ume.data.manifest import DataError, load_audio
+from ume.data.tokenizer import Tokenizer
+from ume.decode.search import decode_batch
+from ume.decode.streaming import SAMPLE_RATE, StreamingDecoder, model_features
+from ume.model.asr import ASRModel
+
+
+@dataclass
+class Recognizer:
+    """A loaded experiment dir: config, tokenizer, model (eval)."""
+
+    cfg: ExperimentConfig
+    tokenizer: Tokenizer
+    model: ASRModel
+    path: Path
+
+    @classmethod
+    def load(cls, exp_dir: str | os.PathLike) -> Recognizer:
+        from ume.expdir import load_experiment
+
+        cfg, tok, model = load_experiment(exp_dir)
+        return cls(cfg, tok, model, Path(exp_dir))
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds per encoder output frame."""
+        return self.model.encoder.embed.rate * self.cfg.features.frame_shift_ms / 1000
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(path: str) -> Recognizer:
+    return Recognizer.load(path)
+
+
+def ctc_alignment(log_probs: np.ndarray, tokens: list[int], blank: int = 0) -> list | None:
+    """Viterbi CTC alignment of `tokens` to log_probs (T, V): [(first, last + 1)] encoder
+    frames per token, or None when the tokens cannot be aligned (more tokens than frames)."""
+    t_max, n = log_probs.shape[0], len(tokens)
+    if n == 0:
+        return []
+    ext = np.full(2 * n + 1, blank)
+    ext[1::2] = tokens  # blank, t1, blank, t2, ..., blank
+    s_max = ext.size
+    # a state may also come from two back when it is a token unlike the token before it
+    skip = np.zeros(s_max, bool)
+    skip[3::2] = ext[3::2] != ext[1:-2:2]
+    score = np.full(s_max, -np.inf)
+    score[:2] = log_probs[0, ext[:2]]
+    back = np.zeros((t_max, s_max), np.int8)  # 0: stay, 1: from s-1, 2: from s-2
+    for t in range(1, t_max):
+        stay = score
+        one = np.concatenate([[-np.inf], score[:-1]])
+        two = np.where(skip, np.concatenate([[-np.inf, -np.inf], score[:-2]]), -np.inf)
+        cand = np.stack([stay, one, two])  # (3, S)
+        back[t] = cand.argmax(0)
+        score = cand.max(0) + log_probs[t, ext]
+    ends = [s_max - 1, s_max - 2]
+    s = max(ends, key=lambda e: score[e])
+    if not np.isfinite(score[s]):
+        return None
+    spans: list[list[int]] = [[t_max, -1] for _ in range(n)]
+    for t in range(t_max - 1, -1, -1):
+        if s % 2 == 1:
+            sp = spans[s // 2]
+            sp[0], sp[1] = min(sp[0], t), max(sp[1], t + 1)
+        s -= int(back[t, s])
+    return [(a, b) for a, b in spans]
+
+
+def transcribe_wave(
+    rec: Recognizer,
+    wave: np.ndarray,
+    mode: str = "attention_rescoring",
+    beam: int = 10,
+    chunk_size: int = 0,
+    left_chunks: int = -1,
+    times: bool = False,
+) -> dict:
+    """float32 mono 16 kHz wave (N,) -> {"text", "tokens"[, "times"]} (full utterance)."""
+    feats = model_features(compute_fbank(wave, rec.cfg.features))  # (T, F)
+    if rec.model.encoder.embed.output_lengths(torch.tensor(feats.shape[0])) < 1:
+        return {"text": "", "ids": [], "too_short": True}
+    with torch.inference_mode():
+        ids = decode_batch(
+            rec.model, feats[None], torch.tensor([feats.shape[0]]), mode, beam, chunk_size,
+            left_chunks,
+        )[0]  # fmt: skip
+        res = {"text": rec.tokenizer.decode(ids), "ids": ids}
+        if times:
+            enc, _ = rec.model.encode(feats[None], torch.tensor([feats.shape[0]]), chunk_size,
+                                      left_chunks)  # fmt: skip
+            res["log_probs"] = rec.model.ctc_log_probs(enc)[0].numpy()
+    return res
+
+
+def _token_json(rec: Recognizer, ids: list[int], log_probs: np.ndarray | None) -> list[dict]:
+    spans = ctc_alignment(log_probs, ids) if log_probs is not None else None
+    fs = rec.frame_seconds
+    out = []
+    for i, tid in enumerate(ids):
+        item: dict = {"token": rec.tokenizer.id2token(tid), "id": tid}
+        if spans is not None:
+            item["start"] = round(spans[i][0] * fs, 3)
+            item["end"] = round(spans[i][1] * fs, 3)
+        else:
+            item["start"] = item["end"] = None
+        out.append(item)
+    return out
+
+
+def transcribe(
+    model: str | os.PathLike | Recognizer,
+    audio_or_path: str | os.PathLike | np.ndarray,
+    mode: str = "attention_rescoring",
+    sample_rate: int = SAMPLE_RATE,
+    chunk_size: int = 0,
+    left_chunks: int = -1,
+) -> str:
+    """Text of one recording: `model` an experiment dir (loaded once and cached) or a
+    Recognizer; `audio_or_path` a file soundfile reads, or a float waveform (N,) / (N, C) at
+    `sample_rate`.
+
+    Example:
+        >>> transcribe(bundled_model(), "hello.wav", mode="ctc_greedy")
+    """
+    rec = model if isinstance(model, Recognizer) else _cached(str(Path(model).resolve()))
+    if isinstance(audio_or_path, (str, os.PathLike)):
+        wave = load_audio(str(audio_or_path))
+    else:
+        wave = np.asarray(audio_or_path, dtype=np.float32)
+        if wave.ndim == 2:
+            wave = wave.mean(axis=1)
+        if wave.ndim != 1:
+            raise ValueError(f"audio array must be (N,) or (N, channels), got {wave.shape}")
+        if sample_rate != SAMPLE_RATE:
+            import soxr
+
+            wave = soxr.resample(wave, sample_rate, SAMPLE_RATE).astype(np.float32)
+    return transcribe_wave(rec, wave, mode, chunk_size=chunk_size, left_chunks=left_chunks)["text"]
+
+
+# ---- command line ---------------------------------------------------------------------------
+def _stdin_pieces(rate: int, piece_samples: int):
+    """Raw s16le mono PCM from stdin -> float32 16 kHz pieces, as they arrive."""
+    import soxr
+
+    stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32") if rate != 16000 else None
+    buf = sys.stdin.buffer
+    nbytes = 2 * max(1, piece_samples * rate // SAMPLE_RATE)
+    rest = b""
+    while True:
+        data = buf.read(nbytes)
+        last = not data
+        data = rest + data
+        usable = len(data) - len(data) % 2
+        rest = data[usable:]
+        x = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
+        if stream is not None:
+            x = stream.resample_chunk(x, last=last)
+        if x.size:
+            yield x
+        if last:
+            return
+
+
+def _read_stdin(rate: int) -> np.ndarray:
+    pieces = list(_stdin_pieces(rate, 1 << 16))
+    wave = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    if wave.size == 0:
+        raise DataError("stdin gave no audio (expected raw 16-bit little-endian mono PCM)")
+    return wave
+
+
+def _stream_one(rec: Recognizer, name: str, args: argparse.Namespace) -> dict:
+    sd = StreamingDecoder(
+        rec.model, rec.cfg.features, args.chunk_size, args.left_chunks, args.mode, args.beam
+    )
+    piece = sd.enc.stride * sd.shift  # one chunk of audio per piece
+    pieces = _stdin_pieces(args.rate, piece) if name == "-" else None
+    if pieces is None:
+        wave = load_audio(name)
+        pieces = (wave[i : i + piece] for i in range(0, len(wave), piece))
+    heard = 0
+    for x in pieces:
+        heard += len(x)
+        for ids in sd.accept(x):
+            print(f"{name}\t[{heard / SAMPLE_RATE:.2f}s] {rec.tokenizer.decode(ids)}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    if heard == 0:
+        raise DataError("no audio" + (" on stdin" if name == "-" else ""))
+    ids = sd.finish()
+    return {"text": rec.tokenizer.decode(ids), "ids": ids, "log_probs": sd.log_probs().numpy()}
+
+
+def main_transcribe(args: argparse.Namespace) -> int:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.stream and args.chunk_size <= 0:
+        raise ValueError("--stream needs --chunk-size N > 0 (encoder frames per chunk, e.g. 16)")
+    if args.files.count("-") > 1:
+        raise ValueError("stdin ('-') can be given only once")
+    if args.model is None:
+        from ume.bundled import bundled_model
+
+        args.model = str(bundled_model())
+    rec = Recognizer.load(args.model)
+    failed = 0
+    for name in args.files:
+        try:
+            if args.stream:
+                res = _stream_one(rec, name, args)
+            else:
+                wave = _read_stdin(args.rate) if name == "-" else load_audio(name)
+                res = transcribe_wave(
+                    rec, wave, args.mode, args.beam, args.chunk_size, args.left_chunks, args.json
+                )
+        except (DataError, OSError) as e:
+            msg = str(e) if name in str(e) else f"{name}: {e}"
+            print(f"ume transcribe: error: {msg}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        if res.get("too_short"):
+            print(f"ume transcribe: {name}: too short for the model, empty text", file=sys.stderr)
+        if args.json:
+            obj = {
+                "file": name,
+                "text": res["text"],
+                "mode": args.mode,
+                "chunk_size": args.chunk_size,
+                "left_chunks": args.left_chunks,
+                "stream": bool(args.stream),
+                "tokens": _token_json(rec, res["ids"], res.get("log_probs")),
+            }
+            print(json.dumps(obj, ensure_ascii=False), flush=True)
+        else:
+            print(f"{name}\t{res['text']}", flush=True)
+    return 1 if failed else 0

@@ -39,6 +39,36 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+class _LazyArgs(argparse.ArgumentParser):
+    """A subcommand parser whose arguments come from `add_args` ("module:function"), imported
+    on first use (parsing this subcommand or printing its help). Building the `ume` parser thus
+    imports no implementation module, and `ume --help` imports no torch."""
+
+    def __init__(self, *args, add_args: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._add_args = add_args
+
+    def _populate(self) -> None:
+        if self._add_args:
+            import importlib
+
+            module, func = self._add_args.split(":")
+            self._add_args = None
+            getattr(importlib.import_module(module), func)(self)
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201
+        self._populate()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._populate()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._populate()
+        return super().format_usage()
+
+
 def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
     """A command handler that imports `module` only when the command runs (fast `ume --help`)."""
 
@@ -95,7 +125,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ume", description=__doc__.split("\n")[0])
     ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_LazyArgs)
 
     data = sub.add_parser("data", help="corpus tools").add_subparsers(
         dest="data_cmd", required=True
@@ -132,22 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_args(p)
     p.set_defaults(func=_lazy("ume.decode.cli", "run_decode"))
 
-    p = sub.add_parser("transcribe", help="audio files (or PCM on stdin) -> FILE<TAB>text")
-    p.add_argument("files", nargs="+", metavar="FILE", help="audio files; - = PCM on stdin")
-    p.add_argument("--model", help="experiment dir (default: the bundled model)")
-    p.add_argument(
-        "--mode",
-        default="attention_rescoring",
-        choices=["ctc_greedy", "ctc_prefix_beam", "attention", "attention_rescoring"],
-    )
-    p.add_argument("--json", action="store_true", help="JSON lines with per-token CTC times")
-    p.add_argument(
-        "--stream", action="store_true", help="chunk-by-chunk with caches; partials on stderr"
-    )
-    p.add_argument("--rate", type=int, default=16000, help="sample rate of '-' (s16le mono PCM)")
-    add_decode_args(p)
-    p.set_defaults(func=_lazy("ume.decode.transcribe", "main_transcribe"))
-
     p = sub.add_parser("score", help="CER (zh) / WER (en) / MER")
     p.add_argument("--ref", required=True)
     p.add_argument("--hyp", required=True)
@@ -179,41 +193,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_lazy("ume.bench.rtf", "main_rtf"))
 
-    from ume.bench.moe import add_moe_args, add_train_args
-
-    p = bench.add_parser("moe", help="MoE dispatch vs FLOP bound, loop and HF references")
-    add_moe_args(p)
+    # the commands below define their arguments in their own modules (loaded on first use)
+    p = bench.add_parser(
+        "moe",
+        help="MoE dispatch vs FLOP bound, loop and HF references",
+        add_args="ume.bench.moe:add_moe_args",
+    )
     p.set_defaults(func=_lazy("ume.bench.moe", "main_moe"))
-    p = bench.add_parser("train", help="training steps/s: dense vs UME frozen vs unfrozen")
-    add_train_args(p)
+    p = bench.add_parser(
+        "train",
+        help="training steps/s: dense vs UME frozen vs unfrozen",
+        add_args="ume.bench.moe:add_train_args",
+    )
     p.set_defaults(func=_lazy("ume.bench.moe", "main_train_bench"))
-    from ume.bench.compile import add_compile_args
-
-    p = bench.add_parser("compile", help="torch.compile vs eager encoder latency")
-    add_compile_args(p)
+    p = bench.add_parser(
+        "compile",
+        help="torch.compile vs eager encoder latency",
+        add_args="ume.bench.compile:add_compile_args",
+    )
     p.set_defaults(func=_lazy("ume.bench.compile", "main_compile"))
-
-    from ume.bench.gap import add_gap_args
-
-    p = bench.add_parser("gap", help="MoE vs dense encoder time split: FLOPs, weights, overhead")
-    add_gap_args(p)
+    p = bench.add_parser(
+        "gap",
+        help="MoE vs dense encoder time split: FLOPs, weights, overhead",
+        add_args="ume.bench.gap:add_gap_args",
+    )
     p.set_defaults(func=_lazy("ume.bench.gap", "main_gap"))
 
-    from ume.decode.export import add_export_args
-
-    p = sub.add_parser("export", help="ONNX export of encoder + CTC (MoE included), --check")
-    add_export_args(p)
+    p = sub.add_parser(
+        "export",
+        help="ONNX export of encoder + CTC (MoE included), --check",
+        add_args="ume.decode.export:add_export_args",
+    )
     p.set_defaults(func=_lazy("ume.decode.export", "main_export"))
 
-    from ume.moe_report import add_inspect_args
-    from ume.upcycle.cli import add_upcycle_args
-
-    p = sub.add_parser("upcycle", help="dense experiment dir -> MoE experiment dir (UME)")
-    add_upcycle_args(p)
+    p = sub.add_parser(
+        "upcycle",
+        help="dense experiment dir -> MoE experiment dir (UME)",
+        add_args="ume.upcycle.cli:add_upcycle_args",
+    )
     p.set_defaults(func=_lazy("ume.upcycle.cli", "main_upcycle"))
 
-    p = sub.add_parser("inspect", help="MoE diagnostics: expert load, similarity, heat-map")
-    add_inspect_args(p)
+    p = sub.add_parser(
+        "inspect",
+        help="MoE diagnostics: expert load, similarity, heat-map",
+        add_args="ume.moe_report:add_inspect_args",
+    )
     p.set_defaults(func=_lazy("ume.moe_report", "main_inspect"))
 
     p = sub.add_parser("experiment", help="the paper's comparison: dense vs UME vs scratch")
@@ -231,10 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_lazy("ume.experiment.runner", "main_experiment"))
 
-    from ume.bench.step import add_step_args
-
-    p = bench.add_parser("step", help="training-step cost of model/precision variants")
-    add_step_args(p)
+    p = bench.add_parser(
+        "step",
+        help="training-step cost of model/precision variants",
+        add_args="ume.bench.step:add_step_args",
+    )
     p.set_defaults(func=_lazy("ume.bench.step", "main_step"))
 
     p = sub.add_parser("demo", help="synthesise, fine-tune, decode, score: the README demo")

@@ -250,11 +250,9 @@ def apply_override(data: dict, override: str) -> None:
 
 def save_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:
     """Write the config as YAML (atomically)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False, allow_unicode=True)
-    os.replace(tmp, path)
+    from ume.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
 
 
 def config_from_dict(data: dict) -> ExperimentConfig:

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ume.atomic import atomic_path, atomic_write_json  # noqa: F401 (re-exported)
 from ume.config import ExperimentConfig, load_config, save_config
 from ume.data.tokenizer import Tokenizer
 from ume.model.asr import ASRModel
@@ -38,19 +38,9 @@ class ExpDirError(ValueError):
 def atomic_save_tensors(
     tensors: dict[str, torch.Tensor], path: Path, meta: dict | None = None
 ) -> None:
-    """Write safetensors to a temp file then rename, so a crash never leaves a torn file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), meta)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(obj: object, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
+    """Write safetensors atomically (ume.atomic), so a crash never leaves a torn file."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), meta)
 
 
 def save_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:

@@ -95,6 +95,11 @@ def rtf_for_dir(exp_dir: str, waves: list, mode: str, chunk: int, stream_chunk: 
             res[f"rtf_b{b}_stream{stream_chunk}"] = measure_rtf(
                 model, cfg.features, waves, b, mode, stream_chunk
             )
+        # real streaming (chunk encoder with caches): per-chunk compute and delay, ms
+        from ume.decode.streaming import stream_latency
+
+        lat = stream_latency(model, cfg.features, waves, stream_chunk, mode=mode)
+        res.update({f"lat_stream{stream_chunk}_{k}": v for k, v in lat.items()})
     from ume.model.params import param_report
 
     rep = param_report(model)
@@ -167,6 +172,13 @@ def _median_rows(rows: list[dict]) -> dict:
     return out
 
 
+def _latency_line(res: dict, p: str) -> str:
+    """Streaming latency keys with prefix p -> one printed line (ms, p50/p95)."""
+    parts = [f"{n} {res[p + n + '_ms_p50']:.1f}/{res[p + n + '_ms_p95']:.1f}" for n in
+             ("chunk", "delay", "final")]  # fmt: skip
+    return "\n  streaming latency ms p50/p95: " + "  ".join(parts) + "\n "
+
+
 def main_rtf(args: argparse.Namespace) -> int:
     rounds = getattr(args, "rounds", 1)
     if rounds < 1:
@@ -220,6 +232,8 @@ def main_rtf(args: argparse.Namespace) -> int:
             txt = f"{name}: RTF b1 {res[p + 'rtf_b1']:.4f}  b16 {res[p + 'rtf_b16']:.4f}"
             if stream:
                 txt += f"  {s} b1 {res[f'{p}rtf_b1_{s}']:.4f}  b16 {res[f'{p}rtf_b16_{s}']:.4f}"
+            if stream:
+                txt += _latency_line(res, f"{p}lat_{s}_")
             return txt + (
                 f"  peak RSS {res[p + 'peak_rss_mb']:.0f} MB"
                 f" (model +{res[p + 'rss_delta_mb']:.0f} MB)"

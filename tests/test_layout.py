@@ -25,7 +25,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("ume.model",),  # networks: conformer, decoder, FFN/MoE layers, parameter counts
     ("ume.expdir",),  # experiment dirs: config + tokenizer + weights on disk
     ("ume.decode",),  # search, scoring, significance, export
-    ("ume.upcycle", "ume.moe_report"),  # dense -> MoE, MoE diagnostics
+    ("ume.upcycle", "ume.api", "ume.moe_report"),  # dense -> MoE (+ the Python API), diagnostics
     ("ume.train",),  # trainer, schedule, checkpoints
     ("ume.bench",),  # measurements only
     ("ume.experiment",),  # the paper's comparison, results tables, demo

@@ -174,9 +174,9 @@ def test_phase_moe_lr_scale_groups(dense: ASRModel) -> None:
 
 
 def test_inspect_json_reports_specialisation(
-    dense_dir,
+    dense_dir,  # noqa: F811 (the fixture imported from test_moe)
     tmp_path,
-    capsys: pytest.CaptureFixture,  # noqa: F811 (fixture)
+    capsys: pytest.CaptureFixture,
 ) -> None:
     import argparse
     import json

@@ -26,9 +26,17 @@ ALL_RUNS = (
     "moe_scratch",
     "ume_top1",
     "ume_one_slot",
+    # issue 13: the capacity control and UME with one symmetry breaker each, then all of them
+    "dense_wide",
+    "ume_noise",
+    "ume_drop_small",
+    "ume_fast",
+    "ume_router_noise",
+    "ume_fine",
+    "ume_all",
 )
 
-STARTS_FROM_DENSE = tuple(r for r in ALL_RUNS if r not in ("dense", "moe_scratch"))
+STARTS_FROM_DENSE = tuple(r for r in ALL_RUNS if r not in ("dense", "moe_scratch", "dense_wide"))
 
 
 @dataclass
@@ -52,6 +60,17 @@ class ExperimentPlan:
     z_loss_coef: float = 0.001
     jitter: float = 0.0
     drop_upcycling: float = 0.5
+    # symmetry breakers (issue 13), each used by its own run (ume_noise, ...) and all together
+    # (except Drop-Upcycling) by ume_all; the plain `ume` run uses none of them
+    noise_upcycling: float = 0.1  # ume_noise: noise std, x each weight tensor's std
+    noise_frac: float = 0.25  # ... on this fraction of each expert's hidden units
+    drop_small: float = 0.15  # ume_drop_small: Drop-Upcycling ratio
+    fast_lr_scale: float = 5.0  # ume_fast: expert/router lr multiplier in phase 1 (frozen rest)
+    fast_lr_scale_phase2: float = 1.0  # ... and in phase 2
+    router_noise: float = 0.3  # ume_router_noise: std of the router-logit noise in training
+    fine_groups: int = 2  # ume_fine: G slices per FFN; experts x G experts of d_ff/G, top_k per
+    # group, so total and active parameters equal ume's
+    wide_d_ff: int = 0  # dense_wide's encoder d_ff; 0 = experts x the dense d_ff (MoE's total)
     scratch_steps: int = 0  # 0 = same budget as the dense preset's max_steps
     scratch_minutes: float = 0.0
     eval_every: int = 100

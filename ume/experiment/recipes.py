@@ -89,6 +89,38 @@ def _upcycled(plan: ExperimentPlan, dense: Path, out: Path, **kw) -> Path:
     return out
 
 
+BREAKER_RUNS = (
+    "ume_noise",
+    "ume_drop_small",
+    "ume_fast",
+    "ume_router_noise",
+    "ume_fine",
+    "ume_all",
+)
+
+
+def breaker_recipe(
+    name: str, plan: ExperimentPlan, two_phase: list[dict]
+) -> tuple[dict, list[dict]]:
+    """Upcycling arguments and freezing phases of a symmetry-breaker run (issue 13): the ume
+    recipe plus one breaker (ume_all: every breaker but Drop-Upcycling)."""
+    every = name == "ume_all"
+    up: dict = {}
+    phases = [dict(p) for p in two_phase]
+    if name == "ume_noise" or every:
+        up.update(noise_std=plan.noise_upcycling, noise_frac=plan.noise_frac)
+    if name == "ume_drop_small":
+        up.update(drop_ratio=plan.drop_small)
+    if name == "ume_fast" or every:
+        phases[0]["moe_lr_scale"] = plan.fast_lr_scale
+        phases[1]["moe_lr_scale"] = plan.fast_lr_scale_phase2
+    if name == "ume_router_noise" or every:
+        up.update(router_noise=plan.router_noise)
+    if name == "ume_fine" or every:
+        up.update(groups=plan.fine_groups, experts=plan.experts * plan.fine_groups)
+    return up, phases
+
+
 def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Path) -> None:
     data, runs = work / "data", work / "runs"
     run_dir = runs / name
@@ -118,6 +150,15 @@ def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Pat
     elif name == "ume_one_slot":
         init = _upcycled(plan, dense, runs / "_init_ume_one_slot", slots=["encoder_ffn"])
         _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
+    elif name in BREAKER_RUNS:
+        up, phases = breaker_recipe(name, plan, two_phase)
+        init = _upcycled(plan, dense, runs / f"_init_{name}", **up)
+        _train(run_dir, data, init / "config.yaml", ov + jitter, init, phases)
+    elif name == "dense_wide":  # capacity control: the MoE's total FFN size, dense, from scratch
+        cfg = load_config(preset_config(plan.model_config))
+        wide = plan.wide_d_ff or plan.experts * cfg.model.encoder.d_ff
+        wide_ov = [f"model.encoder.d_ff={wide}"]
+        _train(run_dir, data, preset_config(plan.model_config), wide_ov, None)
     elif name == "moe_scratch":
         steps = plan.scratch_steps or load_config(preset_config(plan.model_config)).train.max_steps
         moe = [

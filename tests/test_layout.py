@@ -24,6 +24,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("ume.data",),  # text, corpus, audio, features, tokenizer, batches
     ("ume.model",),  # networks: conformer, decoder, FFN/MoE layers, parameter counts
     ("ume.expdir",),  # experiment dirs: config + tokenizer + weights on disk
+    ("ume.interop",),  # checkpoints to and from other toolkits (WeNet)
     ("ume.decode",),  # search, scoring, significance, export
     ("ume.upcycle", "ume.api", "ume.moe_report"),  # dense -> MoE (+ the Python API), diagnostics
     ("ume.train",),  # trainer, schedule, checkpoints

@@ -8,6 +8,8 @@ Examples:
     ume bench rtf --model runs/dense --data data/quick/test
     ume bench moe --quick
     ume export --model runs/ume --out encoder.onnx --check
+    ume import --format wenet wenet_exp/ --out runs/wenet
+    ume export --model runs/wenet_moe --format wenet --out wenet_moe/
     ume demo --preset quick --workdir work
 """
 
@@ -105,6 +107,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if info:
         print(json.dumps({k: v for k, v in info.items() if k != "curve"}, indent=2))
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`ume export --format onnx` (default) or `--format wenet` (a WeNet model dir)."""
+    if getattr(args, "format", "onnx") == "wenet":
+        return _lazy("ume.interop.wenet", "main_export_wenet")(args)
+    return _lazy("ume.decode.export", "main_export")(args)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -221,10 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="ONNX export of encoder + CTC (MoE included), --check",
+        help="ONNX export of encoder + CTC (MoE included), --check; or --format wenet",
         add_args="ume.decode.export:add_export_args",
     )
-    p.set_defaults(func=_lazy("ume.decode.export", "main_export"))
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "import",
+        help="another toolkit's model dir -> ume experiment dir (--format wenet)",
+        add_args="ume.interop.wenet:add_import_args",
+    )
+    p.set_defaults(func=_lazy("ume.interop.wenet", "main_import"))
 
     p = sub.add_parser(
         "upcycle",

@@ -81,8 +81,17 @@ class EncoderConfig:
     attn_dropout: float = 0.0
     macaron: bool = True
     # where the LayerNorm after the residual stream sits: "block" (end of every block, as in the
-    # Conformer paper) or "encoder" (pre-LN blocks, one LayerNorm after the last block)
+    # Conformer paper), "encoder" (pre-LN blocks, one LayerNorm after the last block) or "both"
+    # (every block and once more after the last one: WeNet's conformer)
     final_norm: str = "block"
+    # relative positions in self-attention: "rel_shift" (Transformer-XL: scores over distances
+    # i-j) or "wenet" (WeNet's rel_pos: sinusoids of absolute positions 0..T-1, no rel_shift)
+    pos_enc: str = "rel_shift"
+    conv_norm: str = "layer_norm"  # norm in the conv module: "layer_norm" or "batch_norm"
+    # what the depthwise conv sees outside the valid frames: "zeros" (padding and causal left
+    # context are 0 after the GLU) or "wenet" (causal left context is zero-padded before the
+    # first pointwise conv, so it holds GLU(bias); padding is not re-masked after the GLU)
+    conv_context: str = "zeros"
 
 
 @dataclass

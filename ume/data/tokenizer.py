@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import string
 from collections import Counter
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from ume.atomic import atomic_write_bytes, atomic_write_text
 from ume.data.text import is_cjk, join_units, split_units, unit_lang
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,15 @@ WORD_START = "\u2581"  # '▁', sentencepiece's word-boundary mark
 _VERSION = 1
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 _TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+
+
+def _kind(jpath: Path) -> str | None:
+    """The "kind" a tokenizer.json declares (None for ours, which has none, or if unreadable)."""
+    try:
+        obj = json.loads(jpath.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return obj.get("kind") if isinstance(obj, dict) else None
 
 
 class Tokenizer:
@@ -200,19 +209,20 @@ class Tokenizer:
         """Write dir/tokenizer.json (units, version) and dir/bpe.model."""
         d = Path(dir)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "bpe.model.tmp"
-        tmp.write_bytes(self._bpe_model)
-        os.replace(tmp, d / "bpe.model")
+        atomic_write_bytes(d / "bpe.model", self._bpe_model)
         obj = {"version": _VERSION, "bpe_model": "bpe.model", "units": self.units}
-        tmp = d / "tokenizer.json.tmp"
-        tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=0), encoding="utf-8")
-        os.replace(tmp, d / "tokenizer.json")
+        atomic_write_text(d / "tokenizer.json", json.dumps(obj, ensure_ascii=False, indent=0))
 
     @classmethod
     def load(cls, dir: str | Path) -> Tokenizer:
-        """Read a tokenizer saved with :meth:`save`."""
+        """Read a tokenizer saved with :meth:`save` (or a WeNet-style `UnitsTokenizer`, written
+        by `ume import --format wenet`, when tokenizer.json says "kind": "units")."""
         d = Path(dir)
         jpath, mpath = d / "tokenizer.json", d / "bpe.model"
+        if jpath.is_file() and _kind(jpath) == "units":
+            from ume.data.units_tokenizer import UnitsTokenizer
+
+            return UnitsTokenizer.load(d)  # type: ignore[return-value]
         for p in (jpath, mpath):
             if not p.is_file():
                 raise FileNotFoundError(

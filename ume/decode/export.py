@@ -40,12 +40,19 @@ from torch import nn
 
 from ume.model.asr import ASRModel
 from ume.model.moe import MoEFeedForward
+from ume.model.moe_dispatch import set_dispatch_options
 
 
-def rel_pos_encoding(t: torch.Tensor | int, d_model: int) -> torch.Tensor:
+def rel_pos_encoding(
+    t: torch.Tensor | int, d_model: int, pos_enc: str = "rel_shift"
+) -> torch.Tensor:
     """(1, 2T-1, D) sinusoidal encodings of distances T-1 .. -(T-1): the same values as
-    RelPositionalEncoding, built from a traced length (no Python ints, no slice writes)."""
-    rel = torch.arange(t - 1, -t, -1, dtype=torch.float32)
+    RelPositionalEncoding, built from a traced length (no Python ints, no slice writes).
+    pos_enc "wenet": (1, T, D) encodings of absolute positions 0..T-1 (AbsPositionalEncoding)."""
+    if pos_enc == "wenet":
+        rel = torch.arange(0, t, dtype=torch.float32)
+    else:
+        rel = torch.arange(t - 1, -t, -1, dtype=torch.float32)
     div = torch.exp(
         torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
     )
@@ -72,7 +79,7 @@ class EncoderForExport(nn.Module):
         t = x.size(1)
         valid = torch.arange(t, device=x.device).unsqueeze(0) < lens.unsqueeze(1)  # (B, T')
         att_mask = valid.unsqueeze(1) & valid.unsqueeze(2).new_ones(1, 1, 1)  # (B, 1, T')
-        pos = rel_pos_encoding(t, enc.cfg.d_model).to(x.dtype)
+        pos = rel_pos_encoding(t, enc.cfg.d_model, enc.cfg.pos_enc).to(x.dtype)
         for block in enc.blocks:
             x = block(x, valid, att_mask, pos)
         if enc.after_norm is not None:
@@ -81,9 +88,8 @@ class EncoderForExport(nn.Module):
 
 
 def set_moe_export_dispatch(model: nn.Module, path: str) -> None:
-    for mod in model.modules():
-        if isinstance(mod, MoEFeedForward):
-            mod.export_dispatch = path
+    """Every MoE layer traces with `path` ("masked" or "dense"); eager dispatch is unchanged."""
+    set_dispatch_options(model, export_path=path)
 
 
 def export_encoder(
@@ -214,8 +220,12 @@ def main_export(args: argparse.Namespace) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    cfg, _, model = load_experiment(args.model)
+    cfg, tok, model = load_experiment(args.model)
     path = export_encoder(model, args.out, args.moe_path)
+    if getattr(args, "stream_chunk", 16) > 0:  # + streaming graph, units, features, CMVN
+        from ume.decode.deploy import write_runtime_files
+
+        write_runtime_files(cfg, tok, model, path, args.stream_chunk, args.left_chunks)
     res: dict = {
         "model": args.model,
         "out": str(path),
@@ -233,9 +243,24 @@ def main_export(args: argparse.Namespace) -> int:
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="experiment dir")
-    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "wenet"],
+        help="onnx: encoder + CTC graph; wenet: a WeNet model dir (final.pt, train.yaml, "
+        "global_cmvn, units.txt) that WeNet's own code loads (ume/interop/wenet.py)",
+    )
+    p.add_argument("--out", required=True, help="ONNX file to write (a dir for --format wenet)")
     p.add_argument("--check", action="store_true", help="compare onnxruntime with eager")
     p.add_argument("--data", help="Kaldi dir or data.list for --check (default: random fbank)")
     p.add_argument("--utts", type=int, default=5, help="utterances for --check")
     p.add_argument("--moe-path", default="masked", choices=["masked", "dense"])
+    p.add_argument(
+        "--stream-chunk",
+        type=int,
+        default=16,
+        help="also write OUT_stream.onnx (chunk encoder + caches) with this chunk size "
+        "(encoder frames) and the runtime files (tokens, features, CMVN); 0 = off",
+    )
+    p.add_argument("--left-chunks", type=int, default=-1, help="streaming graph: left chunks")
     p.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads")

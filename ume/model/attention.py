@@ -2,7 +2,9 @@
 
 The relative-position variant follows Transformer-XL (Dai et al., 2019): the score of query i
 on key j is (q_i + u)·k_j + (q_i + v)·p_{i-j}, where p_r is a projected sinusoidal encoding of
-the relative distance r and u, v are learned per-head biases.
+the relative distance r and u, v are learned per-head biases. WeNet's variant (pos_enc "wenet",
+for imported WeNet models) scores (q_i + v)·p_j with p_j the encoding of the absolute position j
+(no rel_shift): `AbsPositionalEncoding` + `RelPositionAttention(rel_shift=False)`.
 
 Example:
     >>> att = RelPositionAttention(d_model=144, num_heads=4)
@@ -43,6 +45,19 @@ class RelPositionalEncoding(nn.Module):
     def forward(self, size: int, device: torch.device | None = None) -> torch.Tensor:
         rel = torch.arange(size - 1, -size, -1, device=device)  # (2T-1,)
         return self.dropout(sinusoid(rel, self.d_model).unsqueeze(0))  # (1, 2T-1, D)
+
+
+class AbsPositionalEncoding(nn.Module):
+    """Encodings of absolute positions 0, 1, ..., T-1: returns (1, T, D) (WeNet's rel_pos)."""
+
+    def __init__(self, d_model: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, size: int, device: torch.device | None = None) -> torch.Tensor:
+        pos = torch.arange(size, device=device)  # (T,)
+        return self.dropout(sinusoid(pos, self.d_model).unsqueeze(0))  # (1, T, D)
 
 
 class MultiHeadAttention(nn.Module):
@@ -86,10 +101,17 @@ class MultiHeadAttention(nn.Module):
 
 
 class RelPositionAttention(MultiHeadAttention):
-    """Self-attention with Transformer-XL relative positions (see module docstring)."""
+    """Self-attention with Transformer-XL relative positions (see module docstring).
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
+    rel_shift=False is WeNet's variant: pos_emb holds T absolute positions and the position
+    scores are used as they are.
+    """
+
+    def __init__(
+        self, d_model: int, num_heads: int, dropout: float = 0.0, rel_shift: bool = True
+    ) -> None:
         super().__init__(d_model, num_heads, dropout)
+        self.use_rel_shift = rel_shift
         self.linear_pos = nn.Linear(d_model, d_model, bias=False)
         self.pos_bias_u = nn.Parameter(torch.zeros(num_heads, self.d_k))
         self.pos_bias_v = nn.Parameter(torch.zeros(num_heads, self.d_k))
@@ -117,10 +139,13 @@ class RelPositionAttention(MultiHeadAttention):
         q = self._heads(query, self.linear_q)  # (B, H, T, d_k)
         k = self._heads(key, self.linear_k)
         v = self._heads(value, self.linear_v)
-        p = self.linear_pos(pos_emb).view(1, -1, self.h, self.d_k).transpose(1, 2)  # (1,H,2T-1,d_k)
+        # (1, H, 2T-1, d_k) distances, or (1, H, T, d_k) absolute positions without rel_shift
+        p = self.linear_pos(pos_emb).view(1, -1, self.h, self.d_k).transpose(1, 2)
         q_u = q + self.pos_bias_u.unsqueeze(1).to(q.dtype)  # (B, H, T, d_k)
         q_v = q + self.pos_bias_v.unsqueeze(1).to(q.dtype)
         ac = torch.matmul(q_u, k.transpose(-2, -1))  # (B, H, T, T)
-        bd = self.rel_shift(torch.matmul(q_v, p.transpose(-2, -1)))  # (B, H, T, T)
+        bd = torch.matmul(q_v, p.transpose(-2, -1))  # (B, H, T, 2T-1) or (B, H, T, T)
+        if self.use_rel_shift:
+            bd = self.rel_shift(bd)  # (B, H, T, T)
         scores = (ac + bd) / math.sqrt(self.d_k)
         return self._attend(scores, v, mask)

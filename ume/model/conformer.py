@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ume.config import EncoderConfig, MoEConfig
-from ume.model.attention import RelPositionalEncoding, RelPositionAttention
+from ume.model.attention import AbsPositionalEncoding, RelPositionalEncoding, RelPositionAttention
 from ume.model.mask import encoder_attention_mask, make_valid_mask
 from ume.model.slots import build_ffn
 
@@ -65,29 +65,55 @@ class ConvSubsampling(nn.Module):
 
 
 class ConvModule(nn.Module):
-    """Pointwise conv + GLU, depthwise conv (causal if asked), LayerNorm, Swish, pointwise."""
+    """Pointwise conv + GLU, depthwise conv (causal if asked), norm, Swish, pointwise.
 
-    def __init__(self, d_model: int, kernel: int, causal: bool) -> None:
+    norm: "layer_norm" or "batch_norm"; context: what the depthwise conv sees outside the valid
+    frames, "zeros" or "wenet" (see EncoderConfig.conv_context).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        kernel: int,
+        causal: bool,
+        norm: str = "layer_norm",
+        context: str = "zeros",
+    ) -> None:
         super().__init__()
+        if norm not in ("layer_norm", "batch_norm"):
+            raise ValueError(f"encoder.conv_norm={norm!r}: use 'layer_norm' or 'batch_norm'")
+        if context not in ("zeros", "wenet"):
+            raise ValueError(f"encoder.conv_context={context!r}: use 'zeros' or 'wenet'")
         self.pw1 = nn.Conv1d(d_model, 2 * d_model, 1)
         self.causal = causal
+        self.context = context
+        self.batch_norm = norm == "batch_norm"
         self.left_pad = kernel - 1 if causal else (kernel - 1) // 2
         self.right_pad = 0 if causal else (kernel - 1) // 2
         if not causal and kernel % 2 == 0:
             raise ValueError("non-causal conv_kernel must be odd")
         self.dw = nn.Conv1d(d_model, d_model, kernel, groups=d_model)
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = nn.BatchNorm1d(d_model) if self.batch_norm else nn.LayerNorm(d_model)
         self.act = nn.SiLU()
         self.pw2 = nn.Conv1d(d_model, d_model, 1)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         # x (B, T, D), valid (B, T)
         x = x.masked_fill(~valid.unsqueeze(-1), 0.0).transpose(1, 2)  # (B, D, T)
-        x = nn.functional.glu(self.pw1(x), dim=1)
-        x = x.masked_fill(~valid.unsqueeze(1), 0.0)  # pw1 bias re-fills padding: clear it again
-        x = nn.functional.pad(x, (self.left_pad, self.right_pad))
-        x = self.dw(x)  # (B, D, T)
-        x = self.act(self.norm(x.transpose(1, 2))).transpose(1, 2)
+        if self.context == "wenet" and self.causal:
+            # WeNet: left context zero-padded before pw1, so it holds GLU(pw1 bias)
+            x = nn.functional.pad(x, (self.left_pad, 0))  # (B, D, k-1+T)
+            x = self.dw(nn.functional.glu(self.pw1(x), dim=1))  # (B, D, T)
+        else:
+            x = nn.functional.glu(self.pw1(x), dim=1)
+            if self.context == "zeros":  # pw1 bias re-fills padding: clear it again
+                x = x.masked_fill(~valid.unsqueeze(1), 0.0)
+            x = nn.functional.pad(x, (self.left_pad, self.right_pad))
+            x = self.dw(x)  # (B, D, T)
+        if self.batch_norm:
+            x = self.act(self.norm(x))  # (B, D, T)
+        else:
+            x = self.act(self.norm(x.transpose(1, 2))).transpose(1, 2)
         x = self.pw2(x).transpose(1, 2)  # (B, T, D)
         return x.masked_fill(~valid.unsqueeze(-1), 0.0)
 
@@ -103,14 +129,20 @@ class ConformerBlock(nn.Module):
                 d, cfg.d_ff, "swish", cfg.dropout, "encoder_macaron", layer, n, moe
             )
         self.norm_mha = nn.LayerNorm(d)
-        self.self_attn = RelPositionAttention(d, cfg.num_heads, cfg.attn_dropout)
+        if cfg.pos_enc not in ("rel_shift", "wenet"):
+            raise ValueError(f"encoder.pos_enc={cfg.pos_enc!r}: use 'rel_shift' or 'wenet'")
+        self.self_attn = RelPositionAttention(
+            d, cfg.num_heads, cfg.attn_dropout, rel_shift=cfg.pos_enc == "rel_shift"
+        )
         self.norm_conv = nn.LayerNorm(d)
-        self.conv = ConvModule(d, cfg.conv_kernel, cfg.causal_conv)
+        self.conv = ConvModule(d, cfg.conv_kernel, cfg.causal_conv, cfg.conv_norm, cfg.conv_context)
         self.norm_ff = nn.LayerNorm(d)
         self.ffn = build_ffn(d, cfg.d_ff, "swish", cfg.dropout, "encoder_ffn", layer, n, moe)
-        if cfg.final_norm not in ("block", "encoder"):
-            raise ValueError(f"encoder.final_norm={cfg.final_norm!r}: use 'block' or 'encoder'")
-        self.norm_final = nn.LayerNorm(d) if cfg.final_norm == "block" else nn.Identity()
+        if cfg.final_norm not in ("block", "encoder", "both"):
+            raise ValueError(
+                f"encoder.final_norm={cfg.final_norm!r}: use 'block', 'encoder' or 'both'"
+            )
+        self.norm_final = nn.LayerNorm(d) if cfg.final_norm != "encoder" else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout)
         self.ff_scale = 0.5 if cfg.macaron else 1.0
 
@@ -136,9 +168,10 @@ class ConformerEncoder(nn.Module):
         self.embed = ConvSubsampling(
             cfg.input_dim, cfg.d_model, cfg.subsampling, cfg.subsampling_channels
         )
-        self.pos_enc = RelPositionalEncoding(cfg.d_model, cfg.dropout)
+        pos_cls = AbsPositionalEncoding if cfg.pos_enc == "wenet" else RelPositionalEncoding
+        self.pos_enc = pos_cls(cfg.d_model, cfg.dropout)
         self.blocks = nn.ModuleList(ConformerBlock(cfg, moe, i) for i in range(cfg.num_blocks))
-        self.after_norm = nn.LayerNorm(cfg.d_model) if cfg.final_norm == "encoder" else None
+        self.after_norm = nn.LayerNorm(cfg.d_model) if cfg.final_norm != "block" else None
 
     def forward(
         self,
@@ -151,7 +184,7 @@ class ConformerEncoder(nn.Module):
         x, lens = self.embed(feats, feat_lens)  # (B, T', D)
         valid = make_valid_mask(lens, x.size(1))  # (B, T')
         att_mask = encoder_attention_mask(valid, chunk_size, left_chunks)  # (B, T', T')
-        pos = self.pos_enc(x.size(1), x.device).to(x.dtype)  # (1, 2T'-1, D)
+        pos = self.pos_enc(x.size(1), x.device).to(x.dtype)  # (1, 2T'-1, D) or (1, T', D)
         for block in self.blocks:
             x = block(x, valid, att_mask, pos)
         if self.after_norm is not None:

@@ -1,0 +1,348 @@
+"""WeNet interop against WeNet's own code (../shared/third_party/wenet_oracle.py): build small
+random WeNet models, save them as WeNet does, import, compare encoder output / CTC posteriors /
+decoded text; upcycle, export back, load with WeNet strictly, compare again.
+
+Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_wenet.py -s   (prints max diffs)
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ume.expdir import MODEL_FILE, load_experiment, save_weights
+from ume.interop.wenet import WeNetError, export_wenet, import_wenet
+
+ORACLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "third_party" / "wenet_oracle.py"
+pytestmark = pytest.mark.skipif(
+    not ORACLE.is_file(),
+    reason=f"WeNet oracle not found at {ORACLE} (../shared/third_party is absent)",
+)
+TOL = 1e-4
+VOCAB = ["<blank>", "<unk>"] + list("你好世界我们他她是的了在有人中大") + ["<sos/eos>"]
+
+
+@pytest.fixture(scope="module")
+def wenet():
+    spec = importlib.util.spec_from_file_location("wenet_oracle", ORACLE)
+    oracle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oracle)
+    ns = oracle.load()
+    ns.search = importlib.import_module("wenet.models.transformer.search")
+    ns.cmvn = importlib.import_module("wenet.utils.cmvn")
+    ns.char_tokenizer = importlib.import_module("wenet.text.char_tokenizer")
+    return ns
+
+
+def wenet_configs(**enc) -> dict:
+    """A small train.yaml; encoder_conf overrides in `enc`, decoder kind via enc['decoder']."""
+    decoder = enc.pop("decoder", "bitransformer")
+    dec_mlp = enc.pop("decoder_mlp", {})
+    encoder_conf = {
+        "output_size": 32,
+        "attention_heads": 4,
+        "linear_units": 48,
+        "num_blocks": 2,
+        "dropout_rate": 0.1,
+        "input_layer": "conv2d",
+        "pos_enc_layer_type": "rel_pos",
+        "selfattention_layer_type": "rel_selfattn",
+        "normalize_before": True,
+        "macaron_style": True,
+        "activation_type": "swish",
+        "use_cnn_module": True,
+        "cnn_module_kernel": 7,
+        "causal": True,
+        "cnn_module_norm": "layer_norm",
+        "use_dynamic_chunk": True,
+        "use_dynamic_left_chunk": False,
+        **enc,
+    }
+    decoder_conf = {"attention_heads": 4, "linear_units": 40, "num_blocks": 2, **dec_mlp}
+    if decoder == "bitransformer":
+        decoder_conf["r_num_blocks"] = 1
+    return {
+        "input_dim": 80,
+        "output_dim": len(VOCAB),
+        "encoder": "conformer",
+        "encoder_conf": encoder_conf,
+        "decoder": decoder,
+        "decoder_conf": decoder_conf,
+        "tokenizer": "char",
+        "tokenizer_conf": {
+            "symbol_table_path": "data/dict/lang_char.txt",
+            "split_with_space": False,
+            "non_lang_syms_path": None,
+            "special_tokens": {"<blank>": 0, "<unk>": 1, "<sos>": 18, "<eos>": 18},
+        },
+        "ctc": "ctc",
+        "ctc_conf": {"ctc_blank_id": 0},
+        "cmvn": "global_cmvn",
+        "cmvn_conf": {"cmvn_file": "data/train/global_cmvn", "is_json_cmvn": True},
+        "model": "asr_model",
+        "model_conf": {"ctc_weight": 0.3, "lsm_weight": 0.1, "reverse_weight": 0.3},
+        "dataset_conf": {"fbank_conf": {"num_mel_bins": 80, "frame_shift": 10, "dither": 0.1}},
+        "optim": "adam",
+        "max_epoch": 100,
+    }
+
+
+def build_wenet(w, configs: dict, cmvn_path: Path | None = None):
+    """WeNet's ASRModel for a train.yaml, built as wenet/utils/init_model.py does."""
+    cmvn = None
+    if configs.get("cmvn") == "global_cmvn":
+        mean, istd = w.cmvn.load_cmvn(str(cmvn_path), True)
+        cmvn = w.GlobalCMVN(torch.from_numpy(mean).float(), torch.from_numpy(istd).float())
+    vocab = configs["output_dim"]
+    enc = w.ConformerEncoder(configs["input_dim"], global_cmvn=cmvn, **configs["encoder_conf"])
+    dec_cls = (
+        w.BiTransformerDecoder if configs["decoder"] == "bitransformer" else w.TransformerDecoder
+    )
+    dec = dec_cls(vocab, enc.output_size(), **configs["decoder_conf"])
+    ctc = w.CTC(vocab, enc.output_size())
+    special = configs["tokenizer_conf"].get("special_tokens")
+    return w.ASRModel(vocab, enc, dec, ctc, special_tokens=special, **configs["model_conf"])
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Every float tensor random (norm weights, BatchNorm statistics and routers too), so no
+    tensor can be mis-mapped without changing the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point() or name.endswith(".pe") or "global_cmvn" in name:
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith(("norm.weight", "norm_ff.weight")) or ".norm" in name:
+                t.copy_(1 + 0.2 * torch.randn(t.shape, generator=g))
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) * 0.3)
+
+
+def save_as_wenet(w, configs: dict, wdir: Path, seed: int = 0):
+    """Write final.pt (state dict), train.yaml, global_cmvn, units.txt as WeNet does."""
+    wdir.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed + 100)
+    mean = torch.randn(80, generator=g) * 2 + 8
+    std = torch.rand(80, generator=g) + 1.5
+    frames = 1000
+    stats = {
+        "mean_stat": (mean * frames).double().tolist(),
+        "var_stat": ((std**2 + mean**2) * frames).double().tolist(),
+        "frame_num": frames,
+    }
+    (wdir / "global_cmvn").write_text(json.dumps(stats))
+    (wdir / "units.txt").write_text("".join(f"{u} {i}\n" for i, u in enumerate(VOCAB)))
+    (wdir / "train.yaml").write_text(yaml.safe_dump(configs, allow_unicode=True))
+    model = build_wenet(w, configs, wdir / "global_cmvn")
+    randomize(model, seed)
+    model.eval()
+    torch.save(model.state_dict(), wdir / "final.pt")
+    return model
+
+
+def features(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(3, 160, 80, generator=g) * 3 + 8  # raw fbank scale (B, T, F)
+    return feats, torch.tensor([160, 121, 97])
+
+
+def compare(w, wmodel, umodel, tok) -> dict:
+    """Max |diff| of encoder outputs and CTC posteriors on valid frames; CTC-greedy texts."""
+    from ume.decode.search import decode_batch
+
+    feats, lens = features()
+    with torch.no_grad():
+        w_enc, w_mask = wmodel.encoder(feats, lens, decoding_chunk_size=-1)
+        w_post = wmodel.ctc.log_softmax(w_enc).exp()
+        u_enc, valid = umodel.encode(feats, lens)
+        u_post = umodel.ctc_log_probs(u_enc).exp()
+        u_ids = decode_batch(umodel, feats, lens, "ctc_greedy")
+    w_valid = w_mask.squeeze(1)
+    assert torch.equal(w_valid, valid)
+    w_hyps = w.search.ctc_greedy_search(wmodel.ctc.log_softmax(w_enc), w_valid.sum(1))
+    w_tok = w.char_tokenizer.CharTokenizer({u: i for i, u in enumerate(VOCAB)})
+    w_text = [w_tok.tokens2text(w_tok.ids2tokens(h.tokens)) for h in w_hyps]
+    u_text = [tok.decode(ids) for ids in u_ids]
+    m = valid.unsqueeze(-1)
+    return {
+        "enc": float(((w_enc - u_enc) * m).abs().max()),
+        "ctc": float(((w_post - u_post) * m).abs().max()),
+        "w_text": w_text,
+        "u_text": u_text,
+        "enc_scale": float((u_enc * m).abs().max()),
+    }
+
+
+CONFIGS = {
+    "conv2d_ln_causal_bi": {},
+    "conv2d8_bn_full_uni": {
+        "input_layer": "conv2d8",
+        "cnn_module_norm": "batch_norm",
+        "causal": False,
+        "decoder": "transformer",
+    },
+    "conv2d6_bn_causal_nomacaron_nofinal": {
+        "input_layer": "conv2d6",
+        "cnn_module_norm": "batch_norm",
+        "macaron_style": False,
+        "final_norm": False,
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_import_matches_wenet(wenet, tmp_path, name):
+    configs = wenet_configs(**copy.deepcopy(CONFIGS[name]))
+    wmodel = save_as_wenet(wenet, configs, tmp_path / "wenet")
+    report = import_wenet(tmp_path / "wenet", tmp_path / "ume")
+    assert report["cmvn_file_vs_checkpoint"] < 1e-4
+    cfg, tok, umodel = load_experiment(tmp_path / "ume")
+    assert cfg.model.encoder.pos_enc == "wenet" and cfg.features.dither == 0.0
+    r = compare(wenet, wmodel, umodel, tok)
+    print(
+        f"\n{name}: max |diff| encoder {r['enc']:.2e} (of {r['enc_scale']:.1f}), CTC post {r['ctc']:.2e}"
+    )
+    assert r["enc"] <= TOL and r["ctc"] <= TOL
+    assert r["u_text"] == r["w_text"] and any(r["u_text"])
+
+
+def test_attention_rescoring_matches_wenet(wenet, tmp_path):
+    """The decoders too: WeNet's attention rescoring gives the same tokens as ume's."""
+    from ume.decode.search import decode_batch
+
+    configs = wenet_configs()
+    wmodel = save_as_wenet(wenet, configs, tmp_path / "wenet", seed=3)
+    import_wenet(tmp_path / "wenet", tmp_path / "ume")
+    _, _, umodel = load_experiment(tmp_path / "ume")
+    feats, lens = features(2)
+    with torch.no_grad():
+        res = wmodel.decode(["attention_rescoring"], feats, lens, beam_size=4, reverse_weight=0.3)
+        u_ids = decode_batch(umodel, feats, lens, "attention_rescoring", beam=4)
+    assert [list(r.tokens) for r in res["attention_rescoring"]] == [list(x) for x in u_ids]
+
+
+def _perturb_moe(exp: Path, seed: int) -> None:
+    """Make the upcycled experts and routers different, so routing decides the output."""
+    cfg, tok, model = load_experiment(exp)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".experts." in name:
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith("router.weight"):
+                p.copy_(torch.randn(p.shape, generator=g))
+    save_weights(model, exp / MODEL_FILE)
+
+
+@pytest.mark.parametrize("name,top_k", [("conv2d_ln_causal_bi", 2), ("conv2d8_bn_full_uni", 1)])
+def test_upcycle_export_roundtrip(wenet, tmp_path, name, top_k):
+    from ume.upcycle import upcycle_experiment
+
+    configs = wenet_configs(**copy.deepcopy(CONFIGS[name]))
+    save_as_wenet(wenet, configs, tmp_path / "wenet")
+    import_wenet(tmp_path / "wenet", tmp_path / "dense")
+    upcycle_experiment(tmp_path / "dense", tmp_path / "moe", experts=4, top_k=top_k)
+    _perturb_moe(tmp_path / "moe", seed=5)
+    export_wenet(tmp_path / "moe", tmp_path / "wenet_moe")
+    back = yaml.safe_load((tmp_path / "wenet_moe" / "train.yaml").read_text())
+    assert back["encoder_conf"]["mlp_type"] == "moe"
+    assert back["encoder_conf"]["n_expert"] == 4
+    assert back["encoder_conf"]["n_expert_activated"] == top_k
+    wmodel = build_wenet(wenet, back, tmp_path / "wenet_moe" / "global_cmvn")
+    sd = torch.load(tmp_path / "wenet_moe" / "final.pt", weights_only=True)
+    wmodel.load_state_dict(sd, strict=True)
+    wmodel.eval()
+    _, tok, umodel = load_experiment(tmp_path / "moe")
+    r = compare(wenet, wmodel, umodel, tok)
+    print(f"\n{name} MoE E=4 k={top_k}: encoder {r['enc']:.2e}, CTC post {r['ctc']:.2e}")
+    assert r["enc"] <= TOL and r["ctc"] <= TOL
+    assert r["u_text"] == r["w_text"]
+    # and back again: WeNet's MoE checkpoint imports into an equal ume MoE model
+    import_wenet(tmp_path / "wenet_moe", tmp_path / "moe_again")
+    _, _, again = load_experiment(tmp_path / "moe_again")
+    a, b = umodel.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_key_errors_name_the_key(wenet, tmp_path):
+    configs = wenet_configs()
+    save_as_wenet(wenet, configs, tmp_path / "w")
+    sd = torch.load(tmp_path / "w" / "final.pt", weights_only=True)
+    extra = dict(sd, **{"encoder.encoders.0.mystery.weight": torch.zeros(3)})
+    torch.save(extra, tmp_path / "extra.pt")
+    with pytest.raises(WeNetError, match=r"no place in the model: encoder\.encoders\.0\.mystery"):
+        import_wenet(tmp_path / "w", tmp_path / "u1", checkpoint=str(tmp_path / "extra.pt"))
+    missing = {k: v for k, v in sd.items() if k != "encoder.encoders.1.conv_module.norm.bias"}
+    torch.save(missing, tmp_path / "missing.pt")
+    with pytest.raises(WeNetError, match=r"does not provide: encoder\.blocks\.1\.conv\.norm\.bias"):
+        import_wenet(tmp_path / "w", tmp_path / "u2", checkpoint=str(tmp_path / "missing.pt"))
+    torch.save({"model": sd, "epoch": 3}, tmp_path / "wrapped.pt")
+    with pytest.raises(WeNetError, match="plain state dict"):
+        import_wenet(tmp_path / "w", tmp_path / "u3", checkpoint=str(tmp_path / "wrapped.pt"))
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ({"pos_enc_layer_type": "abs_pos"}, r"pos_enc_layer_type='abs_pos' is not supported"),
+        ({"selfattention_layer_type": "selfattn"}, "selfattention_layer_type"),
+        ({"input_layer": "linear"}, r"input_layer='linear'"),
+        ({"layer_norm_type": "rms_norm"}, "layer_norm_type"),
+        ({"mlp_type": "gated"}, "mlp_type='gated'"),
+        ({"no_such_option": 1}, r"unsupported option\(s\) \['no_such_option'\]"),
+    ],
+)
+def test_unsupported_wenet_options_are_named(tmp_path, override, match):
+    """No oracle needed: the config is refused before any checkpoint is read."""
+    wdir = tmp_path / "w"
+    wdir.mkdir()
+    (wdir / "train.yaml").write_text(yaml.safe_dump(wenet_configs(**override)))
+    with pytest.raises(WeNetError, match=match):
+        import_wenet(wdir, tmp_path / "u")
+
+
+def test_export_refuses_what_wenet_cannot_run(wenet, tmp_path):
+    from ume.upcycle import upcycle_experiment
+
+    save_as_wenet(wenet, wenet_configs(), tmp_path / "w")
+    import_wenet(tmp_path / "w", tmp_path / "dense")
+    upcycle_experiment(tmp_path / "dense", tmp_path / "half", 4, 2, layers="every_other")
+    with pytest.raises(WeNetError, match="moe.layers='every_other'"):
+        export_wenet(tmp_path / "half", tmp_path / "x1")
+    upcycle_experiment(tmp_path / "dense", tmp_path / "one", 4, 2, slots=["encoder_ffn"])
+    with pytest.raises(WeNetError, match="every encoder FFN"):
+        export_wenet(tmp_path / "one", tmp_path / "x2")
+    # a native ume model (Transformer-XL rel_shift attention) computes something else in WeNet
+    cfg_path = tmp_path / "dense" / "config.yaml"
+    data = yaml.safe_load(cfg_path.read_text())
+    data["model"]["encoder"]["pos_enc"] = "rel_shift"
+    cfg_path.write_text(yaml.safe_dump(data))
+    with pytest.raises(WeNetError, match="encoder.pos_enc='rel_shift'"):
+        export_wenet(tmp_path / "dense", tmp_path / "x3")
+
+
+def test_units_tokenizer_roundtrip(tmp_path):
+    from ume.data.tokenizer import Tokenizer
+    from ume.data.units_tokenizer import UnitsTokenizer
+
+    (tmp_path / "units.txt").write_text("".join(f"{u} {i}\n" for i, u in enumerate(VOCAB)))
+    tok = UnitsTokenizer.from_units_file(tmp_path / "units.txt")
+    ids = tok.encode("你好世界X")
+    assert ids == [2, 3, 4, 5, 1]
+    assert tok.decode([0] + ids + [18]) == "你好世界<unk>"
+    tok.save(tmp_path / "tok")
+    again = Tokenizer.load(tmp_path / "tok")  # ume's loader dispatches on the kind
+    assert isinstance(again, UnitsTokenizer) and again.units == VOCAB
+    bad = tmp_path / "bad.txt"
+    bad.write_text("<blank> 0\na 2\n")
+    with pytest.raises(ValueError, match="missing"):
+        UnitsTokenizer.from_units_file(bad)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import soxr
 import torch
 
+from ume.atomic import atomic_write_text
 from ume.config import FeatureConfig
 from ume.data.manifest import DataError
 
@@ -153,11 +153,8 @@ class GlobalCMVN:
 
     def save(self, path: str | Path) -> None:
         """Write JSON {"mean": [...], "istd": [...], "frames": n} atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         obj = {"mean": self.mean.tolist(), "istd": self.istd.tolist(), "frames": int(self.frames)}
-        tmp.write_text(json.dumps(obj), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(obj))
 
     @classmethod
     def load(cls, path: str | Path) -> GlobalCMVN:

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from ume.atomic import atomic_path
 from ume.config import FeatureConfig
 from ume.data.features import compute_fbank, spec_augment, speed_perturb
 from ume.data.manifest import DataError, Utterance, load_audio
@@ -112,14 +113,13 @@ class FeatureStore:
 
     def _save_cache(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # runs may share one cache dir
         tensors = {f"{i:07d}": f for i, f in enumerate(self.feats)}
         meta = {
             "keys": json.dumps([u.key for u in self.utts]),
             "skipped": json.dumps(self.skipped, ensure_ascii=False),
         }
-        save_file(tensors, str(tmp), meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # per-process temp name: runs may share one cache dir
+            save_file(tensors, str(tmp), meta)
 
     @classmethod
     def _from_cache(cls, utts: list[Utterance], speeds: list[float], path: Path) -> FeatureStore:

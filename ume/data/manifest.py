@@ -33,6 +33,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ume.atomic import atomic_write_text
 from ume.data.text import normalize_text, text_lang
 
 logger = logging.getLogger(__name__)
@@ -366,10 +367,7 @@ def load_audio(path_or_cmd: str, target_sr: int = 16000) -> np.ndarray:
 
 
 def _atomic_write(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def write_kaldi_dir(utts: list[Utterance], out_dir: str | Path) -> None:

@@ -52,6 +52,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from ume.atomic import atomic_path, atomic_write_text
 from ume.data.augment import AugmentParams, augment, sample_augment_params
 from ume.data.text import is_cjk, normalize_text, text_lang
 from ume.data.tts import (
@@ -595,9 +596,8 @@ def _render_job(job: tuple[UttPlan, bool]) -> dict:
             if info.samplerate == SAMPLE_RATE and info.frames > 0:
                 return {"uttid": plan.uttid, "ok": True, "dur": info.frames / SAMPLE_RATE}
         audio = render_utterance(plan)
-        tmp = plan.wav + ".tmp"
-        sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(tmp, plan.wav)
+        with atomic_path(plan.wav) as tmp:
+            sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         return {"uttid": plan.uttid, "ok": True, "dur": len(audio) / SAMPLE_RATE}
     except TTSError as e:
         return {"uttid": plan.uttid, "ok": False, "error": f"TTS failure: {e}"}
@@ -610,11 +610,7 @@ def _render_job(job: tuple[UttPlan, bool]) -> dict:
 
 
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for line in lines:
-            f.write(line + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def write_kaldi_dir(d: Path, utts: Sequence[tuple[UttPlan, float]]) -> None:
@@ -791,9 +787,9 @@ def synthesize(
         "elapsed_s": round(time.time() - t0, 1),
         "num_workers": num_workers,
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "summary.json")
+    atomic_write_text(
+        out / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
+    )
     if summary["skipped_total"]:
         logger.warning("%d utterances skipped (TTS failures)", summary["skipped_total"])
     return summary

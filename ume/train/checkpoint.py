@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ume.atomic import fsync_tree, publish
+
 PREFIX = "step-"
 
 
@@ -105,9 +107,10 @@ def save_checkpoint(
         json.dump({**state, "rng": python_rng_state()}, f)
         f.flush()
         os.fsync(f.fileno())
+    fsync_tree(tmp)  # every file durable before the rename makes the checkpoint visible
     if final.exists():
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    publish(tmp, final)
     for old in list_checkpoints(ck_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

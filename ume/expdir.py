@@ -50,9 +50,23 @@ def save_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype | None =
     atomic_save_tensors(sd, path)
 
 
+def _named(path: Path, what: str, fn, *args):  # noqa: ANN001, ANN202 - any loader
+    """Run a loader; any failure becomes one ExpDirError naming the file and what it should be
+    (a pickle disguised as model.safetensors, a corrupt YAML, cmvn.json that is not JSON)."""
+    try:
+        return fn(*args)
+    except ExpDirError:
+        raise
+    except Exception as e:  # noqa: BLE001 - third-party loaders raise anything
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if str(path) not in msg:
+            msg = f"{path}: {msg}"
+        raise ExpDirError(f"{msg} (is it really {what}? re-export or re-train it)") from e
+
+
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Strict load (float32 regardless of the stored precision); mismatches name the keys."""
-    sd = load_file(str(path))
+    sd = _named(Path(path), "a safetensors file", load_file, str(path))
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -88,8 +102,12 @@ def load_experiment(
                 f"{exp} is not a complete experiment dir: {need} is missing "
                 "(train one with `ume train` or use the bundled model: ume.bundled_model())"
             )
-    cfg = load_config(exp / "config.yaml")
-    tok = Tokenizer.load(exp / "tokenizer")
+    cfg = _named(exp / "config.yaml", "a strict YAML config", load_config, exp / "config.yaml")
+    tok = _named(exp / "tokenizer", "a tokenizer dir", Tokenizer.load, exp / "tokenizer")
+    if (exp / "cmvn.json").exists():
+        from ume.data.features import GlobalCMVN
+
+        _named(exp / "cmvn.json", "JSON global CMVN", GlobalCMVN.load, exp / "cmvn.json")
     model = build_model(cfg, tok)
     wpath = Path(weights) if weights else exp / MODEL_FILE
     if not wpath.is_file():

@@ -171,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_args(p)
     p.set_defaults(func=_lazy("ume.decode.cli", "run_decode"))
 
+    p = sub.add_parser("transcribe", help="audio files (or PCM on stdin) -> FILE<TAB>text")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files; - = PCM on stdin")
+    p.add_argument("--model", help="experiment dir (default: the bundled model)")
+    p.add_argument(
+        "--mode",
+        default="attention_rescoring",
+        choices=["ctc_greedy", "ctc_prefix_beam", "attention", "attention_rescoring"],
+    )
+    p.add_argument("--json", action="store_true", help="JSON lines with per-token CTC times")
+    p.add_argument(
+        "--stream", action="store_true", help="chunk-by-chunk with caches; partials on stderr"
+    )
+    p.add_argument("--rate", type=int, default=16000, help="sample rate of '-' (s16le mono PCM)")
+    add_decode_args(p)
+    p.set_defaults(func=_lazy("ume.decode.transcribe", "main_transcribe"))
+
     p = sub.add_parser("score", help="CER (zh) / WER (en) / MER")
     p.add_argument("--ref", required=True)
     p.add_argument("--hyp", required=True)

@@ -36,7 +36,11 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from ume.data.synth import synthesize
 
-    summary = synthesize(args.preset, args.out, seed=args.seed, num_workers=args.workers)
+    try:
+        summary = synthesize(args.preset, args.out, seed=args.seed, num_workers=args.workers)
+    except RuntimeError as e:  # too many utterances failed to render
+        print(f"ume data synth: error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
 
@@ -102,6 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init_dir=args.init,
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
+        device=args.device,
     )
     info = trainer.run()
     if info:
@@ -120,6 +125,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     from ume.decode.score import main_score
 
     return main_score(args.ref, args.hyp, args.json, vs=args.vs, replicates=args.bootstrap)
+
+
+def add_device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    """--device {cpu,cuda,auto} (resolved by ume.device; kept torch-free for `ume --help`)."""
+    p.add_argument(
+        "--device",
+        default=default,
+        choices=["cpu", "cuda", "auto"],
+        help=f"where to run (auto: CUDA if available, else CPU; default {default})",
+    )
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
@@ -156,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where to cache fbank features")
     p.add_argument("--set", action="append", default=[], help="override, e.g. train.lr=1e-3")
     p.add_argument("--no-progress", action="store_true")
+    add_device_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("decode", help="decode a data dir into a Kaldi-style hypothesis file")
@@ -169,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="hypothesis file (utt-id text)")
     p.add_argument("--batch-size", type=int, default=16)
     add_decode_args(p)
+    add_device_arg(p)
     p.set_defaults(func=_lazy("ume.decode.cli", "run_decode"))
 
     p = sub.add_parser("transcribe", help="audio files (or PCM on stdin) -> FILE<TAB>text")
@@ -216,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="alternating measurements of --model and --vs; RTFs are medians over rounds",
     )
     p.add_argument("--json", action="store_true")
+    add_device_arg(p, default="cpu")  # CPU figures stay comparable unless a GPU is asked for
     p.set_defaults(func=_lazy("ume.bench.rtf", "main_rtf"))
 
     # the commands below define their arguments in their own modules (loaded on first use)
@@ -294,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_lazy("ume.bench.step", "main_step"))
 
-    p = sub.add_parser("demo", help="synthesise, fine-tune, decode, score: the README demo")
+    p = sub.add_parser("demo", help="synthesise, upcycle, train, decode, score: the README demo")
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])
     p.add_argument("--workdir", required=True)
     p.add_argument(

@@ -172,3 +172,39 @@ def test_resume_data_position(runs: Runs) -> None:
     """Even with one batch per epoch (identical losses), the epoch counter must agree."""
     a, b = runs.tr_a.state, runs.tr_b.state
     assert (b.epoch, b.pos) == (a.epoch, a.pos)
+
+
+@pytest.mark.parametrize("runs", [4000], indirect=True)
+def test_resume_keeps_cmvn(runs: Runs) -> None:
+    """Resuming used to rewrite cmvn.json with identity statistics (mean 0, istd 1) before
+    the checkpoint was loaded; decoding from cmvn.json then normalised wrongly."""
+    a = json.loads((runs.exp_a / "cmvn.json").read_text(encoding="utf-8"))
+    b = json.loads((runs.exp_b / "cmvn.json").read_text(encoding="utf-8"))
+    assert any(abs(m) > 1e-3 for m in b["mean"])  # real statistics, not the identity
+    assert a == b
+    assert torch.allclose(runs.tr_b.model.cmvn_mean.cpu(), torch.tensor(b["mean"]))
+
+
+def test_average_by_best_keeps_the_best_checkpoints(corpus: Path, tmp_path: Path) -> None:
+    """The best checkpoints by dev MER survive recency pruning (keep 2 newest) and are the
+    ones averaged; they used to be deleted, leaving only the newest to choose from."""
+    mer_at = {1: 40.0, 2: 10.0, 3: 20.0, 4: 60.0, 5: 70.0, 6: 80.0}  # best: 2, then 3
+    cfg = load_config(
+        preset_config("tiny"),
+        [
+            "train.max_steps=6",
+            "train.checkpoint_every=1",
+            "train.eval_every=1",
+            "train.keep_checkpoints=2",
+            "train.average_last=2",
+            "train.average_by=best",
+            "train.warmup_steps=2",
+        ],
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "evaluate", lambda self, *a, **k: {"mer": mer_at[self.state.step]})
+        tr = Trainer(cfg, tmp_path / "exp", str(corpus), dev_data=str(corpus), progress=False)
+        info = tr.run()
+    assert info["averaged"] == ["step-00000002", "step-00000003"]
+    kept = [p.name for p in list_checkpoints(tmp_path / "exp" / "checkpoints")]
+    assert kept == ["step-00000002", "step-00000003", "step-00000005", "step-00000006"]

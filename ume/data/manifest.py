@@ -3,7 +3,10 @@
 Two layouts are accepted by :func:`load_manifest`:
 
 * a Kaldi data directory with ``wav.scp`` and ``text`` (optional ``utt2spk``, ``utt2lang``,
-  ``utt2dur``); ``wav.scp`` entries are file paths or Kaldi pipes (``sox a.flac -t wav - |``);
+  ``utt2dur``); ``wav.scp`` entries are file paths or Kaldi pipes (``sox a.flac -t wav - |``).
+  A pipe entry is a shell command run as you (``sh -c``): a wav.scp is code, read only ones you
+  trust. Each command gets ``UME_PIPE_TIMEOUT`` seconds (default 300); one that hangs is killed
+  (with its children) and its utterance skipped and counted like any unreadable audio;
 * a jsonl file (one ``{"key": ..., "wav": ..., "txt": ...}`` object per line), or a directory
   that holds such a ``data.list`` and no ``wav.scp``.
 
@@ -24,6 +27,7 @@ import io
 import json
 import logging
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +43,8 @@ from ume.data.text import normalize_text, text_lang
 logger = logging.getLogger(__name__)
 
 LANGS = ("zh", "en", "mix")
+PIPE_TIMEOUT_ENV = "UME_PIPE_TIMEOUT"
+DEFAULT_PIPE_TIMEOUT = 300.0  # seconds for one wav.scp pipe command
 
 
 class DataError(ValueError):
@@ -320,12 +326,63 @@ def _load_jsonl(path: Path, require_text: bool) -> tuple[list[Utterance], list[s
 # audio
 
 
+def pipe_timeout() -> float:
+    """Seconds a wav.scp pipe command may run: $UME_PIPE_TIMEOUT, default 300."""
+    raw = os.environ.get(PIPE_TIMEOUT_ENV, "")
+    if not raw.strip():
+        return DEFAULT_PIPE_TIMEOUT
+    try:
+        t = float(raw)
+    except ValueError:
+        t = -1.0
+    if not t > 0:
+        raise DataError(f"{PIPE_TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return t
+
+
+def run_pipe(cmd: str, timeout: float | None = None) -> bytes:
+    """stdout of the shell command `cmd` (a wav.scp pipe entry without its '|').
+
+    The command runs in its own process group; after `timeout` seconds (default
+    :func:`pipe_timeout`) the whole group is killed (a shell's children too, which would
+    otherwise keep the pipe open) and DataError names the command and the limit.
+    """
+    timeout = pipe_timeout() if timeout is None else timeout
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            shell=True,  # a wav.scp is code: pipes are shell commands by Kaldi convention
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as e:
+        raise DataError(f"audio command {cmd!r} could not be started: {e}") from e
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:  # already gone
+            pass
+        proc.communicate()
+        raise DataError(
+            f"audio command {cmd!r} timed out after {timeout:g} s and was killed; fix the "
+            f"command or raise {PIPE_TIMEOUT_ENV}"
+        ) from None
+    if proc.returncode != 0:
+        msg = err.decode("utf-8", "replace").strip()[-500:]
+        raise DataError(f"audio command {cmd!r} failed with exit code {proc.returncode}: {msg}")
+    return out
+
+
 def load_audio(path_or_cmd: str, target_sr: int = 16000) -> np.ndarray:
     """Read audio as float32 mono at `target_sr`: returns (N,) in [-1, 1] for PCM input.
 
     `path_or_cmd` is a file soundfile can read (WAV, FLAC, OGG, ...) or a Kaldi pipe
-    ``"cmd args |"`` whose stdout is a WAV file. Multi-channel audio is averaged to mono;
-    other sample rates are resampled with soxr.
+    ``"cmd args |"`` whose stdout is a WAV file (run with a timeout, see :func:`run_pipe`).
+    Multi-channel audio is averaged to mono; other sample rates are resampled with soxr.
 
     Example:
         >>> wave = load_audio("a.flac")                       # (N,)
@@ -334,14 +391,7 @@ def load_audio(path_or_cmd: str, target_sr: int = 16000) -> np.ndarray:
     src = path_or_cmd.strip()
     if src.endswith("|"):
         cmd = src[:-1].strip()
-        try:
-            proc = subprocess.run(cmd, shell=True, capture_output=True, check=False)
-        except OSError as e:
-            raise DataError(f"audio command {cmd!r} could not be started: {e}") from e
-        if proc.returncode != 0:
-            err = proc.stderr.decode("utf-8", "replace").strip()[-500:]
-            raise DataError(f"audio command {cmd!r} failed with exit code {proc.returncode}: {err}")
-        source: str | io.BytesIO = io.BytesIO(proc.stdout)
+        source: str | io.BytesIO = io.BytesIO(run_pipe(cmd))
         name = f"output of {cmd!r}"
     else:
         if not os.path.isfile(src):

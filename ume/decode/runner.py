@@ -33,6 +33,7 @@ def decode_store(
     """Decode utterances of `store` (all, or `indices`) -> {key: normalised text}."""
     was_training = model.training
     model.eval()
+    device = model.cmvn_mean.device  # decode where the model is (cpu or cuda)
     idx = list(range(len(store))) if indices is None else list(indices)
     lengths = [store.lengths[i] for i in idx]
     sampler = BucketSampler(lengths, max_frames, max_batch, seed=0)
@@ -41,6 +42,7 @@ def decode_store(
     for batch in tqdm(batches, desc=f"decode {mode}", disable=not progress, unit="batch"):
         real = [idx[i] for i in batch]
         feats, lens = store.collate(real)
+        feats, lens = feats.to(device), lens.to(device)  # (B, T, F), (B,)
         out = decode_batch(model, feats, lens, mode, beam, chunk_size, left_chunks)
         for i, ids in zip(real, out):
             hyps[store.utts[i].key] = tokenizer.decode(ids)

@@ -3,11 +3,15 @@
 A checkpoint is a directory `checkpoints/step-00000200/` holding
     model.safetensors   model weights
     optim.safetensors   AdamW moments keyed by parameter *name* (survives freezing changes)
-    rng.safetensors     torch CPU RNG state and the SpecAugment generator state
-    state.json          step, epoch, position in epoch, lr-schedule step, python/numpy RNG,
-                        train seconds, dev curve, phase index
+    rng.safetensors     rank 0's torch CPU (and CUDA) RNG state and SpecAugment generator state
+    state.json          step, epoch, position in epoch, lr-schedule step, rank 0's python/numpy
+                        RNG, train seconds, dev curve, phase index, world_size
+    rng-rank{R}.safetensors, rng-rank{R}.json
+                        the same RNG states of every other DDP rank R (gathered to rank 0, which
+                        alone writes), so each rank resumes its own dropout/SpecAugment stream
 It is written to `step-N.tmp/` and renamed into place, so a crash mid-write leaves the previous
-checkpoint as the newest complete one.
+checkpoint as the newest complete one. Old checkpoints are deleted by recency (`keep` newest),
+except those named in `protect` (the best by dev MER when averaging by best).
 
 Example:
     >>> save_checkpoint(exp / "checkpoints", step, model, optimizer, state, rng)
@@ -60,7 +64,12 @@ def load_optimizer_tensors(
     for group in opt.param_groups:
         for p in group["params"]:
             prefix = names[id(p)] + "/"
-            st = {k[len(prefix) :]: v.clone() for k, v in tensors.items() if k.startswith(prefix)}
+            # moments live beside their parameter (GPU); AdamW's scalar `step` stays on the CPU
+            st = {
+                k[len(prefix) :]: v.clone() if v.dim() == 0 else v.to(p.device, copy=True)
+                for k, v in tensors.items()
+                if k.startswith(prefix)
+            }
             if st:
                 opt.state[p] = st
 
@@ -89,7 +98,12 @@ def save_checkpoint(
     state: dict,
     rng: dict[str, torch.Tensor],
     keep: int = 5,
+    protect: frozenset[str] | set[str] = frozenset(),
+    rank_rngs: list[tuple[dict[str, torch.Tensor], dict]] | None = None,
 ) -> Path:
+    """Write checkpoint `step` atomically; delete all but the `keep` newest (never those whose
+    names are in `protect`). `rng`/python RNG are this process's (rank 0); `rank_rngs` holds
+    (tensors, python/numpy state) of ranks 1..W-1 under DDP."""
     ck_dir = Path(ck_dir)
     ck_dir.mkdir(parents=True, exist_ok=True)
     final = ck_dir / f"{PREFIX}{step:08d}"
@@ -98,22 +112,48 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_file(
-        {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         str(tmp / "model.safetensors"),
     )
     save_file(optimizer_tensors(opt, model), str(tmp / "optim.safetensors"))
-    save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
-    with open(tmp / "state.json", "w", encoding="utf-8") as f:
-        json.dump({**state, "rng": python_rng_state()}, f)
-        f.flush()
-        os.fsync(f.fileno())
+    save_file({k: v.cpu().contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
+    others = rank_rngs or []
+    for r, (tensors, py) in enumerate(others, start=1):
+        save_file(
+            {k: v.cpu().contiguous() for k, v in tensors.items()},
+            str(tmp / f"rng-rank{r}.safetensors"),
+        )
+        _write_json(tmp / f"rng-rank{r}.json", py)
+    _write_json(
+        tmp / "state.json", {**state, "rng": python_rng_state(), "world_size": 1 + len(others)}
+    )
     fsync_tree(tmp)  # every file durable before the rename makes the checkpoint visible
     if final.exists():
         shutil.rmtree(final)
     publish(tmp, final)
-    for old in list_checkpoints(ck_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    old = list_checkpoints(ck_dir)[:-keep] if keep > 0 else []
+    for p in old:
+        if p.name not in protect:
+            shutil.rmtree(p, ignore_errors=True)
     return final
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_rank_rng(ck: Path, rank: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """(RNG tensors, python/numpy state) that `rank` saved in checkpoint `ck`."""
+    if rank == 0:
+        return load_file(str(ck / "rng.safetensors")), read_state(ck)["rng"]
+    path = ck / f"rng-rank{rank}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{ck} has no RNG state for rank {rank} ({path.name} missing)")
+    with open(ck / f"rng-rank{rank}.json", encoding="utf-8") as f:
+        return load_file(str(path)), json.load(f)
 
 
 def list_checkpoints(ck_dir: Path) -> list[Path]:

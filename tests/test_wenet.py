@@ -38,6 +38,7 @@ def wenet():
     ns.search = importlib.import_module("wenet.models.transformer.search")
     ns.cmvn = importlib.import_module("wenet.utils.cmvn")
     ns.char_tokenizer = importlib.import_module("wenet.text.char_tokenizer")
+    ns.bpe_tokenizer = importlib.import_module("wenet.text.bpe_tokenizer")
     return ns
 
 
@@ -346,3 +347,38 @@ def test_units_tokenizer_roundtrip(tmp_path):
     bad.write_text("<blank> 0\na 2\n")
     with pytest.raises(ValueError, match="missing"):
         UnitsTokenizer.from_units_file(bad)
+
+
+def test_bpe_units_match_wenet_tokenizer(wenet, tmp_path):
+    """A `tokenizer: bpe` unit list (CJK chars + sentencepiece pieces) tokenizes and
+    detokenizes as WeNet's BpeTokenizer does."""
+    import sentencepiece as spm
+
+    from ume.data.units_tokenizer import UnitsTokenizer
+
+    lines = ["HELLO WORLD", "HELLO THERE", "GOOD MORNING WORLD", "THERE IS A WORD", "MORE WORDS"]
+    (tmp_path / "t.txt").write_text("\n".join(lines * 20))
+    spm.SentencePieceTrainer.train(
+        input=str(tmp_path / "t.txt"),
+        model_prefix=str(tmp_path / "bpe"),
+        vocab_size=40,
+        model_type="bpe",
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "bpe.model"))
+    pieces = [
+        sp.id_to_piece(i)
+        for i in range(sp.get_piece_size())
+        if not (sp.is_unknown(i) or sp.is_control(i))
+    ]
+    units = ["<blank>", "<unk>", "你", "好"] + pieces + ["<sos/eos>"]
+    (tmp_path / "units.txt").write_text("".join(f"{u} {i}\n" for i, u in enumerate(units)))
+    ours = UnitsTokenizer.from_units_file(tmp_path / "units.txt", tmp_path / "bpe.model")
+    theirs = wenet.bpe_tokenizer.BpeTokenizer(
+        str(tmp_path / "bpe.model"), str(tmp_path / "units.txt")
+    )
+    for line in ["你好 HELLO WORLD", "hello 你 there好", "GOOD MORNING 世界"]:
+        _, ids = theirs.tokenize(line)
+        assert ours.encode(line) == ids
+        assert ours.decode(ids) == theirs.detokenize(ids)[0]

@@ -134,7 +134,7 @@ class UnitsTokenizer:
                     if _CJK.fullmatch(seg):
                         tokens.append(seg)
                     else:
-                        tokens.extend(self._sp.encode_as_pieces(seg.strip()))  # type: ignore[union-attr]
+                        tokens.extend(self._sp.encode_as_pieces(seg))  # type: ignore[union-attr]
             else:
                 chars = part.split(" ") if self.split_with_space else part
                 tokens.extend(WORD_START if c == " " else c for c in chars)

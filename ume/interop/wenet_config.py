@@ -110,45 +110,17 @@ DEC_DEFAULTS: dict[str, Any] = {
     "n_expert": 8,
     "n_expert_activated": 2,
 }
-# options whose value changes what the model computes: the value ume implements
-ENC_FIXED = {
-    "pos_enc_layer_type": "rel_pos",
-    "selfattention_layer_type": "rel_selfattn",
-    "normalize_before": True,
-    "activation_type": "swish",
-    "use_cnn_module": True,
-    "query_bias": True,
-    "key_bias": True,
-    "value_bias": True,
-    "conv_bias": True,
-    "layer_norm_type": "layer_norm",
-    "norm_eps": 1e-5,
-    "n_kv_head": None,
-    "head_dim": None,
-    "mlp_bias": True,
-    "conv_norm_eps": 1e-5,
-    "conv_inner_factor": 2,
-    "static_chunk_size": 0,
-}
-DEC_FIXED = {
-    "input_layer": "embed",
-    "use_output_layer": True,
-    "normalize_before": True,
-    "src_attention": True,
-    "query_bias": True,
-    "key_bias": True,
-    "value_bias": True,
-    "src_query_bias": True,
-    "src_key_bias": True,
-    "src_value_bias": True,
-    "activation_type": "relu",
-    "tie_word_embedding": False,
-    "layer_norm_type": "layer_norm",
-    "norm_eps": 1e-5,
-    "n_kv_head": None,
-    "head_dim": None,
-    "mlp_bias": True,
-}
+# options that change what the model computes: ume implements only WeNet's default value
+ENC_FIXED = (
+    "pos_enc_layer_type selfattention_layer_type normalize_before activation_type use_cnn_module "
+    "query_bias key_bias value_bias conv_bias layer_norm_type norm_eps n_kv_head head_dim "
+    "mlp_bias conv_norm_eps conv_inner_factor static_chunk_size"
+).split()
+DEC_FIXED = (
+    "input_layer use_output_layer normalize_before src_attention query_bias key_bias value_bias "
+    "src_query_bias src_key_bias src_value_bias activation_type tie_word_embedding "
+    "layer_norm_type norm_eps n_kv_head head_dim mlp_bias"
+).split()
 MODEL_CONF_KEYS = {
     "ctc_weight": 0.5,
     "lsm_weight": 0.0,
@@ -159,7 +131,7 @@ MODEL_CONF_KEYS = {
 MLP_TYPES = ("position_wise_feed_forward", "moe")
 
 
-def _section(conf: dict, name: str, defaults: dict, fixed: dict) -> dict:
+def _section(conf: dict, name: str, defaults: dict, fixed: list[str]) -> dict:
     """conf with defaults filled; unknown keys and unsupported values raise WeNetError."""
     conf = dict(conf or {})
     unknown = sorted(set(conf) - set(defaults))
@@ -169,7 +141,8 @@ def _section(conf: dict, name: str, defaults: dict, fixed: dict) -> dict:
             f"with the options {sorted(defaults)}"
         )
     out = {**defaults, **conf}
-    for key, want in fixed.items():
+    for key in fixed:
+        want = defaults[key]
         if out[key] != want:
             raise WeNetError(
                 f"train.yaml {name}.{key}={out[key]!r} is not supported (ume implements only "
@@ -376,7 +349,14 @@ def check_exportable(cfg: ExperimentConfig) -> None:
 
 
 # MoEConfig fields that only shape training (WeNet trains its MoE without them)
-_MOE_TRAIN_ONLY = {"router_init", "router_init_std", "jitter", "balance_coef", "z_loss_coef"}
+_MOE_TRAIN_ONLY = {
+    "router_init",
+    "router_init_std",
+    "jitter",
+    "router_noise",
+    "balance_coef",
+    "z_loss_coef",
+}
 
 
 def _moe_exportable(cfg: ExperimentConfig) -> list[str]:

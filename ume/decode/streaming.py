@@ -125,7 +125,8 @@ class StreamingDecoder:
                 break
             t0 = time.perf_counter()
             feats = model_features(self.features.frames(s, e)).unsqueeze(0)  # (1, W, F)
-            offset = torch.tensor([sum(o.size(1) for o in self.enc_out)])
+            feats = feats.to(self.model.cmvn_mean.device)
+            offset = torch.tensor([sum(o.size(1) for o in self.enc_out)], device=feats.device)
             out, self.att, self.cnn = enc(feats, self.att, self.cnn, offset)  # (1, c, D)
             lp = self.model.ctc_log_probs(out)[0]  # (c, V)
             self.enc_out.append(out)
@@ -151,14 +152,14 @@ class StreamingDecoder:
     def encoder_out(self) -> torch.Tensor:
         """All encoder frames so far (1, T', D)."""
         if not self.enc_out:
-            return torch.zeros(1, 0, self.enc.d_model)
+            return torch.zeros(1, 0, self.enc.d_model, device=self.model.cmvn_mean.device)
         return torch.cat(self.enc_out, dim=1)
 
     def log_probs(self) -> torch.Tensor:
         """All CTC log-probabilities so far (T', V)."""
         if not self.lp:
             return torch.zeros(0, self.model.vocab_size)
-        return torch.cat(self.lp)
+        return torch.cat(self.lp).cpu()
 
     @torch.no_grad()
     def result(self) -> list[int]:
@@ -168,7 +169,7 @@ class StreamingDecoder:
         enc = self.encoder_out()
         if enc.size(1) == 0:
             return []
-        valid = torch.ones(enc.size(1), dtype=torch.bool)
+        valid = torch.ones(enc.size(1), dtype=torch.bool, device=enc.device)
         if self.mode == "attention":
             return attention_beam(self.model, enc, valid, self.beam)
         nbest = nbest_of(self.beams)

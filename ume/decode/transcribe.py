@@ -1,6 +1,6 @@
 """`ume transcribe`: audio files (or 16-bit PCM on stdin) -> text, one line per file.
 
-    ume transcribe [--model EXPDIR] FILE... [--mode MODE] [--json] [--chunk-size N]
+    ume transcribe [--model EXPDIR] FILE... [--mode MODE] [--json] [--chunk-size N] [--device D]
     ume transcribe --stream --chunk-size 16 FILE      # partials on stderr, result on stdout
     arecord -f S16_LE -r 16000 -c 1 | ume transcribe --stream -     # live, from stdin
 
@@ -121,16 +121,14 @@ def transcribe_wave(
     feats = model_features(compute_fbank(wave, rec.cfg.features))  # (T, F)
     if rec.model.encoder.embed.output_lengths(torch.tensor(feats.shape[0])) < 1:
         return {"text": "", "ids": [], "too_short": True}
+    dev = rec.model.cmvn_mean.device
+    feats, n = feats.to(dev), torch.tensor([feats.shape[0]], device=dev)
     with torch.inference_mode():
-        ids = decode_batch(
-            rec.model, feats[None], torch.tensor([feats.shape[0]]), mode, beam, chunk_size,
-            left_chunks,
-        )[0]  # fmt: skip
+        ids = decode_batch(rec.model, feats[None], n, mode, beam, chunk_size, left_chunks)[0]
         res = {"text": rec.tokenizer.decode(ids), "ids": ids}
         if times:
-            enc, _ = rec.model.encode(feats[None], torch.tensor([feats.shape[0]]), chunk_size,
-                                      left_chunks)  # fmt: skip
-            res["log_probs"] = rec.model.ctc_log_probs(enc)[0].numpy()
+            enc, _ = rec.model.encode(feats[None], n, chunk_size, left_chunks)
+            res["log_probs"] = rec.model.ctc_log_probs(enc)[0].cpu().numpy()
     return res
 
 
@@ -245,6 +243,9 @@ def main_transcribe(args: argparse.Namespace) -> int:
 
         args.model = str(bundled_model())
     rec = Recognizer.load(args.model)
+    from ume.device import resolve_device
+
+    rec.model.to(resolve_device(getattr(args, "device", "auto")))
     failed = 0
     for name in args.files:
         try:

@@ -42,11 +42,12 @@ from ume.model.attention import RelPositionAttention
 from ume.model.conformer import ConformerBlock, ConvModule
 
 
-def sinusoids(positions: torch.Tensor, d_model: int) -> torch.Tensor:
+def sinusoids(positions: torch.Tensor, d_model: int) -> torch.Tensor:  # (N,) -> (1, N, D)
     """(N,) positions -> (1, N, D) interleaved sin/cos: the values of attention.sinusoid,
     built without slice writes so that tracing keeps the sizes symbolic."""
     div = torch.exp(
-        torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
+        torch.arange(0, d_model, 2, dtype=torch.float32, device=positions.device)
+        * (-math.log(10000.0) / d_model)
     )  # (D/2,)
     ang = positions.float().unsqueeze(1) * div  # (N, D/2)
     return torch.stack([torch.sin(ang), torch.cos(ang)], dim=-1).flatten(1).unsqueeze(0)
@@ -73,10 +74,10 @@ def attention_chunk(
     tk, c = k.size(2), q.size(2)  # (1, H, Tk, d_k) with Tk = Tc + c
     d_model = att.linear_pos.in_features
     if getattr(att, "use_rel_shift", True):
-        rel = torch.arange(tk - 1, -c, -1)  # distances Tk-1 .. -(c-1): (Tk+c-1,)
+        rel = torch.arange(tk - 1, -c, -1, device=x.device)  # distances Tk-1 .. -(c-1): (Tk+c-1,)
     else:
         start = offset.reshape(()) - (tk - c)
-        rel = torch.arange(tk) + start  # absolute key positions (Tk,)
+        rel = torch.arange(tk, device=x.device) + start.to(x.device)  # absolute key positions (Tk,)
     pos = sinusoids(rel, d_model).to(x.dtype)  # (1, Tk+c-1 | Tk, D)
     p = att.linear_pos(pos).view(1, -1, att.h, att.d_k).transpose(1, 2)  # (1, H, ·, d_k)
     q_u = q + att.pos_bias_u.unsqueeze(1).to(q.dtype)
@@ -85,8 +86,8 @@ def attention_chunk(
     bd = torch.matmul(q_v, p.transpose(-2, -1))  # (1, H, c, Tk+c-1 | Tk)
     if getattr(att, "use_rel_shift", True):
         # distance Tc + a - b sits at column (Tk-1) - (Tc + a - b) = c - 1 - a + b
-        a = torch.arange(c).unsqueeze(1)
-        b = torch.arange(tk).unsqueeze(0)
+        a = torch.arange(c, device=x.device).unsqueeze(1)
+        b = torch.arange(tk, device=x.device).unsqueeze(0)
         idx = (c - 1 - a + b).expand(1, att.h, c, tk)
         bd = torch.gather(bd, 3, idx)  # (1, H, c, Tk)
     scores = (ac + bd) / math.sqrt(att.d_k)
@@ -192,7 +193,9 @@ class ChunkEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m, enc = self.model, self.model.encoder
         x = (feats - m.cmvn_mean) * m.cmvn_istd  # (1, W, F)
-        x, _ = enc.embed(x, torch.zeros(1, dtype=torch.long))  # (1, c, D); lengths unused
+        x, _ = enc.embed(
+            x, torch.zeros(1, dtype=torch.long, device=x.device)
+        )  # (1, c, D); lengths unused
         new_att, new_cnn = [], []
         for i, block in enumerate(enc.blocks):
             x, a, c = block_chunk(block, x, att_cache[i], cnn_cache[i], self.keep, offset)
@@ -223,7 +226,7 @@ def stream_encode(
     outs = []
     done = 0
     for s, e in enc.windows(feats.size(1)):
-        out, att, cnn = enc(feats[:, s:e], att, cnn, torch.tensor([done]))
+        out, att, cnn = enc(feats[:, s:e], att, cnn, torch.tensor([done], device=feats.device))
         outs.append(out)
         done += out.size(1)
     if not outs:

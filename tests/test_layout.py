@@ -20,7 +20,8 @@ PKG = ROOT / "ume"
 # names the package's __init__, so a new top-level module must be placed here explicitly). A
 # module may import modules of its own floor or lower floors, never higher ones; no circles.
 FLOORS: list[tuple[str, ...]] = [
-    ("ume", "ume.config", "ume.atomic", "ume.machine", "ume.bundled"),  # leaves: configs, files, host facts, bundled models
+    # leaves: configs, atomic files, host facts, devices, bundled models
+    ("ume.config", "ume.atomic", "ume.machine", "ume.device", "ume.bundled"),
     ("ume.data",),  # text, corpus, audio, features, tokenizer, batches
     ("ume.model",),  # networks: conformer, decoder, FFN/MoE layers, parameter counts
     ("ume.expdir",),  # experiment dirs: config + tokenizer + weights on disk
@@ -30,7 +31,9 @@ FLOORS: list[tuple[str, ...]] = [
     ("ume.train",),  # trainer, schedule, checkpoints
     ("ume.bench",),  # measurements only
     ("ume.experiment",),  # the paper's comparison, results tables, demo
-    ("ume.cli",),  # the only room that knows everyone
+    # the only rooms that know everyone: the command line, and ume/__init__.py, the public
+    # Python facade (`import ume; ume.upcycle(...)`), which no module inside ume/ may import
+    ("ume.cli", "ume"),
 ]
 
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from ume.bench.rtf import machine_info
 from ume.expdir import load_experiment
+from ume.machine import machine_info
 
 
 def time_call(fn: Callable, x: torch.Tensor, lens: torch.Tensor, reps: int) -> float:

@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ume.bench.rtf import machine_info
 from ume.config import load_config
 from ume.expdir import load_experiment
+from ume.machine import machine_info
 from ume.model.asr import ASRModel
 from ume.model.moe import MoEFeedForward
 

@@ -39,8 +39,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ume.bench.rtf import cpu_model
 from ume.config import MoEConfig
+from ume.machine import machine_info
 from ume.model.ffn import FeedForward
 from ume.model.moe import MoEFeedForward
 
@@ -53,15 +53,6 @@ FULL_GRID = [
     for k in (1, 2)
 ]
 QUICK_GRID = [(256, 144, 4, 1), (256, 144, 8, 2)]
-
-
-def machine_info() -> dict:
-    return {
-        "machine": cpu_model(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
 
 
 # ---- references ---------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -33,26 +32,8 @@ from ume.data.features import compute_fbank
 from ume.data.manifest import load_audio, load_manifest
 from ume.decode.search import decode_batch
 from ume.expdir import load_experiment
+from ume.machine import machine_info
 from ume.model.asr import ASRModel
-
-
-def cpu_model() -> str:
-    """CPU model name (Linux /proc/cpuinfo), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-    return {
-        "machine": cpu_model(),
-        "cpu_count": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
 
 
 @torch.inference_mode()

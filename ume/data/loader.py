@@ -203,11 +203,6 @@ class BucketSampler:
         return batches[rank:n:world]
 
 
-def token_lengths_ok(feat_len: int, n_tokens: int, subsampling: int) -> bool:
-    """CTC needs at least as many encoder frames as tokens."""
-    return n_tokens > 0 and feat_len // subsampling >= n_tokens
-
-
 def numpy_seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

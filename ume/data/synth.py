@@ -795,45 +795,6 @@ def synthesize(
     return summary
 
 
-# --------------------------------------------------------------------------------------------
-# CLI helpers
-
-
-def add_arguments(parser) -> None:
-    """Add the ``synth`` options to an argparse parser (for the CLI wiring)."""
-    parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-    parser.add_argument("--out", "--out-dir", dest="out", required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", "--num-workers", dest="workers", type=int, default=2)
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-
-
-def main_synth(args) -> int:
-    """CLI entry. ``args`` has ``preset``, ``out`` (or ``out_dir``), ``seed``, ``workers`` (or
-    ``num_workers``) and optionally ``progress``; prints a per-split table, returns 0 / 1."""
-    out = getattr(args, "out", None) or getattr(args, "out_dir", None)
-    workers = getattr(args, "workers", None) or getattr(args, "num_workers", None) or 2
-    try:
-        if out is None:
-            raise ValueError("no output directory given (--out)")
-        summary = synthesize(
-            getattr(args, "preset", "quick"),
-            out,
-            seed=int(getattr(args, "seed", 0)),
-            num_workers=int(workers),
-            progress=bool(getattr(args, "progress", True)),
-        )
-    except (ValueError, RuntimeError) as e:
-        logger.error("synth failed: %s", e)
-        return 1
-    for split, s in summary["splits"].items():
-        print(
-            f"{split:13s} {s['utts']:6d} utts {s['hours']:7.3f} h  langs={s['langs']} "
-            f"voices={len(s['voices'])} skipped={s['skipped']}"
-        )
-    return 0
-
-
 def synthesize_slice(preset: str, split: str, n: int, out_dir: str | Path, seed: int = 0) -> Path:
     """Render only the first `n` utterances (in plan order) of one split of a preset into a Kaldi
     dir `out_dir/<split>` — byte-identical to the same utterances of a full `synthesize` run.

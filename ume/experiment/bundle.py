@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from ume.bench.rtf import cpu_model
 from ume.data.synth import synthesize_slice
 from ume.expdir import (
     MODEL_FILE,
@@ -27,6 +26,7 @@ from ume.expdir import (
     save_weights,
 )
 from ume.experiment.evaluate import evaluate_run, score_split
+from ume.machine import cpu_model
 
 SLICE_UTTS = 60
 

@@ -90,6 +90,34 @@ def set_python_rng_state(d: dict) -> None:
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
 
 
+def rng_state(device: torch.device, augment: torch.Generator) -> dict[str, torch.Tensor]:
+    """This process's torch RNG states: CPU, SpecAugment generator, and CUDA when training there
+    (dropout on the GPU draws from the device generator)."""
+    rng = {"torch": torch.get_rng_state(), "augment": augment.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def restore_rng(
+    r: dict[str, torch.Tensor], py: dict, device: torch.device, augment: torch.Generator
+) -> None:
+    """Inverse of rng_state + python_rng_state."""
+    torch.set_rng_state(r["torch"])
+    augment.set_state(r["augment"])
+    if device.type == "cuda" and "cuda" in r:
+        torch.cuda.set_rng_state(r["cuda"], device)
+    set_python_rng_state(py)
+
+
+def best_checkpoints(ck_dir: Path, mer: dict[str, float], writing: str, n: int) -> set[str]:
+    """Names of the n checkpoints with the lowest dev MER among those that exist in ck_dir or
+    are being written (`writing`); evaluation points without a checkpoint do not count."""
+    have = {c.name for c in list_checkpoints(ck_dir)} | {writing}
+    scored = {k: v for k, v in mer.items() if k in have}
+    return set(sorted(scored, key=lambda k: (scored[k], k))[:n])
+
+
 def save_checkpoint(
     ck_dir: Path,
     step: int,

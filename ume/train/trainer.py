@@ -50,14 +50,16 @@ from ume.model.moe import MoEFeedForward
 from ume.model.params import count_params
 from ume.train.checkpoint import (
     average_checkpoints,
+    best_checkpoints,
     latest_checkpoint,
     list_checkpoints,
     load_optimizer_tensors,
     python_rng_state,
     read_rank_rng,
     read_state,
+    restore_rng,
+    rng_state,
     save_checkpoint,
-    set_python_rng_state,
 )
 from ume.train.distributed import (
     barrier,
@@ -238,32 +240,17 @@ class Trainer:
         return lr
 
     # ---- checkpoints --------------------------------------------------------------------
-    def _rng(self) -> dict[str, torch.Tensor]:
-        rng = {"torch": torch.get_rng_state(), "augment": self.aug_gen.get_state()}
-        if self.device.type == "cuda":  # dropout on the GPU draws from the device generator
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return rng
-
-    def _set_rng(self, r: dict[str, torch.Tensor], py: dict) -> None:
-        torch.set_rng_state(r["torch"])
-        self.aug_gen.set_state(r["augment"])
-        if self.device.type == "cuda" and "cuda" in r:
-            torch.cuda.set_rng_state(r["cuda"], self.device)
-        set_python_rng_state(py)
-
     def _best_names(self, writing: str) -> set[str]:
-        """The checkpoints (existing or being written) that `average_by: best` would average
-        now: kept apart from the `keep` newest, so the best is never deleted for being old."""
-        tc = self.cfg.train
-        if tc.average_by != "best":
+        """Checkpoints `average_by: best` would average now: never pruned for being old."""
+        if self.cfg.train.average_by != "best":
             return set()
-        have = {c.name for c in list_checkpoints(self.exp / "checkpoints")} | {writing}
-        mer = {k: v for k, v in self.state.ckpt_mer.items() if k in have}
-        return set(sorted(mer, key=lambda k: (mer[k], k))[: max(1, tc.average_last)])
+        n = max(1, self.cfg.train.average_last)
+        return best_checkpoints(self.exp / "checkpoints", self.state.ckpt_mer, writing, n)
 
     def save(self) -> Path | None:
         """Checkpoint (collective under DDP: every rank's RNG state is gathered to rank 0)."""
-        others = gather_rank_rngs(self._rng(), python_rng_state(), self.device)
+        rng = rng_state(self.device, self.aug_gen)
+        others = gather_rank_rngs(rng, python_rng_state(), self.device)
         if not self.main:
             return None
         st = self.state
@@ -274,7 +261,7 @@ class Trainer:
             self.model,
             self.optimizer,
             state,
-            self._rng(),
+            rng,
             keep=max(self.cfg.train.keep_checkpoints, self.cfg.train.average_last),
             protect=self._best_names(f"step-{st.step:08d}"),
             rank_rngs=others,
@@ -293,7 +280,7 @@ class Trainer:
         self._build_optimizer(phase_at(self.cfg.train.phases, self.state.step)[0])
         load_optimizer_tensors(self.optimizer, self.model, load_file(str(ck / "optim.safetensors")))
         if saved_world == self.world:
-            self._set_rng(*read_rank_rng(ck, self.rank))
+            restore_rng(*read_rank_rng(ck, self.rank), self.device, self.aug_gen)
         else:
             self._reseed_for_new_world(ck, saved_world)
         if self.main:

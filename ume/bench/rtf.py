@@ -11,8 +11,11 @@ the model was loaded (weights + activations + allocator slack). Besides full con
 (default 16 encoder frames: keys rtf_b1_stream16, rtf_b16_stream16). With --vs every key X of
 the second model is reported as vs_X and every RTF/memory pair as ratio_* (= model / vs).
 
+With --device cuda the model runs on the GPU (fbank stays on the CPU, as in deployment) and
+each batch ends with a CUDA synchronise, so the timings cover the GPU work.
+
 Example:
-    ume bench rtf --model runs/ume --vs runs/dense --data data/quick/test --json
+    ume bench rtf --model runs/ume --vs runs/dense --data data/quick/test --json [--device cuda]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 from ume.data.features import compute_fbank
 from ume.data.manifest import load_audio, load_manifest
 from ume.decode.search import decode_batch
+from ume.device import resolve_device
 from ume.expdir import load_experiment
 from ume.machine import machine_info
 from ume.model.asr import ASRModel
@@ -50,11 +54,15 @@ def measure_rtf(
     order = sorted(range(len(waves)), key=lambda i: -len(waves[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
+    device = model.cmvn_mean.device
+
     def run(batch: list[int]) -> None:
         feats = [torch.from_numpy(compute_fbank(waves[i], feat_cfg)) for i in batch]
         lens = torch.tensor([f.shape[0] for f in feats])
-        x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
-        decode_batch(model, x, lens, mode, chunk_size=chunk_size)
+        x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)  # (B, T, F)
+        decode_batch(model, x.to(device), lens.to(device), mode, chunk_size=chunk_size)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # GPU work is asynchronous: time all of it
 
     for b in batches[:warmup_batches]:
         run(b)
@@ -65,8 +73,11 @@ def measure_rtf(
     return (time.perf_counter() - t0) / audio
 
 
-def rtf_for_dir(exp_dir: str, waves: list, mode: str, chunk: int, stream_chunk: int = 0) -> dict:
+def rtf_for_dir(
+    exp_dir: str, waves: list, mode: str, chunk: int, stream_chunk: int = 0, device: str = "cpu"
+) -> dict:
     cfg, _, model = load_experiment(exp_dir)
+    model.to(resolve_device(device))
     res = {
         "rtf_b1": measure_rtf(model, cfg.features, waves, 1, mode, chunk),
         "rtf_b16": measure_rtf(model, cfg.features, waves, 16, mode, chunk),
@@ -108,7 +119,14 @@ def _worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     waves = load_waves(spec["data"], spec["max_utts"])
     base = _rss_mb()
-    res = rtf_for_dir(spec["model"], waves, spec["mode"], spec["chunk"], spec["stream_chunk"])
+    res = rtf_for_dir(
+        spec["model"],
+        waves,
+        spec["mode"],
+        spec["chunk"],
+        spec["stream_chunk"],
+        spec.get("device", "cpu"),
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["peak_rss_mb"] = round(peak, 1)
     res["rss_delta_mb"] = round(peak - base, 1)
@@ -125,6 +143,7 @@ def measure_isolated(exp_dir: str, args: argparse.Namespace) -> dict:
         "chunk": args.chunk_size,
         "stream_chunk": getattr(args, "stream_chunk", 0),
         "threads": torch.get_num_threads(),
+        "device": getattr(args, "device", "cpu"),
     }
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])
@@ -165,6 +184,7 @@ def main_rtf(args: argparse.Namespace) -> int:
     if rounds < 1:
         raise ValueError(f"--rounds {rounds}: need at least 1 measurement per model")
     torch.set_num_threads(args.threads)
+    device = resolve_device(getattr(args, "device", "cpu"))  # a clear error before any work
     waves = load_waves(args.data, args.max_utts)
     stream = getattr(args, "stream_chunk", 0)
     res: dict = {
@@ -174,6 +194,7 @@ def main_rtf(args: argparse.Namespace) -> int:
         "mode": args.mode,
         "chunk_size": args.chunk_size,
         "stream_chunk": stream,
+        "device": str(device),
         **machine_info(),
     }
     del waves

@@ -198,8 +198,9 @@ class BucketSampler:
         batches = list(self.batches)
         if not sorted_order:
             random.Random(self.seed * 1000003 + epoch).shuffle(batches)
-        # every rank gets the same number of batches (DDP needs equal step counts)
-        n = len(batches) // world * world if len(batches) >= world else len(batches)
+        # every rank gets the same number of batches (DDP needs equal step counts); with fewer
+        # batches than ranks that number is 0 on every rank (the trainer reports it)
+        n = len(batches) // world * world
         return batches[rank:n:world]
 
 

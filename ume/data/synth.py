@@ -684,12 +684,28 @@ def _complete_summary(out_dir: Path, cfg: SynthPreset, seed: int) -> dict | None
     return summary
 
 
+MAX_FAILURE_RATE = 0.02  # more failed renders than this means a broken TTS setup, not bad luck
+
+
+def _check_failure_rate(plans: Sequence[UttPlan], results: dict, max_rate: float) -> None:
+    """Raise RuntimeError (with the first errors) if too many utterances failed to render."""
+    failed = [(p.uttid, results[p.uttid]["error"]) for p in plans if not results[p.uttid]["ok"]]
+    if plans and len(failed) / len(plans) > max_rate:
+        shown = "\n  ".join(f"{k}: {e}" for k, e in failed[:5])
+        raise RuntimeError(
+            f"{len(failed)} of {len(plans)} utterances failed to render "
+            f"({len(failed) / len(plans):.1%} > {max_rate:.0%}); first errors:\n  {shown}\n"
+            "check the TTS engines (espeak-ng, flite) and voices, then rerun"
+        )
+
+
 def synthesize(
     preset: str,
     out_dir: str | Path,
     seed: int = 0,
     num_workers: int = 2,
     progress: bool = True,
+    max_failure_rate: float = MAX_FAILURE_RATE,
 ) -> dict:
     """Build (or reuse) a synthetic bilingual corpus in `out_dir`.
 
@@ -699,6 +715,9 @@ def synthesize(
         seed: master seed; the same seed gives identical transcripts and wav bytes.
         num_workers: TTS/augmentation processes (``<= 1``: run in this process).
         progress: show a tqdm progress bar.
+        max_failure_rate: fraction of utterances that may fail to render (skipped and
+            counted); above it the run raises RuntimeError with the first errors and writes
+            no summary (so a rerun does not mistake the corpus for complete).
 
     Returns:
         The summary dict (also written to ``out_dir/summary.json``): preset, seed, per split
@@ -770,6 +789,7 @@ def synthesize(
         by_split[p.split].append((p, r["dur"]))
         if p.heldout:
             by_split[HELDOUT_SPLIT].append((p, r["dur"]))
+    _check_failure_rate(plans, results, max_failure_rate)
 
     for split, utts in by_split.items():
         write_kaldi_dir(out / split, utts)

@@ -58,7 +58,8 @@ def time_step(
     times = []
     for i in range(reps + 2):
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        # the device of the tensors (a CPU benchmark today), not a hard-coded "cpu"
+        with torch.autocast(feats.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = model(feats, lens, ys, ys_lens)
         out["loss"].backward()
         opt.step()

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ume.atomic import atomic_write_json, atomic_write_text
 from ume.config import ExperimentConfig
 from ume.data.text import is_cjk
 from ume.data.tokenizer import WORD_START, Tokenizer
@@ -92,6 +93,7 @@ def write_runtime_files(
     """Write the streaming graph (if `stream`) and the runtime files next to onnx_path."""
     onnx_path = Path(onnx_path)
     d = onnx_path.parent
+    d.mkdir(parents=True, exist_ok=True)
     files: dict = {"full": onnx_path.name}
     if stream:
         sp = export_streaming(model, d / f"{onnx_path.stem}_stream.onnx", chunk_size, left_chunks)
@@ -106,10 +108,8 @@ def write_runtime_files(
         "sos_eos": n - 1,
         "word_start": WORD_START,
     }
-    (d / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False), encoding="utf-8")
-    (d / "units.txt").write_text(
-        "".join(f"{u} {i}\n" for i, u in enumerate(tok.units)), encoding="utf-8"
-    )
+    atomic_write_text(d / "tokens.json", json.dumps(tokens, ensure_ascii=False))
+    atomic_write_text(d / "units.txt", "".join(f"{u} {i}\n" for i, u in enumerate(tok.units)))
     f = cfg.features
     feats = {
         "sample_rate": 16000,
@@ -121,9 +121,9 @@ def write_runtime_files(
         "wave_scale": 32768.0,  # float samples in [-1, 1] are scaled to the int16 range
         "round_to_float16": True,  # ume stores and decodes fbank as float16
     }
-    (d / "features.json").write_text(json.dumps(feats, indent=1), encoding="utf-8")
+    atomic_write_json(feats, d / "features.json", indent=1)
     cmvn = {"mean": model.cmvn_mean.tolist(), "istd": model.cmvn_istd.tolist()}
-    (d / "cmvn.json").write_text(json.dumps(cmvn), encoding="utf-8")
+    atomic_write_json(cmvn, d / "cmvn.json", indent=None)
     runtime = {"files": files, "tokens": "tokens.json", "features": "features.json"}
     if stream:
         enc = ChunkEncoder(model, chunk_size, left_chunks)
@@ -137,5 +137,5 @@ def write_runtime_files(
             att_cache=[enc.num_blocks, enc.heads, 0, 2 * enc.d_k],
             cnn_cache=[enc.num_blocks, enc.d_model, enc.conv_ctx],
         )
-    (d / "runtime.json").write_text(json.dumps(runtime, indent=1), encoding="utf-8")
+    atomic_write_json(runtime, d / "runtime.json", indent=1)
     return runtime

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ume.config import ConfigError, load_config, preset_config
 from ume.expdir import MODEL_FILE
+from ume.experiment.fingerprint import check_or_record, file_sha256, model_fingerprint
 from ume.experiment.plan import ExperimentPlan
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,14 @@ def _train(
     from ume.config import PhaseConfig
     from ume.train.trainer import Trainer
 
+    recipe = {
+        "kind": "train",
+        "config": file_sha256(config),
+        "overrides": list(overrides),
+        "init": model_fingerprint(init) if init else None,
+        "phases": phases,
+    }
+    check_or_record(run_dir, recipe)  # a run made by another plan is refused, not reused
     if _finished(run_dir):
         log.info("%s already finished; skipping", run_dir.name)
         return
@@ -73,18 +82,21 @@ def _train(
 def _upcycled(plan: ExperimentPlan, dense: Path, out: Path, **kw) -> Path:
     from ume.upcycle import upcycle_experiment
 
-    if not (out / MODEL_FILE).is_file():
-        args = dict(
-            experts=plan.experts,
-            top_k=plan.top_k,
-            slots=plan.slots,
-            layers=plan.layers,
-            drop_ratio=0.0,
-            router_init=plan.router_init,
-            balance_coef=plan.balance_coef,
-            z_loss_coef=plan.z_loss_coef,
-        )
-        args.update(kw)
+    args = dict(
+        experts=plan.experts,
+        top_k=plan.top_k,
+        slots=plan.slots,
+        layers=plan.layers,
+        drop_ratio=0.0,
+        router_init=plan.router_init,
+        balance_coef=plan.balance_coef,
+        z_loss_coef=plan.z_loss_coef,
+    )
+    args.update(kw)
+    recipe = {"kind": "upcycle", "dense": model_fingerprint(dense), **args}
+    done = (out / MODEL_FILE).is_file()
+    check_or_record(out, recipe, has_output=done)  # refuses an _init_* dir of another plan
+    if not done:
         upcycle_experiment(dense, out, overwrite=True, **args)
     return out
 

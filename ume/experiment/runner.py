@@ -33,6 +33,7 @@ from ume.config import ConfigError, preset_config
 from ume.data.synth import synthesize
 from ume.expdir import MODEL_FILE
 from ume.experiment.evaluate import evaluate_run, format_results, train_subset_mer, update_results
+from ume.experiment.fingerprint import model_fingerprint
 from ume.experiment.merge import merge_runs
 from ume.experiment.plan import (
     ALL_RUNS,
@@ -115,10 +116,13 @@ def run_experiment(
         t0 = time.time()
         if name != "dense":
             run_one(name, plan, preset, work, dense)
-        if name not in results["runs"] or not results["runs"][name].get("evaluated"):
+        made_by = model_fingerprint(runs_dir / name)  # a row scores the run dir that made it
+        old = results["runs"].get(name, {})
+        if not old.get("evaluated") or old.get("recipe") != made_by:
             row = evaluate_run(runs_dir / name, data)
             row["curve"] = _curve(runs_dir / name)
             row["evaluated"] = True
+            row["recipe"] = made_by
             row["wall_seconds_this_session"] = round(time.time() - t0, 1)
             results = update_results(results_path, name, row)
         elif "train_subset_mer" not in results["runs"][name]:  # rows from before the column

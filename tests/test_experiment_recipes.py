@@ -1,0 +1,107 @@
+"""`ume experiment` reuses a finished run or an `_init_*` upcycled model only if the current plan
+made it (issue 16: change experts or top_k and the old runs were reported under the new
+settings). Trainer and upcycling are replaced by fakes that only write the files they would."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from ume.config import ConfigError
+from ume.expdir import MODEL_FILE
+from ume.experiment import recipes
+from ume.experiment.fingerprint import RECIPE_FILE, check_or_record, read_recipe
+from ume.experiment.plan import load_plan
+
+
+@pytest.fixture
+def fakes(tmp_path: Path, monkeypatch) -> dict[str, list]:
+    import ume.train.trainer
+    import ume.upcycle
+
+    made: dict[str, list] = {"upcycled": [], "trained": []}
+
+    def fake_upcycle(dense: Path, out: Path, **kw) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MODEL_FILE).write_bytes(json.dumps(kw).encode())
+        (out / "config.yaml").write_text(f"# experts {kw['experts']} top_k {kw['top_k']}\n")
+        made["upcycled"].append((out.name, kw))
+
+    class FakeTrainer:
+        def __init__(self, cfg, run_dir, *a, **kw) -> None:  # noqa: ANN001
+            self.run_dir = Path(run_dir)
+
+        def run(self) -> None:
+            (self.run_dir / MODEL_FILE).write_bytes(b"trained")
+            (self.run_dir / "train_info.json").write_text("{}")
+            made["trained"].append(self.run_dir.name)
+
+    monkeypatch.setattr(ume.upcycle, "upcycle_experiment", fake_upcycle)
+    monkeypatch.setattr(ume.train.trainer, "Trainer", FakeTrainer)
+    monkeypatch.setattr(recipes, "load_config", lambda *a, **k: _FakeCfg())
+    dense = tmp_path / "runs" / "dense"
+    dense.mkdir(parents=True)
+    (dense / MODEL_FILE).write_bytes(b"dense weights")
+    return made
+
+
+class _FakeCfg:
+    class train:  # noqa: N801
+        phases: list = []
+
+
+def test_finished_runs_of_another_plan_are_refused(tmp_path: Path, fakes: dict) -> None:
+    plan = load_plan("quick")
+    dense = tmp_path / "runs" / "dense"
+    recipes.run_one("ume", plan, "quick", tmp_path, dense)
+    assert fakes["trained"] == ["ume"] and len(fakes["upcycled"]) == 1
+    assert read_recipe(tmp_path / "runs" / "ume")["recipe"]["kind"] == "train"
+
+    recipes.run_one("ume", plan, "quick", tmp_path, dense)  # same plan: reused, nothing redone
+    assert fakes["trained"] == ["ume"] and len(fakes["upcycled"]) == 1
+
+    other = dataclasses.replace(plan, experts=plan.experts * 2)
+    with pytest.raises(ConfigError, match=r"(?s)_init_ume.*another plan") as e:
+        recipes.run_one("ume", other, "quick", tmp_path, dense)
+    msg = str(e.value)
+    assert f"experts: {plan.experts} then, {plan.experts * 2} now" in msg
+    assert "Delete" in msg and "--workdir" in msg
+    assert fakes["trained"] == ["ume"]  # the old run was neither reused nor overwritten
+
+    # a trained run whose own recipe changed (top_k is an upcycling argument, freeze_steps a
+    # training one) is refused too, naming the run
+    slower = dataclasses.replace(plan, freeze_steps=plan.freeze_steps + 1)
+    with pytest.raises(ConfigError, match=r"(?s)runs/ume was made by another plan.*phases"):
+        recipes.run_one("ume", slower, "quick", tmp_path, dense)
+
+
+def test_a_new_dense_model_invalidates_what_was_made_from_the_old(
+    tmp_path: Path, fakes: dict
+) -> None:
+    plan = load_plan("quick")
+    dense = tmp_path / "runs" / "dense"
+    recipes.run_one("dense_continued", plan, "quick", tmp_path, dense)
+    (dense / MODEL_FILE).write_bytes(b"another dense model")
+    with pytest.raises(ConfigError, match=r"(?s)dense_continued.*init: .weights:"):
+        recipes.run_one("dense_continued", plan, "quick", tmp_path, dense)
+
+
+def test_recipe_rules(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fp = check_or_record(run, {"a": 1})
+    assert check_or_record(run, {"a": 1}) == fp  # same recipe
+    assert check_or_record(run, {"a": 2}) != fp  # no output yet: the stale recipe is replaced
+    (run / MODEL_FILE).write_bytes(b"w")
+    with pytest.raises(ConfigError, match="a: 2 then, 3 now"):
+        check_or_record(run, {"a": 3})
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / MODEL_FILE).write_bytes(b"w")  # made before recipes were stored: recorded
+    check_or_record(legacy, {"a": 1})
+    assert (legacy / RECIPE_FILE).is_file()
+    (legacy / RECIPE_FILE).write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        check_or_record(legacy, {"a": 1})

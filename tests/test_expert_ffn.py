@@ -8,6 +8,7 @@ import torch
 from ume.config import MoEConfig
 from ume.model.expert_ffn import expert_ffn
 from ume.model.moe import MoEFeedForward
+from ume.model.moe_dispatch import DispatchOptions
 
 
 def _weights(e: int, d: int, h: int, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
@@ -47,7 +48,7 @@ def test_moe_layer_gradients_match_the_autograd_path() -> None:
     cfg = MoEConfig(num_experts=4, top_k=2, router_init="normal", router_init_std=1.0)
     layers = [MoEFeedForward(8, 16, "swish", 0.0, cfg).train() for _ in range(2)]
     layers[1].load_state_dict(layers[0].state_dict())
-    layers[1].dispatch = "bmm"
+    layers[1].dispatch_options = DispatchOptions(path="bmm")
     x = torch.randn(2, 9, 8)
     valid = torch.ones(2, 9, dtype=torch.bool)
     valid[1, 6:] = False

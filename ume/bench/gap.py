@@ -36,6 +36,7 @@ from ume.expdir import load_experiment
 from ume.machine import machine_info
 from ume.model.asr import ASRModel
 from ume.model.moe import MoEFeedForward
+from ume.model.moe_dispatch import DispatchOptions, dispatch_options, set_dispatch_options
 
 
 def share_expert_weights(model: ASRModel) -> int:
@@ -89,14 +90,9 @@ def encoder_seconds(model: ASRModel, batches: list) -> float:
 @torch.inference_mode()
 def encoder_flops(model: ASRModel, batches: list) -> int:
     """FLOPs of model.encode over all batches, MoE layers on their exact (unpadded) dispatch."""
-    saved = MoEFeedForward.padded_max_rows
-    MoEFeedForward.padded_max_rows = 0
-    try:
-        with FlopCounterMode(display=False) as fc:
-            for x, lens in batches:
-                model.encode(x, lens)
-    finally:
-        MoEFeedForward.padded_max_rows = saved
+    with dispatch_options(model, padded_max_rows=0), FlopCounterMode(display=False) as fc:
+        for x, lens in batches:
+            model.encode(x, lens)
     return fc.get_total_flops()
 
 
@@ -156,7 +152,7 @@ def add_gap_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--padded-max-rows",
         type=int,
-        help="override MoEFeedForward.padded_max_rows (0: never the padded bmm) to compare",
+        help="the MoE layers' DispatchOptions.padded_max_rows (0: never the padded bmm)",
     )
     p.add_argument("--profile", action="store_true", help="also print top ops of one MoE pass")
     p.add_argument("--json", action="store_true")
@@ -164,13 +160,7 @@ def add_gap_args(p: argparse.ArgumentParser) -> None:
 
 def main_gap(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    saved = MoEFeedForward.padded_max_rows
-    if args.padded_max_rows is not None:
-        MoEFeedForward.padded_max_rows = args.padded_max_rows
-    try:
-        return _report(args)
-    finally:
-        MoEFeedForward.padded_max_rows = saved
+    return _report(args)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -178,12 +168,17 @@ def _report(args: argparse.Namespace) -> int:
         raise ValueError(f"--rounds {args.rounds}: need at least 1 round")
     sizes = args.batch or [1, 16]
     models = load_models(args.model, args.vs)
+    padded = DispatchOptions().padded_max_rows
+    if args.padded_max_rows is not None:
+        padded = args.padded_max_rows
+        for m in models.values():
+            set_dispatch_options(m, padded_max_rows=padded)
     feats = load_features(args.data, args.vs, args.max_utts)
     rows = [measure_gap(models, batch_features(feats, b), b, args.rounds) for b in sizes]
     info = {
         **machine_info(),
         "threads": torch.get_num_threads(),
-        "padded_max_rows": MoEFeedForward.padded_max_rows,
+        "padded_max_rows": padded,
     }
     if args.json:
         print(json.dumps({**info, "rows": rows}, indent=2))

@@ -43,6 +43,7 @@ from ume.config import MoEConfig
 from ume.machine import machine_info
 from ume.model.ffn import FeedForward
 from ume.model.moe import MoEFeedForward
+from ume.model.moe_dispatch import dispatch_options
 
 # (tokens, d_model, experts, top_k); d_ff = 4·d_model
 FULL_GRID = [
@@ -499,13 +500,10 @@ def bench_train(
     per_round: dict[str, list[dict]] = {name: [] for name in plan}
     for _ in range(rounds):  # alternate the models, so a slow spell hits them alike
         for name, (model, trainable, fused) in plan.items():
-            MoEFeedForward.fused_expert_backward = fused
-            try:
+            with dispatch_options(model, fused_backward=fused):
                 per_round[name].append(
                     train_throughput(model, batches, trainable, steps, warmup, nb)
                 )
-            finally:
-                MoEFeedForward.fused_expert_backward = True
     runs = {}
     for name, rows in per_round.items():  # the round with the median speed
         runs[name] = sorted(rows, key=lambda r: r["steps_per_s"])[len(rows) // 2]

@@ -5,22 +5,11 @@ top-k experts; the k gate weights are renormalised to sum to 1, so E copies of a
 (`MoEFeedForward.from_dense`, UME upcycling) reproduce the dense output exactly.
 
 Experts are stored stacked (`experts.w_1` (E, D, H), `experts.b_1` (E, H), `experts.w_2`
-(E, H, D), `experts.b_2` (E, D)). Dispatch sorts the k·N token-slots by expert, gathers the
-tokens once, runs one addmm pair per expert on its contiguous block (a loop over E experts,
-never over tokens) and scatters the gated results back with a single index_add. On CPU this
-beat a padded (E, C_max, D) buffer + torch.bmm at every size from 256 to 8192 tokens (the
-padded buffer wastes work whenever the load is uneven, e.g. right after upcycling with a zero
-router where every token picks the same k experts); `dispatch="bmm"` is kept for comparison.
-When no autograd graph is needed (decoding, no_grad) the same addmm pairs run into
-preallocated buffers (`_dispatch_fast`: one reused hidden buffer, in-place activation, outputs
-written in place, k-term weighted sum instead of index_add); the results are bit-identical.
-With a graph (training) the expert blocks run through `expert_ffn`, a custom autograd
-Function that writes each expert's weight gradients straight into one stacked buffer (autograd
-on `unbind` views would stack E gradient copies per parameter and step; ume/model/expert_ffn.py).
-Short inputs with >= 2 threads (batch-1 decoding: ~10 rows per expert) take the padded bmm
-instead (`_dispatch_fast_padded`), which splits over threads by expert; equal within rounding.
-Tracing (ONNX export) switches to a dispatch without data-dependent Python values
-(`_forward_static`, "masked" or "dense"); see docs/PERFORMANCE.md for the measurements.
+(E, H, D), `experts.b_2` (E, D)). The forward routes, sorts the k·N token-slots by expert and
+hands them to a dispatch path (ume/model/moe_dispatch.py: sorted loop of one addmm pair per
+expert, its no-graph and padded-bmm variants, expert_ffn's backward in training, and the
+export-friendly "masked"/"dense" paths tracing uses), chosen per layer by
+`layer.dispatch_options` (a `DispatchOptions`; see docs/PERFORMANCE.md for the measurements).
 
 Padding frames (valid == False) are not routed: the layer outputs 0 there (the model masks
 padding downstream, so only valid frames matter). Auxiliary losses and statistics count valid
@@ -52,13 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ume.config import MoEConfig
-from ume.model.expert_ffn import expert_ffn
 from ume.model.ffn import FeedForward, activation_fn
-
-
-def _tracing() -> bool:
-    """True while torch.jit.trace or torch.onnx.export records the graph."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+from ume.model.moe_dispatch import STATIC_PATHS, DispatchOptions, dispatch_sorted, forward_static
+from ume.model.moe_dispatch import tracing as _tracing
 
 
 class Experts(nn.Module):
@@ -127,19 +112,6 @@ def expert_tensors_from_dense(
 class MoEFeedForward(nn.Module):
     """Top-k routed mixture of FFN experts; forward(x (B, T, D), valid (B, T) | None)."""
 
-    # "loop" (sorted blocks, one addmm pair per expert), "bmm" (padded), or the export-friendly
-    # "masked" / "dense" (see _forward_static), which tracing (ONNX export) always uses
-    dispatch = "loop"
-    export_dispatch = "masked"  # which of the two tracing uses
-    # no-graph inference with >= 2 threads: below this many token-slots per expert on average,
-    # one padded (E, C_max, D) baddbmm pair, which splits over threads by expert, beats E small
-    # addmm pairs, which do not (batch-1 UME encoder -9..-21% at 2 threads; at 1 thread the
-    # padding only costs, so the loop stays; docs/PERFORMANCE.md). 0 = never
-    padded_max_rows = 32
-    # graph path: expert_ffn's hand-written backward (False: autograd ops on unbind views, the
-    # reference `ume bench train` times it against)
-    fused_expert_backward = True
-
     def __init__(
         self,
         d_model: int,
@@ -181,6 +153,7 @@ class MoEFeedForward(nn.Module):
         self._pending: tuple | None = None  # what last_stats is computed from
         self.load_sum: torch.Tensor | None = None  # (E,) token-slot counts, not in state_dict
         self.track_load: bool | None = None  # None: accumulate load_sum in training only
+        self.dispatch_options = DispatchOptions()  # this layer's dispatch path (moe_dispatch)
 
     def __getstate__(self) -> dict:
         # per-forward results (graph-attached in training) are not part of the layer: leaving
@@ -271,9 +244,10 @@ class MoEFeedForward(nn.Module):
         """x (B, T, D), valid (B, T) bool or None (all frames valid) -> (B, T, D)."""
         shape = x.shape
         x_flat = x.reshape(-1, shape[-1])
-        if self.dispatch in ("dense", "masked") or _tracing():
-            path = self.dispatch if self.dispatch in ("dense", "masked") else self.export_dispatch
-            return self._forward_static(x_flat, valid, path).view(shape)
+        opts = self.dispatch_options
+        if opts.path in STATIC_PATHS or _tracing():
+            path = opts.path if opts.path in STATIC_PATHS else opts.export_path
+            return forward_static(self, x_flat, valid, path).view(shape)
         idx = None
         if valid is not None and not bool(valid.all()):
             idx = valid.reshape(-1).nonzero().squeeze(1)
@@ -291,36 +265,7 @@ class MoEFeedForward(nn.Module):
         sorted_tok = order % max(n, 1) if k > 1 else order
         counts = torch.bincount(slot_e, minlength=e)  # (E,)
 
-        cap = self.capacity(n)
-        dropped = torch.zeros((), device=x.device)
-        if n == 0:
-            out = xt.new_zeros(0, shape[-1])
-        elif cap >= k * n and self.dispatch == "loop" and not self._needs_autograd(xt):
-            if k * n <= self.padded_max_rows * e and torch.get_num_threads() > 1:
-                out = self._dispatch_fast_padded(xt, slot_e, order, sorted_tok, counts, gates)
-            else:
-                out = self._dispatch_fast(xt, order, sorted_tok, counts, gates)
-        else:
-            slot_g = gates.t().reshape(-1)
-            sorted_g = slot_g.index_select(0, order)
-            sorted_e = None
-            if self.dispatch == "bmm":
-                sorted_e = slot_e.index_select(0, order)
-            if cap < k * n:
-                if sorted_e is None:
-                    sorted_e = slot_e.index_select(0, order)
-                starts = counts.cumsum(0) - counts
-                pos = torch.arange(k * n, device=x.device) - starts.index_select(0, sorted_e)
-                keep = pos < cap
-                dropped = (~keep).sum().float()
-                sorted_e, sorted_tok, sorted_g = sorted_e[keep], sorted_tok[keep], sorted_g[keep]
-                kept_counts = counts.clamp(max=cap)
-            else:
-                kept_counts = counts
-            if self.dispatch == "bmm":
-                out = self._dispatch_bmm(xt, sorted_e, sorted_tok, sorted_g, kept_counts)
-            else:
-                out = self._dispatch_loop(xt, sorted_tok, sorted_g, kept_counts)
+        out, dropped = dispatch_sorted(self, xt, slot_e, order, sorted_tok, counts, gates)
 
         if idx is not None:
             full = out.new_zeros(x_flat.size(0), shape[-1])
@@ -329,205 +274,6 @@ class MoEFeedForward(nn.Module):
             full = out
         self._record(logits, counts, dropped, n)
         return full.view(*shape[:-1], shape[-1])
-
-    def _needs_autograd(self, xt: torch.Tensor) -> bool:
-        """Whether this forward must build a graph (else the in-place, out= fast path runs).
-        Autocast also takes the graph path: ops with out= are not autocast."""
-        if torch.is_autocast_enabled(xt.device.type):
-            return True
-        if not torch.is_grad_enabled():
-            return False
-        return xt.requires_grad or any(p.requires_grad for p in self.experts.parameters())
-
-    def _act_(self, h: torch.Tensor) -> torch.Tensor:
-        """Activation in place (same kernel, same values as the out-of-place module)."""
-        if isinstance(self.act, nn.SiLU):
-            return F.silu(h, inplace=True)
-        return F.relu(h, inplace=True)
-
-    def _dispatch_fast(
-        self,
-        xt: torch.Tensor,
-        order: torch.Tensor,
-        tok: torch.Tensor,
-        counts: torch.Tensor,
-        gates: torch.Tensor,
-    ) -> torch.Tensor:
-        """No-graph dispatch (inference; also training forwards under no_grad): the same
-        addmm pair per expert, but into preallocated buffers: one (max count, H) hidden buffer
-        reused by every expert (in-place activation, cache-resident), second addmm written
-        straight into its rows of the output, gates applied in place, one index_add. The
-        products and the summation order are those of the graph path: bit-identical output."""
-        n = xt.size(0)
-        sizes = counts.tolist()
-        p = self.experts
-        xs = xt.index_select(0, tok)  # (k·N, D), grouped by expert
-        drop = self.dropout.p if self.training else 0.0
-        w_1, b_1, w_2, b_2 = (t.unbind(0) for t in (p.w_1, p.b_1, p.w_2, p.b_2))
-        ys = torch.empty_like(xs)
-        hbuf = xt.new_empty(max(sizes), self.d_ff)
-        for ex, (c, x_e, y_e) in enumerate(zip(sizes, xs.split(sizes), ys.split(sizes))):
-            if c == 0:
-                continue
-            h = hbuf[:c]
-            torch.addmm(b_1[ex], x_e, w_1[ex], out=h)
-            self._act_(h)
-            if drop > 0:
-                F.dropout(h, drop, True, inplace=True)
-            torch.addmm(b_2[ex], h, w_2[ex], out=y_e)
-        return self._gated_sum(ys, tok, order, gates, n)
-
-    def _gated_sum(
-        self,
-        ys: torch.Tensor,
-        tok: torch.Tensor,
-        order: torch.Tensor,
-        gates: torch.Tensor,
-        n: int,
-    ) -> torch.Tensor:
-        """No-graph combine: expert outputs ys (k·N, D) in sorted slot order, scaled in place by
-        their gates and summed into their N tokens -> (N, D)."""
-        if self.top_k == 1:  # the top-1 gate is exactly 1 (p / p): no scaling
-            return torch.zeros_like(ys).index_add_(0, tok, ys)
-        sorted_g = gates.t().reshape(-1).index_select(0, order).unsqueeze(1)
-        if ys.dtype == torch.float32:  # same products and summation order as _combine
-            return ys.new_zeros(n, ys.size(1)).index_add_(0, tok, ys.mul_(sorted_g))
-        contrib = ys.float() * sorted_g  # reduced precision: accumulate in float32
-        return contrib.new_zeros(n, ys.size(1)).index_add_(0, tok, contrib).to(ys.dtype)
-
-    def _dispatch_fast_padded(
-        self,
-        xt: torch.Tensor,
-        slot_e: torch.Tensor,
-        order: torch.Tensor,
-        tok: torch.Tensor,
-        counts: torch.Tensor,
-        gates: torch.Tensor,
-    ) -> torch.Tensor:
-        """No-graph dispatch for short inputs (batch-1 decoding, streaming chunks): the slots
-        are copied into a zero-padded (E, C_max, D) buffer and every expert runs in one
-        baddbmm pair. With a few rows per expert, E separate addmm calls are each too small
-        to use the core (or a second thread) well, while one bmm spreads over experts; the
-        padding costs FLOPs on every expert below C_max. Same maps and gates as the loop;
-        equal to it within float rounding (bmm may sum in another order)."""
-        n, d = xt.shape
-        e = self.num_experts
-        sorted_e = slot_e.index_select(0, order)  # (k·N,)
-        flat, c_max = self._padded_index(sorted_e, counts)
-        p = self.experts
-        buf = xt.new_zeros(e * c_max, d).index_copy_(0, flat, xt.index_select(0, tok))
-        h = torch.baddbmm(p.b_1.unsqueeze(1), buf.view(e, c_max, d), p.w_1)  # (E, C, H)
-        self._act_(h)
-        if self.training and self.dropout.p > 0:
-            F.dropout(h, self.dropout.p, True, inplace=True)
-        y = torch.baddbmm(p.b_2.unsqueeze(1), h, p.w_2).view(e * c_max, d)
-        ys = y.index_select(0, flat)  # (k·N, D) in sorted slot order
-        return self._gated_sum(ys, tok, order, gates, n)
-
-    @staticmethod
-    def _padded_index(sorted_e: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Row of each expert-sorted slot in a zero-padded (E·C_max, ·) buffer, and C_max."""
-        c_max = int(counts.max()) if counts.numel() else 0
-        starts = counts.cumsum(0) - counts
-        pos = torch.arange(sorted_e.numel(), device=sorted_e.device)
-        pos = pos - starts.index_select(0, sorted_e)
-        return sorted_e * c_max + pos, c_max
-
-    def _forward_static(
-        self, x_flat: torch.Tensor, valid: torch.Tensor | None, path: str
-    ) -> torch.Tensor:
-        """Export-friendly dispatch: no `.tolist()`, nothing a trace would freeze. Padding frames
-        are routed too (their output is zeroed), so shapes follow the input only.
-            "masked": per expert, its rows (torch.where over the top-k choices), its FFN, a
-                      gated index_add: the same FLOPs as "loop"; dynamic shapes (NonZero)
-            "dense":  every expert on every frame (E/k times the FLOPs), then a gather of each
-                      frame's top-k outputs: static shapes
-        Both give what the sorted dispatch gives: the same per-expert affine maps and gates,
-        and for k <= 2 the same sum (two-term float addition is commutative)."""
-        n, d = x_flat.shape
-        k, e = self.top_k, self.num_experts
-        logits, top_e, gates = self.route(x_flat)
-        p = self.experts
-        acc_dtype = torch.float32
-        if path == "dense":
-            xe = x_flat.unsqueeze(0).expand(e, n, d)
-            h = self.dropout(self.act(torch.baddbmm(p.b_1.unsqueeze(1), xe, p.w_1)))  # (E,N,H)
-            y = torch.baddbmm(p.b_2.unsqueeze(1), h, p.w_2).transpose(0, 1)  # (N, E, D)
-            sel = y.gather(1, top_e.unsqueeze(-1).expand(n, k, d)).to(acc_dtype)  # (N, k, D)
-            out = sel[:, 0] * gates[:, :1]
-            for j in range(1, k):
-                out = out + sel[:, j] * gates[:, j : j + 1]
-        elif path == "masked":
-            out = x_flat.new_zeros(n, d, dtype=acc_dtype)
-            for ex in range(e):
-                tok, slot = torch.where(top_e == ex)
-                h = self.dropout(self.act(torch.addmm(p.b_1[ex], x_flat[tok], p.w_1[ex])))
-                y = torch.addmm(p.b_2[ex], h, p.w_2[ex]).to(acc_dtype)
-                out = out.index_add(0, tok, y * gates[tok, slot].unsqueeze(1))
-        else:
-            raise ValueError(f"unknown MoE dispatch {path!r}; use loop, bmm, masked or dense")
-        out = out.to(x_flat.dtype)
-        if valid is not None:
-            out = out * valid.reshape(n, 1).to(out.dtype)  # padding frames output 0
-        if not _tracing():  # statistics as the sorted dispatch records them (valid frames)
-            vmask = valid.reshape(n) if valid is not None else None
-            lg = logits if vmask is None else logits[vmask]
-            te = top_e if vmask is None else top_e[vmask]
-            counts = torch.bincount(te.reshape(-1), minlength=e)
-            self._record(lg, counts, torch.zeros((), device=x_flat.device), lg.size(0))
-        return out
-
-    def _dispatch_loop(
-        self, xt: torch.Tensor, tok: torch.Tensor, gate: torch.Tensor, counts: torch.Tensor
-    ) -> torch.Tensor:
-        xs = xt.index_select(0, tok)  # (S, D), grouped by expert
-        p = self.experts
-        sizes = counts.tolist()
-        fused = self.fused_expert_backward and xs.dtype == p.w_1.dtype
-        if fused and not torch.is_autocast_enabled(xt.device.type):
-            drop = self.dropout.p if self.training else 0.0
-            act = _activation_name(self.act)
-            y = expert_ffn(xs, sizes, p.w_1, p.b_1, p.w_2, p.b_2, act, drop)
-            return self._combine(xt, y, tok, gate)
-        # autocast (its casts do not apply to out= calls): the same maps as autograd ops
-        w_1, b_1, w_2, b_2 = p.w_1.unbind(0), p.b_1.unbind(0), p.w_2.unbind(0), p.b_2.unbind(0)
-        ys = []
-        for ex, chunk in enumerate(xs.split(sizes)):
-            if chunk.size(0) > 0:
-                h = self.dropout(self.act(torch.addmm(b_1[ex], chunk, w_1[ex])))
-                ys.append(torch.addmm(b_2[ex], h, w_2[ex]))
-        y = torch.cat(ys) if ys else xs.new_zeros(0, xt.size(1))
-        return self._combine(xt, y, tok, gate)
-
-    def _dispatch_bmm(
-        self,
-        xt: torch.Tensor,
-        e_idx: torch.Tensor,
-        tok: torch.Tensor,
-        gate: torch.Tensor,
-        counts: torch.Tensor,
-    ) -> torch.Tensor:
-        e, d = self.num_experts, xt.size(1)
-        flat, c_max = self._padded_index(e_idx, counts)
-        buf = xt.new_zeros(e * c_max, d).index_copy(0, flat, xt.index_select(0, tok))
-        p = self.experts
-        h = torch.baddbmm(p.b_1.unsqueeze(1), buf.view(e, c_max, d), p.w_1)
-        h = self.dropout(self.act(h))
-        y = torch.baddbmm(p.b_2.unsqueeze(1), h, p.w_2).view(e * c_max, d)
-        return self._combine(xt, y.index_select(0, flat), tok, gate)
-
-    @staticmethod
-    def _combine(
-        xt: torch.Tensor, y: torch.Tensor, tok: torch.Tensor, gate: torch.Tensor
-    ) -> torch.Tensor:
-        """Sum gate-weighted slot outputs y (S, D) into their tokens -> (N, D)."""
-        if y.dtype == torch.float32:
-            contrib = y * gate.unsqueeze(1)
-            return y.new_zeros(xt.size(0), y.size(1)).index_add(0, tok, contrib)
-        # reduced precision (autocast): accumulate the k contributions in float32
-        contrib = y.float() * gate.unsqueeze(1)
-        out = contrib.new_zeros(xt.size(0), y.size(1)).index_add(0, tok, contrib)
-        return out.to(y.dtype)
 
     # ---- specialisation diagnostics -----------------------------------------------------------
     @torch.no_grad()

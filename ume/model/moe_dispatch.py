@@ -1,0 +1,367 @@
+"""How an `MoEFeedForward` layer moves its token-slots through its experts (the dispatch paths),
+chosen per layer by its `DispatchOptions` (`layer.dispatch_options`), never by globals.
+
+Paths (the routing, the per-expert maps and the gates are the same in all of them):
+    sorted loop   slots sorted by expert, one addmm pair per expert on its contiguous block,
+                  one index_add of the gated outputs (path "loop", the default). Without an
+                  autograd graph it runs into preallocated buffers (`dispatch_fast`,
+                  bit-identical); with a graph through `expert_ffn`'s hand-written backward
+                  (`fused_backward`, else autograd ops on unbind views, the reference).
+    padded bmm    no graph, >= 2 threads, short inputs (`dispatch_fast_padded`): the slots in a
+                  zero-padded (E, C_max, D) buffer, every expert in one baddbmm pair, which
+                  splits over threads by expert (batch-1 decoding: ~10 rows per expert). Taken
+                  only when the BUSIEST expert has <= `padded_max_rows` rows and the padded
+                  buffer is at most `padded_max_waste` x the real rows: with a skewed load
+                  (a zero router sends every token to the same k experts) the loop runs,
+                  because the padded buffer would be sized by the busiest expert.
+    bmm           the padded buffer with autograd ops (path "bmm", for comparison).
+    masked/dense  export-friendly, no data-dependent Python values (`forward_static`); tracing
+                  (ONNX export) always takes `export_path`.
+
+Example:
+    >>> layer.dispatch_options = DispatchOptions(padded_max_rows=0)  # this layer: never padded
+    >>> with dispatch_options(model, fused_backward=False):          # every MoE layer, restored
+    ...     model(feats, lens, ys, ys_lens)["loss"].backward()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ume.model.expert_ffn import expert_ffn
+
+if TYPE_CHECKING:  # the layer type, for hints only (moe.py imports this module)
+    from ume.model.moe import MoEFeedForward
+
+STATIC_PATHS = ("masked", "dense")
+PATHS = ("loop", "bmm", *STATIC_PATHS)
+
+
+@dataclass
+class DispatchOptions:
+    """Per-layer dispatch choice.
+
+    path:             "loop" (sorted blocks; fast no-graph and padded variants), "bmm",
+                      "masked" or "dense" (export-friendly, also usable eagerly)
+    export_path:      what tracing (ONNX export) uses: "masked" or "dense"
+    padded_max_rows:  no-graph with >= 2 threads: the padded bmm when the busiest expert has
+                      at most this many rows (0 = never). At 1 thread the padding only costs.
+    padded_max_waste: ... and E x C_max <= this x the k·N real rows (skewed load -> loop)
+    fused_backward:   graph path through expert_ffn's backward (False: autograd reference)
+    """
+
+    path: str = "loop"
+    export_path: str = "masked"
+    padded_max_rows: int = 32
+    padded_max_waste: float = 2.0
+    fused_backward: bool = True
+
+    def __post_init__(self) -> None:
+        if self.path not in PATHS:
+            raise ValueError(f"MoE dispatch path {self.path!r}: use one of {PATHS}")
+        if self.export_path not in STATIC_PATHS:
+            raise ValueError(f"MoE export_path {self.export_path!r}: use one of {STATIC_PATHS}")
+        if self.padded_max_rows < 0 or self.padded_max_waste < 1.0:
+            raise ValueError("padded_max_rows must be >= 0 and padded_max_waste >= 1")
+
+
+def moe_layers_of(model: nn.Module) -> list[nn.Module]:
+    """Every module of `model` that carries dispatch options (MoEFeedForward layers)."""
+    return [m for m in model.modules() if isinstance(getattr(m, "dispatch_options", None),
+                                                     DispatchOptions)]  # fmt: skip
+
+
+@contextlib.contextmanager
+def dispatch_options(model: nn.Module, **changes: object) -> Iterator[None]:
+    """Change fields of every MoE layer's DispatchOptions inside the block, then restore."""
+    layers = moe_layers_of(model)
+    saved = [m.dispatch_options for m in layers]
+    try:
+        for m in layers:
+            m.dispatch_options = dataclasses.replace(m.dispatch_options, **changes)
+        yield
+    finally:
+        for m, opts in zip(layers, saved):
+            m.dispatch_options = opts
+
+
+def set_dispatch_options(model: nn.Module, **changes: object) -> int:
+    """Change fields of every MoE layer's DispatchOptions (no restore); returns the count."""
+    layers = moe_layers_of(model)
+    for m in layers:
+        m.dispatch_options = dataclasses.replace(m.dispatch_options, **changes)
+    return len(layers)
+
+
+def tracing() -> bool:
+    """True while torch.jit.trace or torch.onnx.export records the graph."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _act_name(layer: MoEFeedForward) -> str:
+    return "swish" if isinstance(layer.act, nn.SiLU) else "relu"
+
+
+def _act_(layer: MoEFeedForward, h: torch.Tensor) -> torch.Tensor:
+    """Activation in place (same kernel, same values as the out-of-place module)."""
+    if isinstance(layer.act, nn.SiLU):
+        return F.silu(h, inplace=True)
+    return F.relu(h, inplace=True)
+
+
+def needs_autograd(layer: MoEFeedForward, xt: torch.Tensor) -> bool:
+    """Whether this forward must build a graph (else the in-place, out= fast path runs).
+    Autocast also takes the graph path: ops with out= are not autocast."""
+    if torch.is_autocast_enabled(xt.device.type):
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    return xt.requires_grad or any(p.requires_grad for p in layer.experts.parameters())
+
+
+def use_padded(opts: DispatchOptions, sizes: list[int], n_slots: int) -> bool:
+    """The padded bmm for this load? By the busiest expert's real rows, not the average."""
+    if opts.padded_max_rows <= 0 or torch.get_num_threads() < 2 or not sizes:
+        return False
+    c_max = max(sizes)
+    return c_max <= opts.padded_max_rows and len(sizes) * c_max <= opts.padded_max_waste * n_slots
+
+
+def dispatch_sorted(
+    layer: MoEFeedForward,
+    xt: torch.Tensor,
+    slot_e: torch.Tensor,
+    order: torch.Tensor,
+    sorted_tok: torch.Tensor,
+    counts: torch.Tensor,
+    gates: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """xt (N, D), slots sorted by expert -> output (N, D) and the number of dropped slots."""
+    n, k = xt.size(0), layer.top_k
+    opts = layer.dispatch_options
+    cap = layer.capacity(n)
+    dropped = torch.zeros((), device=xt.device)
+    if n == 0:
+        return xt.new_zeros(0, xt.size(1)), dropped
+    if cap >= k * n and opts.path == "loop" and not needs_autograd(layer, xt):
+        sizes = counts.tolist()
+        if use_padded(opts, sizes, k * n):
+            return dispatch_fast_padded(layer, xt, slot_e, order, sorted_tok, sizes, gates), dropped
+        return dispatch_fast(layer, xt, order, sorted_tok, sizes, gates), dropped
+    sorted_g = gates.t().reshape(-1).index_select(0, order)
+    sorted_e = slot_e.index_select(0, order) if opts.path == "bmm" or cap < k * n else None
+    kept_counts = counts
+    if cap < k * n:
+        starts = counts.cumsum(0) - counts
+        pos = torch.arange(k * n, device=xt.device) - starts.index_select(0, sorted_e)
+        keep = pos < cap
+        dropped = (~keep).sum().float()
+        sorted_e, sorted_tok, sorted_g = sorted_e[keep], sorted_tok[keep], sorted_g[keep]
+        kept_counts = counts.clamp(max=cap)
+    if opts.path == "bmm":
+        return dispatch_bmm(layer, xt, sorted_e, sorted_tok, sorted_g, kept_counts), dropped
+    return dispatch_loop(layer, xt, sorted_tok, sorted_g, kept_counts), dropped
+
+
+def dispatch_fast(
+    layer: MoEFeedForward,
+    xt: torch.Tensor,
+    order: torch.Tensor,
+    tok: torch.Tensor,
+    sizes: list[int],
+    gates: torch.Tensor,
+) -> torch.Tensor:
+    """No-graph dispatch (inference; also training forwards under no_grad): the same addmm
+    pair per expert, but into preallocated buffers: one (max count, H) hidden buffer reused by
+    every expert (in-place activation, cache-resident), second addmm written straight into
+    its rows of the output, gates applied in place, one index_add. The products and the
+    summation order are those of the graph path: bit-identical output."""
+    n = xt.size(0)
+    p = layer.experts
+    xs = xt.index_select(0, tok)  # (k·N, D), grouped by expert
+    drop = layer.dropout.p if layer.training else 0.0
+    w_1, b_1, w_2, b_2 = (t.unbind(0) for t in (p.w_1, p.b_1, p.w_2, p.b_2))
+    ys = torch.empty_like(xs)
+    hbuf = xt.new_empty(max(sizes), layer.d_ff)
+    for ex, (c, x_e, y_e) in enumerate(zip(sizes, xs.split(sizes), ys.split(sizes))):
+        if c == 0:
+            continue
+        h = hbuf[:c]
+        torch.addmm(b_1[ex], x_e, w_1[ex], out=h)
+        _act_(layer, h)
+        if drop > 0:
+            F.dropout(h, drop, True, inplace=True)
+        torch.addmm(b_2[ex], h, w_2[ex], out=y_e)
+    return gated_sum(layer.top_k, ys, tok, order, gates, n)
+
+
+def gated_sum(
+    top_k: int,
+    ys: torch.Tensor,
+    tok: torch.Tensor,
+    order: torch.Tensor,
+    gates: torch.Tensor,
+    n: int,
+) -> torch.Tensor:
+    """No-graph combine: expert outputs ys (k·N, D) in sorted slot order, scaled in place by
+    their gates and summed into their N tokens -> (N, D)."""
+    if top_k == 1:  # the top-1 gate's value is exactly 1 (p / p): no scaling
+        return torch.zeros_like(ys).index_add_(0, tok, ys)
+    sorted_g = gates.t().reshape(-1).index_select(0, order).unsqueeze(1)
+    if ys.dtype == torch.float32:  # same products and summation order as combine()
+        return ys.new_zeros(n, ys.size(1)).index_add_(0, tok, ys.mul_(sorted_g))
+    contrib = ys.float() * sorted_g  # reduced precision: accumulate in float32
+    return contrib.new_zeros(n, ys.size(1)).index_add_(0, tok, contrib).to(ys.dtype)
+
+
+def dispatch_fast_padded(
+    layer: MoEFeedForward,
+    xt: torch.Tensor,
+    slot_e: torch.Tensor,
+    order: torch.Tensor,
+    tok: torch.Tensor,
+    sizes: list[int],
+    gates: torch.Tensor,
+) -> torch.Tensor:
+    """No-graph dispatch for short inputs (batch-1 decoding, streaming chunks): the slots are
+    copied into a zero-padded (E, C_max, D) buffer and every expert runs in one baddbmm pair.
+    With a few rows per expert, E separate addmm calls are each too small to use the core (or
+    a second thread) well, while one bmm spreads over experts; the padding costs FLOPs on
+    every expert below C_max. Same maps and gates as the loop; equal to it within float
+    rounding (bmm may sum in another order)."""
+    n, d = xt.shape
+    e = layer.num_experts
+    sorted_e = slot_e.index_select(0, order)  # (k·N,)
+    c_max = max(sizes)
+    counts = torch.tensor(sizes, device=xt.device)
+    flat = padded_index(sorted_e, counts, c_max)
+    p = layer.experts
+    buf = xt.new_zeros(e * c_max, d).index_copy_(0, flat, xt.index_select(0, tok))
+    h = torch.baddbmm(p.b_1.unsqueeze(1), buf.view(e, c_max, d), p.w_1)  # (E, C, H)
+    _act_(layer, h)
+    if layer.training and layer.dropout.p > 0:
+        F.dropout(h, layer.dropout.p, True, inplace=True)
+    y = torch.baddbmm(p.b_2.unsqueeze(1), h, p.w_2).view(e * c_max, d)
+    ys = y.index_select(0, flat)  # (k·N, D) in sorted slot order
+    return gated_sum(layer.top_k, ys, tok, order, gates, n)
+
+
+def padded_index(sorted_e: torch.Tensor, counts: torch.Tensor, c_max: int) -> torch.Tensor:
+    """Row of each expert-sorted slot in a zero-padded (E·C_max, ·) buffer."""
+    starts = counts.cumsum(0) - counts
+    pos = torch.arange(sorted_e.numel(), device=sorted_e.device)
+    pos = pos - starts.index_select(0, sorted_e)
+    return sorted_e * c_max + pos
+
+
+def forward_static(
+    layer: MoEFeedForward, x_flat: torch.Tensor, valid: torch.Tensor | None, path: str
+) -> torch.Tensor:
+    """Export-friendly dispatch: no `.tolist()`, nothing a trace would freeze. Padding frames
+    are routed too (their output is zeroed), so shapes follow the input only.
+        "masked": per expert, its rows (torch.where over the top-k choices), its FFN, a gated
+                  index_add: the same FLOPs as "loop"; dynamic shapes (NonZero)
+        "dense":  every expert on every frame (E/k times the FLOPs), then a gather of each
+                  frame's top-k outputs: static shapes
+    Both give what the sorted dispatch gives: the same per-expert affine maps and gates, and
+    for k <= 2 the same sum (two-term float addition is commutative)."""
+    n, d = x_flat.shape
+    k, e = layer.top_k, layer.num_experts
+    logits, top_e, gates = layer.route(x_flat)
+    p = layer.experts
+    acc_dtype = torch.float32
+    if path == "dense":
+        xe = x_flat.unsqueeze(0).expand(e, n, d)
+        h = layer.dropout(layer.act(torch.baddbmm(p.b_1.unsqueeze(1), xe, p.w_1)))  # (E, N, H)
+        y = torch.baddbmm(p.b_2.unsqueeze(1), h, p.w_2).transpose(0, 1)  # (N, E, D)
+        sel = y.gather(1, top_e.unsqueeze(-1).expand(n, k, d)).to(acc_dtype)  # (N, k, D)
+        out = sel[:, 0] * gates[:, :1]
+        for j in range(1, k):
+            out = out + sel[:, j] * gates[:, j : j + 1]
+    elif path == "masked":
+        out = x_flat.new_zeros(n, d, dtype=acc_dtype)
+        for ex in range(e):
+            tok, slot = torch.where(top_e == ex)
+            h = layer.dropout(layer.act(torch.addmm(p.b_1[ex], x_flat[tok], p.w_1[ex])))
+            y = torch.addmm(p.b_2[ex], h, p.w_2[ex]).to(acc_dtype)
+            out = out.index_add(0, tok, y * gates[tok, slot].unsqueeze(1))
+    else:
+        raise ValueError(f"unknown MoE dispatch {path!r}; use one of {PATHS}")
+    out = out.to(x_flat.dtype)
+    if valid is not None:
+        out = out * valid.reshape(n, 1).to(out.dtype)  # padding frames output 0
+    if not tracing():  # statistics as the sorted dispatch records them (valid frames)
+        vmask = valid.reshape(n) if valid is not None else None
+        lg = logits if vmask is None else logits[vmask]
+        te = top_e if vmask is None else top_e[vmask]
+        counts = torch.bincount(te.reshape(-1), minlength=e)
+        layer._record(lg, counts, torch.zeros((), device=x_flat.device), lg.size(0))
+    return out
+
+
+def dispatch_loop(
+    layer: MoEFeedForward,
+    xt: torch.Tensor,
+    tok: torch.Tensor,
+    gate: torch.Tensor,
+    counts: torch.Tensor,
+) -> torch.Tensor:
+    """Graph path: expert blocks through expert_ffn (or autograd ops: autocast, reference)."""
+    xs = xt.index_select(0, tok)  # (S, D), grouped by expert
+    p = layer.experts
+    sizes = counts.tolist()
+    fused = layer.dispatch_options.fused_backward and xs.dtype == p.w_1.dtype
+    if fused and not torch.is_autocast_enabled(xt.device.type):
+        drop = layer.dropout.p if layer.training else 0.0
+        y = expert_ffn(xs, sizes, p.w_1, p.b_1, p.w_2, p.b_2, _act_name(layer), drop)
+        return combine(xt, y, tok, gate)
+    # autocast (its casts do not apply to out= calls): the same maps as autograd ops
+    w_1, b_1, w_2, b_2 = p.w_1.unbind(0), p.b_1.unbind(0), p.w_2.unbind(0), p.b_2.unbind(0)
+    ys = []
+    for ex, chunk in enumerate(xs.split(sizes)):
+        if chunk.size(0) > 0:
+            h = layer.dropout(layer.act(torch.addmm(b_1[ex], chunk, w_1[ex])))
+            ys.append(torch.addmm(b_2[ex], h, w_2[ex]))
+    y = torch.cat(ys) if ys else xs.new_zeros(0, xt.size(1))
+    return combine(xt, y, tok, gate)
+
+
+def dispatch_bmm(
+    layer: MoEFeedForward,
+    xt: torch.Tensor,
+    e_idx: torch.Tensor,
+    tok: torch.Tensor,
+    gate: torch.Tensor,
+    counts: torch.Tensor,
+) -> torch.Tensor:
+    """Graph path with the padded (E, C_max, D) buffer and autograd ops."""
+    e, d = layer.num_experts, xt.size(1)
+    c_max = int(counts.max()) if counts.numel() else 0
+    flat = padded_index(e_idx, counts, c_max)
+    buf = xt.new_zeros(e * c_max, d).index_copy(0, flat, xt.index_select(0, tok))
+    p = layer.experts
+    h = torch.baddbmm(p.b_1.unsqueeze(1), buf.view(e, c_max, d), p.w_1)
+    h = layer.dropout(layer.act(h))
+    y = torch.baddbmm(p.b_2.unsqueeze(1), h, p.w_2).view(e * c_max, d)
+    return combine(xt, y.index_select(0, flat), tok, gate)
+
+
+def combine(
+    xt: torch.Tensor, y: torch.Tensor, tok: torch.Tensor, gate: torch.Tensor
+) -> torch.Tensor:
+    """Sum gate-weighted slot outputs y (S, D) into their tokens -> (N, D)."""
+    if y.dtype == torch.float32:
+        contrib = y * gate.unsqueeze(1)
+        return y.new_zeros(xt.size(0), y.size(1)).index_add(0, tok, contrib)
+    # reduced precision (autocast): accumulate the k contributions in float32
+    contrib = y.float() * gate.unsqueeze(1)
+    out = contrib.new_zeros(xt.size(0), y.size(1)).index_add(0, tok, contrib)
+    return out.to(y.dtype)

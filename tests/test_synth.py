@@ -14,20 +14,17 @@ import soundfile as sf
 
 from ume.data import augment as A
 from ume.data import tts
-from ume.data.synth import (
+from ume.data.synth import KALDI_FILES, synthesize
+from ume.data.synth_plan import plan_corpus
+from ume.data.synth_presets import HELDOUT_SPLIT, PRESETS, SPLITS
+from ume.data.synth_render import _render_job
+from ume.data.text import is_cjk, normalize_text, text_lang
+from ume.data.text_sources import (
     FORTUNE_DIR,
-    HELDOUT_SPLIT,
-    KALDI_FILES,
-    PRESETS,
-    SPLITS,
-    _render_job,
     en_sentences_from_entry,
     load_sentences,
-    plan_corpus,
-    synthesize,
     zh_sentences_from_entry,
 )
-from ume.data.text import is_cjk, normalize_text, text_lang
 from ume.data.tts import Voice
 
 HAVE_TOOLS = (

@@ -420,8 +420,10 @@ def _atomic_write(path: Path, lines: list[str]) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
-def write_kaldi_dir(utts: list[Utterance], out_dir: str | Path) -> None:
-    """Write wav.scp, text, utt2spk, utt2lang (and utt2dur when every duration is known), sorted.
+def write_kaldi_dir(utts: list[Utterance], out_dir: str | Path, data_list: bool = False) -> None:
+    """Write wav.scp, text, utt2spk, spk2utt, utt2lang (and utt2dur when every duration is
+    known), sorted by key; with `data_list`, also a wenet-style data.list (JSON lines with key,
+    wav, txt).
 
     Example:
         >>> write_kaldi_dir(utts, "data/train_clean")
@@ -441,9 +443,16 @@ def write_kaldi_dir(utts: list[Utterance], out_dir: str | Path) -> None:
     _atomic_write(out / "wav.scp", [f"{u.key} {u.wav}" for u in items])
     _atomic_write(out / "text", [f"{u.key} {u.text}".rstrip() for u in items])
     _atomic_write(out / "utt2spk", [f"{u.key} {u.spk or u.key}" for u in items])
+    spk2utt: dict[str, list[str]] = {}
+    for u in items:
+        spk2utt.setdefault(u.spk or u.key, []).append(u.key)
+    _atomic_write(out / "spk2utt", [f"{s} {' '.join(k)}" for s, k in sorted(spk2utt.items())])
     _atomic_write(out / "utt2lang", [f"{u.key} {u.lang or text_lang(u.text)}" for u in items])
     if items and all(u.duration is not None for u in items):
         _atomic_write(out / "utt2dur", [f"{u.key} {u.duration:.3f}" for u in items])
+    if data_list:
+        rows = [{"key": u.key, "wav": u.wav, "txt": u.text} for u in items]
+        _atomic_write(out / "data.list", [json.dumps(r, ensure_ascii=False) for r in rows])
 
 
 def read_text_file(path: str | Path) -> dict[str, str]:

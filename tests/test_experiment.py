@@ -33,6 +33,7 @@ ROW_KEYS = (
 )
 
 
+@pytest.mark.slow  # trains and evaluates every run of the tiny preset
 def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     work = tmp_path / "work"
     assert main(["experiment", "--preset", "tiny", "--workdir", str(work), "--from-scratch"]) == 0

@@ -115,6 +115,7 @@ def test_rerun_resumes_and_skips(tiny_data: Path, tmp_path: Path) -> None:
     assert json.loads((exp / "train_info.json").read_text())["steps"] == 6
 
 
+@pytest.mark.slow  # two torchrun processes
 @pytest.mark.parametrize("moe", [False, True])
 def test_ddp_torchrun_two_processes(tiny_data: Path, tmp_path: Path, moe: bool) -> None:
     """Two gloo processes; with moe, 4-expert top-2 layers whose experts train through
@@ -125,8 +126,8 @@ def test_ddp_torchrun_two_processes(tiny_data: Path, tmp_path: Path, moe: bool) 
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # rendezvous on a free port: fixed ports collide (TIME_WAIT, other runs)
         "--nproc_per_node=2",
-        f"--master_port={29533 + int(moe)}",  # a fresh port: the last one may be in TIME_WAIT
         "-m",
         "ume.cli",
         "train",

@@ -105,7 +105,9 @@ def test_function_preservation(dense: ASRModel, experts: int, top_k: int, router
     assert res["max_abs_diff_decoder"] <= 1e-5
     assert res["identical_decodes"], res["decodes_equal"]
     assert len(res["decodes_equal"]) == (4 if modes is None else 3)
-    assert res["bf16_max_abs_diff_ctc"] < 1.0  # report only; sanity
+    # under bf16 autocast the upcycled model still computes what the dense one does, up to
+    # bf16 rounding (the dense model alone moves by ~0.02 between fp32 and bf16 here)
+    assert res["bf16_max_abs_diff_ctc"] <= 0.05
     if router_init == "normal" and top_k < experts:  # routing really was non-trivial
         load = moe_layers(moe)["encoder.blocks.0.ffn"].last_stats["load"]
         assert (load > 0).sum() > top_k

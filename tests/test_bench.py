@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from ume.bench.moe import LoopMoE, bench_shape, bench_train, build_layer
+from ume.bench.moe import LoopMoE, bench_shape, build_layer
+from ume.bench.train_speed import bench_train
 from ume.cli import main
 from ume.config import ExperimentConfig, ModelConfig, MoEConfig
 from ume.decode.export import _feats_list, check_export, export_encoder

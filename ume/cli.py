@@ -246,9 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser(
         "train",
         help="training steps/s: dense vs UME frozen vs unfrozen",
-        add_args="ume.bench.moe:add_train_args",
+        add_args="ume.bench.train_speed:add_train_args",
     )
-    p.set_defaults(func=_lazy("ume.bench.moe", "main_train_bench"))
+    p.set_defaults(func=_lazy("ume.bench.train_speed", "main_train_bench"))
     p = bench.add_parser(
         "compile",
         help="torch.compile vs eager encoder latency",

@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rate", type=int, default=16000, help="sample rate of '-' (s16le mono PCM)")
     add_decode_args(p)
+    add_device_arg(p)
     p.set_defaults(func=_lazy("ume.decode.transcribe", "main_transcribe"))
 
     p = sub.add_parser("score", help="CER (zh) / WER (en) / MER")
@@ -291,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_lazy("ume.moe_report", "main_inspect"))
 
     p = sub.add_parser("experiment", help="the paper's comparison: dense vs UME vs scratch")
-    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper", "large"])
+    p.add_argument(
+        "--preset", default="quick", choices=["tiny", "quick", "paper", "large", "small"]
+    )
     p.add_argument("--workdir", required=True)
     p.add_argument("--from-scratch", action="store_true", help="train the dense model too")
     p.add_argument("--model", help="dense experiment dir to start from (default: bundled)")

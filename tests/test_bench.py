@@ -16,10 +16,13 @@ from ume.bench.train_speed import bench_train
 from ume.cli import main
 from ume.config import ExperimentConfig, ModelConfig, MoEConfig
 from ume.decode.export import _feats_list, check_export, export_encoder
+from ume.model import moe_dispatch
 from ume.model.asr import ASRModel
 from ume.model.moe import MoEFeedForward
+from ume.model.moe_dispatch import DispatchOptions
 
 ROW_KEYS = {"tokens", "d", "h", "e", "k", "pass", "ratio_bound", "ratio_loop", "ratio_hf"}
+ROW_KEYS |= {"router", "ratio_wenet", "wenet_ms", "hf_ms"}
 
 
 def tiny_cfg(moe: MoEConfig | None = None) -> ModelConfig:
@@ -86,6 +89,24 @@ def test_bench_refuses_a_layer_that_disagrees_with_the_loop_reference(monkeypatc
         bm.bench_shape(64, 16, 4, 2, repeats=3, budget_s=0.01)
 
 
+@pytest.mark.parametrize("router", ["normal", "zeros"])
+def test_bench_shape_peers_route_identically(router: str) -> None:
+    """WeNet's MoEFFNLayer (via the oracle) and HF's Mixtral block get our router: bench_shape
+    checks WeNet's output equals ours and HF picks our experts, else raises."""
+    import importlib.util
+
+    from ume.bench.peers import oracle_path
+
+    rows = bench_shape(48, 16, 8, 2, repeats=3, budget_s=0.01, router=router)
+    has_hf = importlib.util.find_spec("transformers") is not None
+    for r in rows:
+        assert r["router"] == router
+        assert (r["ratio_wenet"] is not None) == (oracle_path() is not None), r
+        assert (r["ratio_hf"] is not None) == has_hf, r
+        if r["ratio_wenet"] is not None:
+            assert r["ratio_wenet"] == pytest.approx(r["ours_ms"] / r["wenet_ms"], rel=0.02)
+
+
 def test_bench_shape_tiny_and_loop_reference() -> None:
     rows = bench_shape(64, 16, 4, 2, repeats=3, budget_s=0.01)
     assert [r["pass"] for r in rows] == ["fwd", "fwd_bwd"]
@@ -115,19 +136,20 @@ def test_all_dispatch_paths_agree(e: int, k: int) -> None:
         graph = moe(x.clone().requires_grad_(True), valid).detach()  # autograd path
     assert torch.allclose(graph, ref, atol=1e-6)
     for path in ("masked", "dense", "bmm"):
-        moe.dispatch = path
+        moe.dispatch_options = DispatchOptions(path=path)
         with torch.no_grad():
             out = moe(x, valid)
         assert torch.allclose(out, ref, atol=1e-5), path
         assert torch.all(out[~valid] == 0), path
         assert torch.allclose(moe.last_stats["load"], ref_load), path
-    moe.dispatch = "loop"
+    moe.dispatch_options = DispatchOptions()
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_fast_path_is_bitwise_equal_to_graph_path(k: int) -> None:
     moe = build_layer(32, 8, k).eval()
-    moe.padded_max_rows = 0  # the sorted loop (the padded bmm is only equal within rounding)
+    # the sorted loop (the padded bmm is only equal within rounding)
+    moe.dispatch_options = DispatchOptions(padded_max_rows=0)
     x = torch.randn(2, 150, 32)
     valid = torch.ones(2, 150, dtype=torch.bool)
     valid[1, 100:] = False
@@ -142,17 +164,18 @@ def test_padded_fast_path_for_short_inputs(k: int, monkeypatch: pytest.MonkeyPat
     """Batch-1-sized input with 2 threads: the padded bmm runs and equals the graph path, also
     with uneven load and an expert that gets no token."""
     moe = build_layer(32, 8, k).eval()
-    with torch.no_grad():  # expert 7 is never chosen, expert 0 takes most frames
-        moe.router.weight[7] = -100.0
-        moe.router.weight[0] += 0.5
+    with torch.no_grad():  # token i -> experts i % 7, then (i + 1) % 7; expert 7 gets none
+        w = torch.zeros(8, 32)
+        for i in range(28):
+            w[i % 7, i], w[(i + 1) % 7, i] = 2.0, 1.0
+        w[7] = -100.0
+        moe.router.weight.copy_(w)
     calls = []
-    real = MoEFeedForward._dispatch_fast_padded
+    real = moe_dispatch.dispatch_fast_padded
     monkeypatch.setattr(
-        MoEFeedForward,
-        "_dispatch_fast_padded",
-        lambda self, *a: calls.append(1) or real(self, *a),
+        moe_dispatch, "dispatch_fast_padded", lambda *a: calls.append(1) or real(*a)
     )
-    x = torch.rand(1, 37, 32)  # positive inputs: the router edits above decide the load
+    x = torch.eye(32)[:28].unsqueeze(0) + 0.01 * torch.rand(1, 28, 32)  # (1, 28, 32)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -164,10 +187,39 @@ def test_padded_fast_path_for_short_inputs(k: int, monkeypatch: pytest.MonkeyPat
     finally:
         torch.set_num_threads(threads)
     assert len(calls) == 1
-    assert float(load[7]) == 0.0 and float(load[0]) > 1.0 / 8
+    assert float(load[7]) == 0.0
     slow = moe(x.clone().requires_grad_(True)).detach()
     assert torch.allclose(fast, slow, atol=1e-6)
     assert torch.equal(loop, slow)
+
+
+@pytest.mark.parametrize("tokens", [8, 37, 200])
+def test_skewed_load_never_takes_the_padded_path(tokens: int, monkeypatch) -> None:
+    """A zero router (every token picks the same k experts): the padded buffer would be sized
+    by the busiest expert (E x its rows), so the loop runs at any input length."""
+    cfg = MoEConfig(num_experts=8, top_k=2)  # router_init zeros
+    moe = MoEFeedForward(32, 64, "swish", 0.0, cfg).eval()
+    calls = []
+    real = moe_dispatch.dispatch_fast_padded
+    monkeypatch.setattr(
+        moe_dispatch, "dispatch_fast_padded", lambda *a: calls.append(1) or real(*a)
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            moe(torch.randn(1, tokens, 32))
+        use = moe_dispatch.use_padded
+        assert use(DispatchOptions(), [5, 5, 4, 6, 5, 5, 4, 6], 40)  # even: padded
+        assert not use(DispatchOptions(), [20, 20, 0, 0, 0, 0, 0, 0], 40)  # skewed: loop
+        assert not use(DispatchOptions(padded_max_rows=0), [5] * 8, 40)
+        torch.set_num_threads(1)
+        assert not use(DispatchOptions(), [5, 5, 4, 6, 5, 5, 4, 6], 40)  # 1 thread: loop
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == []
+    with pytest.raises(ValueError, match="dispatch path"):
+        DispatchOptions(path="fast")
 
 
 # ---- export ------------------------------------------------------------------------------------
@@ -187,7 +239,11 @@ def test_export_round_trip(tmp_path: Path, moe_path: str, final_norm: str) -> No
     for key in ("eager_rtf", "onnx_rtf"):  # a tiny model: far below real time, yet measured
         assert 1e-5 < res[key] < 1.0, (key, res[key])
     # eager dispatch is unchanged after export (tracing-only switch)
-    assert all(m.dispatch == "loop" for m in model.modules() if isinstance(m, MoEFeedForward))
+    assert all(
+        m.dispatch_options.path == "loop" and m.dispatch_options.export_path == moe_path
+        for m in model.modules()
+        if isinstance(m, MoEFeedForward)
+    )
 
 
 # ---- training throughput -----------------------------------------------------------------------
@@ -205,7 +261,7 @@ def test_train_throughput_positive() -> None:
     assert set(res["runs"]) == {"dense", "ume_frozen", "ume_unfrozen", "ume_unfrozen_ref"}
     for name, per in res["steps_per_s_per_round"].items():  # each reports its median round
         assert len(per) == 3 and res["runs"][name]["steps_per_s"] == sorted(per)[1], name
-    assert MoEFeedForward.fused_expert_backward  # the reference switch is restored
+    assert DispatchOptions().fused_backward  # the default is the fused backward
     with pytest.raises(ValueError, match="--rounds 0"):
         bench_train(preset="tiny", rounds=0)
     for r in res["runs"].values():  # units: steps/s from the timed steps, audio in seconds
@@ -293,7 +349,7 @@ def test_bench_gap_splits_the_extra_time(tmp_path: Path, capsys: pytest.CaptureF
         argv += ["--data", str(data), "--batch", "1", "--batch", "2", "--rounds", "2", "--json"]
         assert main([*argv, "--padded-max-rows", "0"]) == 0
         res = json.loads(capsys.readouterr().out)
-        assert res["padded_max_rows"] == 0 and MoEFeedForward.padded_max_rows == 32
+        assert res["padded_max_rows"] == 0 and DispatchOptions().padded_max_rows == 32
         assert [r["batch"] for r in res["rows"]] == [1, 2] and res["threads"] == 1
         for r in res["rows"]:
             assert r["utts"] == 2 and len(r["ratio_per_round"]) == 2

@@ -17,6 +17,7 @@ from ume.config import ExperimentConfig, ModelConfig, MoEConfig
 from ume.model.asr import ASRModel
 from ume.model.ffn import FeedForward
 from ume.model.moe import MoEFeedForward
+from ume.model.moe_dispatch import DispatchOptions
 from ume.model.params import moe_layers, param_report
 from ume.moe_report import add_inspect_args, main_inspect
 from ume.train.schedule import is_moe_param
@@ -156,7 +157,7 @@ def test_matches_naive_reference(dispatch: str) -> None:
         0.0,
         MoEConfig(num_experts=4, top_k=2, router_init="normal", router_init_std=1.0),
     )
-    moe.dispatch = dispatch
+    moe.dispatch_options = DispatchOptions(path=dispatch)
     x = torch.randn(3, 9, 16)
     valid = torch.ones(3, 9, dtype=torch.bool)
     valid[0, 6:] = False

@@ -10,15 +10,21 @@ that background load hits every method alike:
     loop    the WeNet/Mixtral-style per-expert Python loop written below (torch.where over the
             top-k indices, one nn.Linear pair per expert, index_add of gated outputs)
             (ratio_loop = ours / loop; goal <= 0.8 at E >= 8)
-    hf      transformers' MixtralSparseMoeBlock where transformers is importable, else null.
-            Mixtral experts are SwiGLU (three matrices), so it does 1.5x our FLOPs.
+    wenet   WeNet's own MoEFFNLayer (unmodified source via ../shared/third_party), our
+            router and experts copied in (ratio_wenet = ours / wenet); null without ../shared
+    hf      transformers' MixtralSparseMoeBlock with our router copied in, SwiGLU experts of
+            2H/3 (same parameters and FLOPs per expert); null without transformers
+            (ume/bench/peers.py)
 
-The router is normal-initialised (std 1/sqrt(D), so routing is varied but not uniform) and
-every method uses the same weights; their outputs are checked against each other.
+The router is normal-initialised (std 1/sqrt(D), so routing is varied but not uniform), or with
+--router zeros as right after upcycling (MoEConfig's default: every token picks the same k
+experts, the most skewed load). Every method routes identically (the same router; checked:
+ours == loop == wenet outputs, hf's top-k choices == ours).
 
 Examples:
     ume bench moe --json
     ume bench moe --quick
+    ume bench moe --peers --router zeros --threads 1   # <= 512 tokens vs WeNet and HF
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ume.bench.peers import PeerWrap, hf_block, hf_routing, wenet_layer
 from ume.config import MoEConfig
 from ume.machine import machine_info
 from ume.model.ffn import FeedForward
@@ -46,6 +53,8 @@ FULL_GRID = [
     for k in (1, 2)
 ]
 QUICK_GRID = [(256, 144, 4, 1), (256, 144, 8, 2)]
+# side by side with WeNet and HF at decoding-sized inputs (one utterance .. a small batch)
+PEER_GRID = [(n, d, 8, 2) for d in (144, 256) for n in (37, 128, 512)]
 
 
 # ---- references ---------------------------------------------------------------------------
@@ -82,40 +91,6 @@ class LoopMoE(nn.Module):
                 continue
             out.index_add_(0, tok, expert(x[tok]) * weights[tok, slot, None])
         return out.view(shape)
-
-
-def hf_block(moe: MoEFeedForward) -> nn.Module | None:
-    """transformers' MixtralSparseMoeBlock of the same size (SwiGLU experts), or None."""
-    try:
-        from transformers import MixtralConfig
-        from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
-    except Exception:  # noqa: BLE001 - not installed, or an incompatible version
-        return None
-    try:
-        cfg = MixtralConfig(
-            hidden_size=moe.d_model,
-            intermediate_size=moe.d_ff,
-            num_local_experts=moe.num_experts,
-            num_experts_per_tok=moe.top_k,
-            router_jitter_noise=0.0,
-        )
-        block = MixtralSparseMoeBlock(cfg)
-        with torch.no_grad():
-            block.gate.weight.copy_(moe.router.weight)
-        return block
-    except Exception:  # noqa: BLE001
-        return None
-
-
-class _HFWrap(nn.Module):
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__()
-        self.block = block
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x.reshape(1, -1, x.size(-1)))
-        out = out[0] if isinstance(out, tuple) else out
-        return out.reshape(x.shape)
 
 
 # ---- timing -------------------------------------------------------------------------------
@@ -159,25 +134,39 @@ def _fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable
     return run
 
 
-def build_layer(d: int, e: int, k: int, seed: int = 0) -> MoEFeedForward:
+def build_layer(d: int, e: int, k: int, seed: int = 0, router: str = "normal") -> MoEFeedForward:
     """An MoE layer with H = 4·D, random experts and a normal router (std 1/sqrt(D): logits of
-    unit scale on unit-variance inputs, so routing is varied but uneven, as in training)."""
+    unit scale on unit-variance inputs, so routing is varied but uneven, as in training), or
+    router="zeros" (every token to the same k experts, as right after upcycling)."""
+    if router not in ("normal", "zeros"):
+        raise ValueError(f"router {router!r}: use 'normal' or 'zeros'")
     torch.manual_seed(seed)
-    cfg = MoEConfig(num_experts=e, top_k=k, router_init="normal", router_init_std=d**-0.5)
+    cfg = MoEConfig(num_experts=e, top_k=k, router_init=router, router_init_std=d**-0.5)
     return MoEFeedForward(d, 4 * d, "swish", 0.0, cfg)
 
 
 def bench_shape(
-    tokens: int, d: int, e: int, k: int, repeats: int = 10, budget_s: float = 6.0
+    tokens: int,
+    d: int,
+    e: int,
+    k: int,
+    repeats: int = 10,
+    budget_s: float = 6.0,
+    router: str = "normal",
+    peers: bool = True,
 ) -> list[dict]:
-    """Rows for one shape: pass "fwd" and "fwd_bwd"."""
-    moe = build_layer(d, e, k)
+    """Rows for one shape: pass "fwd" and "fwd_bwd" (peers: also WeNet's and HF's layers)."""
+    moe = build_layer(d, e, k, router=router)
     dense = FeedForward(d, 4 * d, "swish")
     loop = LoopMoE(moe)
-    hf = hf_block(moe)
     mods: dict[str, nn.Module] = {"ours": moe, "dense": dense, "loop": loop}
+    # transformers first: the WeNet oracle stubs torchaudio, which transformers' import probes
+    hf = hf_block(moe) if peers else None
+    wenet = wenet_layer(moe) if peers else None
+    if wenet is not None:
+        mods["wenet"] = wenet
     if hf is not None:
-        mods["hf"] = _HFWrap(hf)
+        mods["hf"] = PeerWrap(hf)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, tokens, d, generator=g)
     grad = torch.randn(1, tokens, d, generator=g)
@@ -186,9 +175,16 @@ def bench_shape(
     for m in mods.values():
         m.eval()
     with torch.inference_mode():
-        diff = (moe(x) - loop(x)).abs().max().item()
+        ref = moe(x)
+        diff = (ref - loop(x)).abs().max().item()
+        if wenet is not None:
+            diff = max(diff, (ref - wenet(x)).abs().max().item())
     if diff > 1e-4:
-        raise RuntimeError(f"MoE layer and loop reference disagree by {diff:.2e}")
+        raise RuntimeError(f"MoE layer and loop/WeNet references disagree by {diff:.2e}")
+    if hf is not None:
+        ours_e = moe.route(x.reshape(-1, d))[1].sort(-1).values
+        if not torch.equal(hf_routing(hf, x.reshape(-1, d)), ours_e):
+            raise RuntimeError("HF block routes differently from ours despite the copied router")
 
     rows = []
     for pass_ in ("fwd", "fwd_bwd"):
@@ -201,9 +197,10 @@ def bench_shape(
             fns = {name: _fwd_bwd(m, xg, grad) for name, m in mods.items()}
         ms = _interleaved_medians(fns, repeats, budget_s)
         bound = k * ms["dense"]
-        hf_ms = ms.get("hf")
+        hf_ms, wenet_ms = ms.get("hf"), ms.get("wenet")
         rows.append(
             {
+                "router": router,
                 "tokens": tokens,
                 "d": d,
                 "h": 4 * d,
@@ -212,11 +209,13 @@ def bench_shape(
                 "pass": pass_,
                 "ratio_bound": round(ms["ours"] / bound, 3),
                 "ratio_loop": round(ms["ours"] / ms["loop"], 3),
+                "ratio_wenet": round(ms["ours"] / wenet_ms, 3) if wenet_ms else None,
                 "ratio_hf": round(ms["ours"] / hf_ms, 3) if hf_ms else None,
                 "ours_ms": round(ms["ours"], 3),
                 "dense_ms": round(ms["dense"], 3),
                 "bound_ms": round(bound, 3),
                 "loop_ms": round(ms["loop"], 3),
+                "wenet_ms": round(wenet_ms, 3) if wenet_ms else None,
                 "hf_ms": round(hf_ms, 3) if hf_ms else None,
             }
         )
@@ -229,11 +228,12 @@ def bench_moe(
     repeats: int = 10,
     budget_s: float = 6.0,
     progress: Callable[[dict], None] | None = None,
+    router: str = "normal",
 ) -> list[dict]:
     grid = grid if grid is not None else (QUICK_GRID if quick else FULL_GRID)
     rows: list[dict] = []
     for tokens, d, e, k in grid:
-        for row in bench_shape(tokens, d, e, k, repeats, budget_s):
+        for row in bench_shape(tokens, d, e, k, repeats, budget_s, router):
             rows.append(row)
             if progress is not None:
                 progress(row)
@@ -248,7 +248,15 @@ def summarize(rows: list[dict]) -> dict:
 
     big_fwd = [r for r in rows if r["pass"] == "fwd" and r["tokens"] >= 2048]
     many = [r for r in rows if r["e"] >= 8]
+    small = [r for r in rows if r["tokens"] <= 512]
+
+    def peer(key: str) -> dict:
+        vals = {p: [r[key] for r in small if r["pass"] == p and r[key]] for p in ("fwd", "fwd_bwd")}
+        return {p: (max(v) if v else None) for p, v in vals.items()}
+
     return {
+        "max_ratio_wenet_le512": peer("ratio_wenet"),
+        "max_ratio_hf_le512": peer("ratio_hf"),
         "max_ratio_bound_fwd_ge2048": worst(big_fwd, "ratio_bound"),
         "median_ratio_bound_fwd_ge2048": (
             statistics.median(r["ratio_bound"] for r in big_fwd) if big_fwd else None
@@ -262,16 +270,17 @@ def summarize(rows: list[dict]) -> dict:
 
 _HEADER = (
     f"{'tokens':>6} {'D':>4} {'H':>5} {'E':>3} {'k':>2} {'pass':>8} {'ours ms':>9} "
-    f"{'bound ms':>9} {'loop ms':>9} {'r_bound':>8} {'r_loop':>7} {'r_hf':>6}"
+    f"{'bound ms':>9} {'loop ms':>9} {'r_bound':>8} {'r_loop':>7} {'r_wenet':>7} {'r_hf':>6}"
 )
 
 
 def _fmt_row(r: dict) -> str:
     hf = "-" if r["ratio_hf"] is None else f"{r['ratio_hf']:.2f}"
+    wenet = "-" if r.get("ratio_wenet") is None else f"{r['ratio_wenet']:.2f}"
     return (
         f"{r['tokens']:>6} {r['d']:>4} {r['h']:>5} {r['e']:>3} {r['k']:>2} {r['pass']:>8} "
         f"{r['ours_ms']:>9.2f} {r['bound_ms']:>9.2f} {r['loop_ms']:>9.2f} "
-        f"{r['ratio_bound']:>8.3f} {r['ratio_loop']:>7.3f} {hf:>6}"
+        f"{r['ratio_bound']:>8.3f} {r['ratio_loop']:>7.3f} {wenet:>7} {hf:>6}"
     )
 
 
@@ -346,15 +355,20 @@ def main_moe(args: argparse.Namespace) -> int:
         print(f"machine={info['machine']} threads={info['threads']} torch={info['torch']}")
         print(profile_report())
         return 0
-    info = machine_info()
+    info = {**machine_info(), "router": args.router}
     if not args.json:
-        print(f"machine={info['machine']} threads={info['threads']} torch={info['torch']}")
+        print(
+            f"machine={info['machine']} threads={info['threads']} torch={info['torch']} "
+            f"router={args.router}"
+        )
         print(_HEADER)
     rows = bench_moe(
+        grid=PEER_GRID if args.peers else None,
         quick=args.quick,
         repeats=args.repeats,
         budget_s=args.budget,
         progress=None if args.json else lambda r: print(_fmt_row(r), flush=True),
+        router=args.router,
     )
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -365,6 +379,15 @@ def main_moe(args: argparse.Namespace) -> int:
 
 def add_moe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="two small shapes (tests, smoke)")
+    p.add_argument(
+        "--peers", action="store_true", help="37..512 tokens, D 144/256, E 8, k 2 (vs WeNet, HF)"
+    )
+    p.add_argument(
+        "--router",
+        choices=("normal", "zeros"),
+        default="normal",
+        help="normal: varied routing; zeros: every token to the same k experts (after upcycling)",
+    )
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds per shape (max)")

@@ -1,0 +1,124 @@
+"""Other toolkits' MoE layers as references for `ume bench moe`, built at the shapes of one of
+our layers and given ITS router, so every method routes every token to the same experts.
+
+    wenet  WeNet's own `MoEFFNLayer` (top-k on the logits, softmax over the k: equal to our
+           softmax-then-top-k-renormalise), loaded from WeNet's unmodified source through
+           ../shared/third_party/wenet_oracle.py (or $UME_WENET_ORACLE); experts get our
+           experts' weights (Linear with bias, SiLU), so its output must equal ours.
+    hf     transformers' `MixtralSparseMoeBlock` (softmax, top-k, renormalise: the same gates).
+           Its experts are SwiGLU (three matrices), so it gets intermediate_size 2H/3: the same
+           parameters and FLOPs per expert as our (D, H) two-matrix experts. Different expert
+           function, so only the routing (not the output) is checked against ours.
+
+Both are optional: a missing oracle or transformers gives None and the benchmark reports null.
+
+Example:
+    >>> wenet = wenet_layer(moe)        # None without ../shared
+    >>> hf = hf_block(moe)              # None without transformers
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ume.model.moe import MoEFeedForward
+
+_ORACLE = Path(__file__).resolve().parents[2] / ".." / "shared/third_party/wenet_oracle.py"
+
+
+def oracle_path() -> Path | None:
+    """WeNet oracle script ($UME_WENET_ORACLE or ../shared/third_party), None if absent."""
+    p = Path(os.environ.get("UME_WENET_ORACLE", _ORACLE))
+    return p if p.is_file() else None
+
+
+def _wenet_namespace():  # noqa: ANN202
+    path = oracle_path()
+    if path is None:
+        return None
+    spec = importlib.util.spec_from_file_location("wenet_oracle", path)
+    mod = importlib.util.module_from_spec(spec)
+    with contextlib.redirect_stdout(sys.stderr):  # WeNet prints on import; keep --json clean
+        spec.loader.exec_module(mod)
+        return mod.load()
+
+
+def wenet_layer(moe: MoEFeedForward) -> nn.Module | None:
+    """WeNet's MoEFFNLayer with moe's router and experts, or None without the oracle."""
+    try:
+        ns = _wenet_namespace()
+    except Exception:  # noqa: BLE001 - the oracle failed to import: report no WeNet column
+        return None
+    if ns is None:
+        return None
+    layer = ns.MoEFFNLayer(
+        moe.d_model,
+        moe.d_ff,
+        0.0,
+        nn.SiLU(),
+        bias=True,
+        n_expert=moe.num_experts,
+        n_expert_activated=moe.top_k,
+    )
+    with torch.no_grad():
+        layer.gate.weight.copy_(moe.router.weight)
+        for i, ex in enumerate(layer.experts):
+            ex.w_1.weight.copy_(moe.experts.w_1[i].t())
+            ex.w_1.bias.copy_(moe.experts.b_1[i])
+            ex.w_2.weight.copy_(moe.experts.w_2[i].t())
+            ex.w_2.bias.copy_(moe.experts.b_2[i])
+    return layer
+
+
+def hf_block(moe: MoEFeedForward) -> nn.Module | None:
+    """transformers' MixtralSparseMoeBlock with moe's router (SwiGLU experts of 2H/3, same
+    parameters and FLOPs per expert), or None without transformers."""
+    try:
+        from transformers import MixtralConfig
+        from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+    except Exception:  # noqa: BLE001 - not installed, or an incompatible version
+        return None
+    try:
+        cfg = MixtralConfig(
+            hidden_size=moe.d_model,
+            intermediate_size=max(1, round(2 * moe.d_ff / 3)),
+            num_local_experts=moe.num_experts,
+            num_experts_per_tok=moe.top_k,
+            router_jitter_noise=0.0,
+        )
+        block = MixtralSparseMoeBlock(cfg)
+        with torch.no_grad():
+            for p in block.parameters():
+                if p.dim() > 1 and p is not block.gate.weight:  # transformers leaves them empty
+                    nn.init.normal_(p, std=moe.d_model**-0.5)
+            block.gate.weight.copy_(moe.router.weight)
+        return block
+    except Exception:  # noqa: BLE001 - another transformers layout
+        return None
+
+
+def hf_routing(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The experts block chooses for x (N, D): (N, k), sorted per row."""
+    with torch.no_grad():
+        out = block.gate(x)
+    return out[-1].sort(-1).values
+
+
+class PeerWrap(nn.Module):
+    """x (B, T, D) -> (B, T, D) for blocks that take/return other shapes or tuples."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x.reshape(1, -1, x.size(-1)))
+        out = out[0] if isinstance(out, tuple) else out
+        return out.reshape(x.shape)

@@ -25,4 +25,5 @@ fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
 # torch first and pinned, so nothing pulls a multi-GB CUDA build
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[dev]"
+# hf: transformers, so the tests of ume.upcycle on Whisper/Wav2Vec2/HuBERT models run too
+.venv/bin/pip install -q -e ".[dev,hf]"

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ume.atomic import atomic_path, atomic_write_text
 from ume.config import MoEConfig
 from ume.model.moe import MoEFeedForward
 from ume.model.moe_split import MoEEntry, MoEExit, MoERouter
@@ -151,12 +152,9 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         )
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_model(model, str(tmp), metadata={"format": "pt", "ume_layout": LAYOUT_FILE})
-    os.replace(tmp, out / WEIGHTS_FILE)
-    tmp = out / (LAYOUT_FILE + ".tmp")
-    tmp.write_text(json.dumps(layout, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / LAYOUT_FILE)
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_model(model, str(tmp), metadata={"format": "pt", "ume_layout": LAYOUT_FILE})
+    atomic_write_text(out / LAYOUT_FILE, json.dumps(layout, indent=2) + "\n")
     return out
 
 

@@ -27,6 +27,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from ume.atomic import atomic_write_bytes, atomic_write_text
+
 WORD_START = "\u2581"  # '▁'
 KIND = "units"
 _VERSION = 1
@@ -210,12 +212,8 @@ class UnitsTokenizer:
             "units": self.units,
         }
         if self._bpe_model is not None:
-            tmp = d / "bpe.model.tmp"
-            tmp.write_bytes(self._bpe_model)
-            os.replace(tmp, d / "bpe.model")
-        tmp = d / "tokenizer.json.tmp"
-        tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=0), encoding="utf-8")
-        os.replace(tmp, d / "tokenizer.json")
+            atomic_write_bytes(d / "bpe.model", self._bpe_model)
+        atomic_write_text(d / "tokenizer.json", json.dumps(obj, ensure_ascii=False, indent=0))
 
     @classmethod
     def load(cls, dir: str | os.PathLike) -> UnitsTokenizer:

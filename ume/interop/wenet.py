@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ume.atomic import atomic_path
 from ume.config import ExperimentConfig
 from ume.interop.wenet_config import (
     WeNetError,
@@ -381,9 +382,8 @@ def export_wenet(exp_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict
     (out / "train.yaml").write_text(
         yaml.safe_dump(conf, sort_keys=False, allow_unicode=True), "utf-8"
     )
-    tmp = out / "final.pt.tmp"
-    torch.save(sd, tmp)
-    os.replace(tmp, out / "final.pt")
+    with atomic_path(out / "final.pt") as tmp:
+        torch.save(sd, tmp)
     return {
         "model": str(exp),
         "out": str(out),

@@ -244,20 +244,31 @@ def _perturb_moe(exp: Path, seed: int) -> None:
     save_weights(model, exp / MODEL_FILE)
 
 
-@pytest.mark.parametrize("name,top_k", [("conv2d_ln_causal_bi", 2), ("conv2d8_bn_full_uni", 1)])
-def test_upcycle_export_roundtrip(wenet, tmp_path, name, top_k):
+ALL_SLOTS = ["encoder_macaron", "encoder_ffn", "decoder_ffn"]
+
+
+@pytest.mark.parametrize(
+    "name,top_k,slots",
+    [
+        ("conv2d_ln_causal_bi", 2, None),
+        ("conv2d8_bn_full_uni", 1, None),
+        pytest.param("conv2d_ln_causal_bi", 2, ALL_SLOTS, marks=pytest.mark.slow),  # + decoder MoE
+    ],
+)
+def test_upcycle_export_roundtrip(wenet, tmp_path, name, top_k, slots):
     from ume.upcycle import upcycle_experiment
 
     configs = wenet_configs(**copy.deepcopy(CONFIGS[name]))
     save_as_wenet(wenet, configs, tmp_path / "wenet")
     import_wenet(tmp_path / "wenet", tmp_path / "dense")
-    upcycle_experiment(tmp_path / "dense", tmp_path / "moe", experts=4, top_k=top_k)
+    upcycle_experiment(tmp_path / "dense", tmp_path / "moe", experts=4, top_k=top_k, slots=slots)
     _perturb_moe(tmp_path / "moe", seed=5)
     export_wenet(tmp_path / "moe", tmp_path / "wenet_moe")
     back = yaml.safe_load((tmp_path / "wenet_moe" / "train.yaml").read_text())
     assert back["encoder_conf"]["mlp_type"] == "moe"
     assert back["encoder_conf"]["n_expert"] == 4
     assert back["encoder_conf"]["n_expert_activated"] == top_k
+    assert (back["decoder_conf"]["mlp_type"] == "moe") == (slots is not None)
     wmodel = build_wenet(wenet, back, tmp_path / "wenet_moe" / "global_cmvn")
     sd = torch.load(tmp_path / "wenet_moe" / "final.pt", weights_only=True)
     wmodel.load_state_dict(sd, strict=True)
@@ -267,6 +278,16 @@ def test_upcycle_export_roundtrip(wenet, tmp_path, name, top_k):
     print(f"\n{name} MoE E=4 k={top_k}: encoder {r['enc']:.2e}, CTC post {r['ctc']:.2e}")
     assert r["enc"] <= TOL and r["ctc"] <= TOL
     assert r["u_text"] == r["w_text"]
+    if slots is not None:  # MoE decoders too: same attention-rescoring tokens
+        from ume.decode.search import decode_batch
+
+        feats, lens = features(2)
+        with torch.no_grad():
+            res = wmodel.decode(
+                ["attention_rescoring"], feats, lens, beam_size=4, reverse_weight=0.3
+            )
+            u_ids = decode_batch(umodel, feats, lens, "attention_rescoring", beam=4)
+        assert [list(x.tokens) for x in res["attention_rescoring"]] == [list(x) for x in u_ids]
     # and back again: WeNet's MoE checkpoint imports into an equal ume MoE model
     import_wenet(tmp_path / "wenet_moe", tmp_path / "moe_again")
     _, _, again = load_experiment(tmp_path / "moe_again")

@@ -33,13 +33,12 @@ import argparse
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
 import yaml
 
-from ume.atomic import atomic_path
+from ume.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from ume.config import ExperimentConfig
 from ume.interop.wenet_config import (
     WeNetError,
@@ -252,7 +251,7 @@ def write_json_cmvn(mean: torch.Tensor, istd: torch.Tensor, path: Path) -> None:
     m = mean.double()
     var_stat = 1.0 / istd.double() ** 2 + m * m
     obj = {"mean_stat": m.tolist(), "var_stat": var_stat.tolist(), "frame_num": 1}
-    path.write_text(json.dumps(obj), encoding="utf-8")
+    atomic_write_text(path, json.dumps(obj))
 
 
 def _read_tokenizer(wdir: Path, info: dict):
@@ -371,17 +370,15 @@ def export_wenet(exp_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict
         "non_lang_syms_path": None,
     }
     if getattr(tok, "non_lang_syms", None):
-        (out / "non_lang_syms.txt").write_text("\n".join(tok.non_lang_syms) + "\n", "utf-8")
+        atomic_write_text(out / "non_lang_syms.txt", "\n".join(tok.non_lang_syms) + "\n")
         tokenizer["non_lang_syms_path"] = str((out / "non_lang_syms.txt").resolve())
     if kind == "bpe":
-        shutil.copy(exp / "tokenizer" / "bpe.model", out / "bpe.model")
+        atomic_write_bytes(out / "bpe.model", (exp / "tokenizer" / "bpe.model").read_bytes())
         tokenizer["bpe_path"] = str((out / "bpe.model").resolve())
-    (out / "units.txt").write_text("".join(f"{u} {i}\n" for i, u in enumerate(units)), "utf-8")
+    atomic_write_text(out / "units.txt", "".join(f"{u} {i}\n" for i, u in enumerate(units)))
     write_json_cmvn(model.cmvn_mean, model.cmvn_istd, out / "global_cmvn")
     conf = wenet_yaml_from_config(cfg, len(units), tokenizer, str((out / "global_cmvn").resolve()))
-    (out / "train.yaml").write_text(
-        yaml.safe_dump(conf, sort_keys=False, allow_unicode=True), "utf-8"
-    )
+    atomic_write_text(out / "train.yaml", yaml.safe_dump(conf, sort_keys=False, allow_unicode=True))
     with atomic_path(out / "final.pt") as tmp:
         torch.save(sd, tmp)
     return {

@@ -283,6 +283,7 @@ def test_tts_failure_is_reported_not_raised(tmp_path, monkeypatch):
     assert not tts.voice_available(Voice(id="x", engine="espeak", lang="en", name="xx-yy+f1"))
 
 
+@pytest.mark.slow  # plans the 20,000-utterance large preset: minutes on two busy cores
 @needs_tools
 def test_large_preset_keeps_paper_eval_splits_and_reuses_train_text(tmp_path):
     paper, _ = plan_corpus(PRESETS["paper"], tmp_path, 0)

@@ -188,7 +188,7 @@ def dispatch_fast(
     p = layer.experts
     xs = xt.index_select(0, tok)  # (k·N, D), grouped by expert
     drop = layer.dropout.p if layer.training else 0.0
-    w_1, b_1, w_2, b_2 = (t.unbind(0) for t in (p.w_1, p.b_1, p.w_2, p.b_2))
+    w_1, b_1, w_2, b_2 = (_expert_views(t, sizes) for t in (p.w_1, p.b_1, p.w_2, p.b_2))
     ys = torch.empty_like(xs)
     hbuf = xt.new_empty(max(sizes), layer.d_ff)
     for ex, (c, x_e, y_e) in enumerate(zip(sizes, xs.split(sizes), ys.split(sizes))):
@@ -201,6 +201,15 @@ def dispatch_fast(
             F.dropout(h, drop, True, inplace=True)
         torch.addmm(b_2[ex], h, w_2[ex], out=y_e)
     return gated_sum(layer.top_k, ys, tok, order, gates, n)
+
+
+def _expert_views(t: torch.Tensor, sizes: list[int]) -> list | tuple:
+    """Per-expert views of a stacked (E, ...) tensor: one unbind when most experts have rows,
+    else only the used experts' views (a skewed load, e.g. a zero router: 2 of 8 used)."""
+    used = sum(1 for c in sizes if c)
+    if 2 * used > len(sizes):
+        return t.unbind(0)
+    return [t[ex] if c else None for ex, c in enumerate(sizes)]
 
 
 def gated_sum(

@@ -129,10 +129,13 @@ class Trainer:
         self.dev_store = prepare_data(cfg, dev_data, cache_root, False) if dev_data else None
 
         # tokenizer + CMVN: from the init model, from a previous run in exp, or fit on train
-        # (rank 0 alone trains and writes the tokenizer; the other ranks wait, then read it)
+        # (rank 0 alone trains and writes the tokenizer; the other ranks wait, then read it).
+        # Whether one exists is decided collectively, before rank 0 can write one: a late rank
+        # must not see rank 0's fresh file, take the other branch and skip the barrier.
+        tok_missing = not (self.exp / "tokenizer" / "tokenizer.json").is_file()
         if init_dir is not None:
             self.tokenizer = Tokenizer.load(Path(init_dir) / "tokenizer")
-        elif (self.exp / "tokenizer" / "tokenizer.json").is_file():
+        elif not ranks_where(tok_missing, self.device):
             self.tokenizer = Tokenizer.load(self.exp / "tokenizer")
         else:
             if self.main:

@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +37,9 @@ from torch import nn
 
 from ume.model.expert_ffn import expert_ffn
 
-if TYPE_CHECKING:  # the layer type, for hints only (moe.py imports this module)
-    from ume.model.moe import MoEFeedForward
+# the layer these functions serve is an ume.model.moe.MoEFeedForward (which imports this
+# module; annotated as nn.Module to keep the import one-way)
+MoELayer = nn.Module
 
 STATIC_PATHS = ("masked", "dense")
 PATHS = ("loop", "bmm", *STATIC_PATHS)
@@ -106,18 +106,18 @@ def tracing() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
-def _act_name(layer: MoEFeedForward) -> str:
+def _act_name(layer: MoELayer) -> str:
     return "swish" if isinstance(layer.act, nn.SiLU) else "relu"
 
 
-def _act_(layer: MoEFeedForward, h: torch.Tensor) -> torch.Tensor:
+def _act_(layer: MoELayer, h: torch.Tensor) -> torch.Tensor:
     """Activation in place (same kernel, same values as the out-of-place module)."""
     if isinstance(layer.act, nn.SiLU):
         return F.silu(h, inplace=True)
     return F.relu(h, inplace=True)
 
 
-def needs_autograd(layer: MoEFeedForward, xt: torch.Tensor) -> bool:
+def needs_autograd(layer: MoELayer, xt: torch.Tensor) -> bool:
     """Whether this forward must build a graph (else the in-place, out= fast path runs).
     Autocast also takes the graph path: ops with out= are not autocast."""
     if torch.is_autocast_enabled(xt.device.type):
@@ -136,7 +136,7 @@ def use_padded(opts: DispatchOptions, sizes: list[int], n_slots: int) -> bool:
 
 
 def dispatch_sorted(
-    layer: MoEFeedForward,
+    layer: MoELayer,
     xt: torch.Tensor,
     slot_e: torch.Tensor,
     order: torch.Tensor,
@@ -172,7 +172,7 @@ def dispatch_sorted(
 
 
 def dispatch_fast(
-    layer: MoEFeedForward,
+    layer: MoELayer,
     xt: torch.Tensor,
     order: torch.Tensor,
     tok: torch.Tensor,
@@ -232,7 +232,7 @@ def gated_sum(
 
 
 def dispatch_fast_padded(
-    layer: MoEFeedForward,
+    layer: MoELayer,
     xt: torch.Tensor,
     slot_e: torch.Tensor,
     order: torch.Tensor,
@@ -272,7 +272,7 @@ def padded_index(sorted_e: torch.Tensor, counts: torch.Tensor, c_max: int) -> to
 
 
 def forward_static(
-    layer: MoEFeedForward, x_flat: torch.Tensor, valid: torch.Tensor | None, path: str
+    layer: MoELayer, x_flat: torch.Tensor, valid: torch.Tensor | None, path: str
 ) -> torch.Tensor:
     """Export-friendly dispatch: no `.tolist()`, nothing a trace would freeze. Padding frames
     are routed too (their output is zeroed), so shapes follow the input only.
@@ -317,7 +317,7 @@ def forward_static(
 
 
 def dispatch_loop(
-    layer: MoEFeedForward,
+    layer: MoELayer,
     xt: torch.Tensor,
     tok: torch.Tensor,
     gate: torch.Tensor,
@@ -344,7 +344,7 @@ def dispatch_loop(
 
 
 def dispatch_bmm(
-    layer: MoEFeedForward,
+    layer: MoELayer,
     xt: torch.Tensor,
     e_idx: torch.Tensor,
     tok: torch.Tensor,

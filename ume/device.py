@@ -7,7 +7,7 @@ hard-codes "cpu" or "gloo":
   CUDA is a clear error, not a crash deep inside a forward. Under torchrun, each process takes
   the GPU of its ``LOCAL_RANK``.
 * ``autocast_dtype(device, "bf16")`` -> ``torch.bfloat16`` on CUDA with bf16 support and on CPUs
-  where oneDNN runs bf16 (native AVX512-BF16/AMX, or AVX2/AVX512 with conversions), else
+  with native bf16 (AVX512-BF16/AMX; emulated bf16 on AVX2 was 3-6x slower than fp32), else
   ``None`` (fp32) with a warning; ``"fp32"`` -> ``None``.
 * ``ddp_backend(device)`` -> ``"nccl"`` on CUDA, ``"gloo"`` on CPU.
 
@@ -91,16 +91,14 @@ def resolve_device(name: str = "auto", rank_on_node: int | None = None) -> torch
 
 
 def cpu_supports_bf16() -> bool:
-    """True where CPU bf16 autocast is worthwhile: native bf16 (AVX512-BF16 / AMX), or x86 with
-    AVX2/AVX512, whose oneDNN kernels convert on the fly (measured 0.51x the fp32 step time on
-    an AVX2 machine, `ume bench step`). Elsewhere (e.g. a CPU with neither) fp32."""
+    """True where CPU bf16 autocast is worthwhile: native bf16 (AVX512-BF16 or AMX). On an
+    AVX2-only CPU (AMD EPYC, 2 cores, 1 thread) a small-preset training step took 3-6x the fp32
+    time under bf16 autocast (`python scripts/bf16_check.py small`), so such CPUs
+    train in fp32."""
     try:
-        if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
-            return True
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # older/other builds without these probes
-        pass
-    cap = torch.backends.cpu.get_cpu_capability()
-    return cap in ("AVX2", "AVX512") and torch.backends.mkldnn.is_available()
+        return False
 
 
 def bf16_supported(device: torch.device) -> bool:

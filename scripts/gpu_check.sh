@@ -4,6 +4,8 @@
 #   - training and decoding speed, CUDA vs CPU (ratios);
 #   - whether the texts decoded on CUDA equal those decoded on the CPU for the same model
 #     (fp32 weights; the bf16-trained CUDA model is decoded in fp32 on both devices);
+#   - CTC posteriors of one model on CUDA (fp32 and bf16 autocast) vs the CPU: max abs
+#     difference and frame argmax agreement (meaningful even when 60 steps decode little);
 #   - bench rtf on both devices.
 # One prepared script, so a short GPU lease is spent measuring, not typing.
 #
@@ -103,6 +105,29 @@ for exp in ("cpu", "cuda", "cuda_bf16"):
 rtf = {d: json.loads((w / f"rtf.{d}.json").read_text()) for d in ("cpu", "cuda")}
 out["rtf"] = {d: {k: round(v, 4) for k, v in r.items() if k.startswith("rtf_")} for d, r in rtf.items()}
 out["rtf_b1_speedup_cuda_vs_cpu"] = round(rtf["cpu"]["rtf_b1"] / rtf["cuda"]["rtf_b1"], 2)
+# numeric agreement, independent of how far 60 steps got: CTC posteriors of the CPU-trained
+# model on the test split, CUDA fp32 and CUDA bf16-autocast vs CPU fp32
+import torch
+from ume.data.loader import FeatureStore
+from ume.data.manifest import load_manifest
+from ume.expdir import load_experiment
+cfg, _, model = load_experiment(w / "cpu")
+utts, _ = load_manifest(w / "data" / "test")
+store = FeatureStore.build(utts, cfg.features, progress=False)
+feats, lens = store.collate(list(range(len(store))))
+def post(dev, amp):
+    m = model.to(dev).eval()
+    with torch.inference_mode(), torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
+        enc, valid = m.encode(feats.to(dev), lens.to(dev))
+        p = m.ctc_log_probs(enc).float().exp()
+    return p.cpu(), valid.cpu()
+ref, valid = post("cpu", False)
+for name, dev, amp in (("cuda_fp32", "cuda", False), ("cuda_bf16", "cuda", True)):
+    q, _ = post(dev, amp)
+    d = (q - ref).abs()[valid]
+    same = (q.argmax(-1) == ref.argmax(-1))[valid].float().mean()
+    out[f"ctc_posterior_max_abs_diff_{name}"] = float(d.max())
+    out[f"ctc_argmax_agreement_{name}"] = round(float(same), 4)
 (w / "gpu_check.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
 print(json.dumps(out, indent=2, ensure_ascii=False))
 PY

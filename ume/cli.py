@@ -293,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("experiment", help="the paper's comparison: dense vs UME vs scratch")
     p.add_argument(
-        "--preset", default="quick", choices=["tiny", "quick", "paper", "large", "small"]
+        "--preset",
+        default="quick",
+        choices=["tiny", "quick", "paper", "large", "small", "breakers"],
     )
     p.add_argument("--workdir", required=True)
     p.add_argument("--from-scratch", action="store_true", help="train the dense model too")

@@ -62,6 +62,10 @@ class MoEConfig:
     router_init_std: float = 0.02
     capacity_factor: float = 0.0  # 0 = dropless
     jitter: float = 0.0  # multiplicative router input noise during training
+    router_noise: float = 0.0  # std of Gaussian noise on router logits in training (noisy top-k)
+    # fine-grained experts: G virtual groups, each of num_experts/G experts holding a 1/G slice
+    # of the dense FFN's hidden units; top_k experts are chosen per group (G·top_k active)
+    groups: int = 1
     balance_coef: float = 0.01  # Switch load-balancing loss coefficient
     z_loss_coef: float = 0.001  # ST-MoE router z-loss coefficient
 
@@ -131,6 +135,9 @@ class PhaseConfig:
 
     steps: int = 0  # 0 = until the end of training
     trainable: Any = "all"
+    # lr multiplier for experts + routers in this phase (e.g. 5 in the frozen phase, where a
+    # fast-moving expert cannot damage the frozen backbone): breaks upcycled experts' symmetry
+    moe_lr_scale: float = 1.0
 
 
 @dataclass

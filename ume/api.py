@@ -20,51 +20,17 @@ import torch
 from torch import nn
 
 from ume.atomic import atomic_path, atomic_write_text
-from ume.config import MoEConfig
 from ume.model.moe import MoEFeedForward
 from ume.model.moe_split import MoEEntry, MoEExit, MoERouter
-from ume.upcycle.any_model import UpcycleAnyError, apply_layout, routers, upcycle_any
+from ume.upcycle.any_model import (  # noqa: F401 - upcycle is the public ume.upcycle
+    UpcycleAnyError,
+    apply_layout,
+    routers,
+    upcycle,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 LAYOUT_FILE = "moe_layout.json"
-
-
-def upcycle(
-    model: nn.Module,
-    num_experts: int = 8,
-    top_k: int = 2,
-    ffn: str | list[str] = "auto",
-    verify_input: object = None,
-    *,
-    moe: MoEConfig | None = None,
-    perturb: float = 0.0,
-    seed: int = 0,
-    tol: float = 1e-5,
-) -> nn.Module:
-    """Turn the feed-forward blocks of `model` into Mixture-of-Experts layers, in place, with
-    every expert a copy of its dense block (so the model computes the same function), and
-    return the model.
-
-    ffn:          "auto" (found by structure: Linear D->H, activation, [dropout], Linear H->D,
-                  gated GLU/SwiGLU variants, HF's fc1/fc2 and intermediate/output naming, inline
-                  or as a submodule), or a list of module names holding the projections.
-    verify_input: a batch for the model (tensor, tuple of positional args, or dict of keyword
-                  args); the outputs before and after must agree within `tol`, else
-                  UpcycleAnyError names the first FFN that differs. Without it only the FFN
-                  modules that can run alone are checked (on a random input).
-    moe:          routing and loss settings (MoEConfig: router_init, balance_coef,
-                  z_loss_coef, jitter); num_experts/top_k override its fields.
-    perturb:      > 0 multiplies each expert weight by (1 + perturb·N(0,1)) after verifying,
-                  so the copies differ and the routers learn from the task loss.
-    The report (modules, per-FFN and overall max |diff|) is `model.ume_upcycle_report`.
-
-    Example:
-        >>> enc = transformers.WhisperModel(cfg).encoder
-        >>> ume.upcycle(enc, 8, 2, verify_input=feats)  # every encoder layer's fc1/fc2
-    """
-    report = upcycle_any(model, num_experts, top_k, ffn, verify_input, moe, perturb, seed, tol)
-    model.ume_upcycle_report = report
-    return model
 
 
 def aux_loss(model: nn.Module) -> torch.Tensor:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from ume.config import load_config, preset_config
 
+DECODE_MODES = ["ctc_greedy", "ctc_prefix_beam", "attention", "attention_rescoring"]
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
@@ -84,6 +86,20 @@ def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
         return getattr(importlib.import_module(module), func)(args)
 
     return run
+
+
+def _deferred(
+    group: argparse._SubParsersAction,
+    name: str,
+    help: str,  # noqa: A002 - argparse's own name
+    module: str,
+    add_args: str,
+    run: str | Callable[[argparse.Namespace], int],
+) -> None:
+    """A subcommand `name` of `group` whose arguments come from `module`.`add_args` and whose
+    handler is `module`.`run` (or the callable `run`), both imported on first use."""
+    p = group.add_parser(name, help=help, add_args=f"{module}:{add_args}")
+    p.set_defaults(func=_lazy(module, run) if isinstance(run, str) else run)
 
 
 def _resolve_config(args: argparse.Namespace) -> Path:
@@ -177,11 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode", help="decode a data dir into a Kaldi-style hypothesis file")
     p.add_argument("--model", required=True, help="experiment dir")
     p.add_argument("--data", required=True, help="Kaldi dir or data.list")
-    p.add_argument(
-        "--mode",
-        default="attention_rescoring",
-        choices=["ctc_greedy", "ctc_prefix_beam", "attention", "attention_rescoring"],
-    )
+    p.add_argument("--mode", default="attention_rescoring", choices=DECODE_MODES)
     p.add_argument("--out", required=True, help="hypothesis file (utt-id text)")
     p.add_argument("--batch-size", type=int, default=16)
     add_decode_args(p)
@@ -191,11 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("transcribe", help="audio files (or PCM on stdin) -> FILE<TAB>text")
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files; - = PCM on stdin")
     p.add_argument("--model", help="experiment dir (default: the bundled model)")
-    p.add_argument(
-        "--mode",
-        default="attention_rescoring",
-        choices=["ctc_greedy", "ctc_prefix_beam", "attention", "attention_rescoring"],
-    )
+    p.add_argument("--mode", default="attention_rescoring", choices=DECODE_MODES)
     p.add_argument("--json", action="store_true", help="JSON lines with per-token CTC times")
     p.add_argument(
         "--stream", action="store_true", help="chunk-by-chunk with caches; partials on stderr"
@@ -238,58 +246,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_lazy("ume.bench.rtf", "main_rtf"))
 
     # the commands below define their arguments in their own modules (loaded on first use)
-    p = bench.add_parser(
+    _deferred(
+        bench,
         "moe",
-        help="MoE dispatch vs FLOP bound, loop and HF references",
-        add_args="ume.bench.moe:add_moe_args",
+        "MoE dispatch vs FLOP bound, loop and HF references",
+        "ume.bench.moe",
+        "add_moe_args",
+        "main_moe",
     )
-    p.set_defaults(func=_lazy("ume.bench.moe", "main_moe"))
-    p = bench.add_parser(
+    _deferred(
+        bench,
         "train",
-        help="training steps/s: dense vs UME frozen vs unfrozen",
-        add_args="ume.bench.train_speed:add_train_args",
+        "training steps/s: dense vs UME frozen vs unfrozen",
+        "ume.bench.train_speed",
+        "add_train_args",
+        "main_train_bench",
     )
-    p.set_defaults(func=_lazy("ume.bench.train_speed", "main_train_bench"))
-    p = bench.add_parser(
+    _deferred(
+        bench,
         "compile",
-        help="torch.compile vs eager encoder latency",
-        add_args="ume.bench.compile:add_compile_args",
+        "torch.compile vs eager encoder latency",
+        "ume.bench.compile",
+        "add_compile_args",
+        "main_compile",
     )
-    p.set_defaults(func=_lazy("ume.bench.compile", "main_compile"))
-    p = bench.add_parser(
+    _deferred(
+        bench,
         "gap",
-        help="MoE vs dense encoder time split: FLOPs, weights, overhead",
-        add_args="ume.bench.gap:add_gap_args",
+        "MoE vs dense encoder time split: FLOPs, weights, overhead",
+        "ume.bench.gap",
+        "add_gap_args",
+        "main_gap",
     )
-    p.set_defaults(func=_lazy("ume.bench.gap", "main_gap"))
 
-    p = sub.add_parser(
+    _deferred(
+        sub,
         "export",
-        help="ONNX export of encoder + CTC (MoE included), --check; or --format wenet",
-        add_args="ume.decode.export:add_export_args",
+        "ONNX export of encoder + CTC (MoE included), --check; or --format wenet",
+        "ume.decode.export",
+        "add_export_args",
+        cmd_export,
     )
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser(
+    _deferred(
+        sub,
         "import",
-        help="another toolkit's model dir -> ume experiment dir (--format wenet)",
-        add_args="ume.interop.wenet:add_import_args",
+        "another toolkit's model dir -> ume experiment dir (--format wenet)",
+        "ume.interop.wenet",
+        "add_import_args",
+        "main_import",
     )
-    p.set_defaults(func=_lazy("ume.interop.wenet", "main_import"))
 
-    p = sub.add_parser(
+    _deferred(
+        sub,
         "upcycle",
-        help="dense experiment dir -> MoE experiment dir (UME)",
-        add_args="ume.upcycle.cli:add_upcycle_args",
+        "dense experiment dir -> MoE experiment dir (UME)",
+        "ume.upcycle.cli",
+        "add_upcycle_args",
+        "main_upcycle",
     )
-    p.set_defaults(func=_lazy("ume.upcycle.cli", "main_upcycle"))
 
-    p = sub.add_parser(
+    _deferred(
+        sub,
         "inspect",
-        help="MoE diagnostics: expert load, similarity, heat-map",
-        add_args="ume.moe_report:add_inspect_args",
+        "MoE diagnostics: expert load, similarity, heat-map",
+        "ume.moe_report",
+        "add_inspect_args",
+        "main_inspect",
     )
-    p.set_defaults(func=_lazy("ume.moe_report", "main_inspect"))
 
     p = sub.add_parser("experiment", help="the paper's comparison: dense vs UME vs scratch")
     p.add_argument(
@@ -310,12 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_lazy("ume.experiment.runner", "main_experiment"))
 
-    p = bench.add_parser(
+    _deferred(
+        bench,
         "step",
-        help="training-step cost of model/precision variants",
-        add_args="ume.bench.step:add_step_args",
+        "training-step cost of model/precision variants",
+        "ume.bench.step",
+        "add_step_args",
+        "main_step",
     )
-    p.set_defaults(func=_lazy("ume.bench.step", "main_step"))
 
     p = sub.add_parser("demo", help="synthesise, upcycle, train, decode, score: the README demo")
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])

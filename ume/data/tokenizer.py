@@ -27,6 +27,7 @@ import sentencepiece as spm
 
 from ume.atomic import atomic_write_bytes, atomic_write_text
 from ume.data.text import is_cjk, join_units, split_units, unit_lang
+from ume.data.unit_list import UnitList
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _kind(jpath: Path) -> str | None:
     return obj.get("kind") if isinstance(obj, dict) else None
 
 
-class Tokenizer:
+class Tokenizer(UnitList):
     """Mandarin characters + English BPE pieces in one id space.
 
     Example:
@@ -54,7 +55,6 @@ class Tokenizer:
         '我爱PYTHON CODE'
     """
 
-    BLANK = 0
     UNK = 1
 
     def __init__(self, units: list[str], bpe_model: bytes) -> None:
@@ -85,21 +85,7 @@ class Tokenizer:
                 )
         self._is_char = [len(u) == 1 and is_cjk(u) for u in self.units]
 
-    # -- properties ----------------------------------------------------------------------------
-    @property
-    def vocab_size(self) -> int:
-        return len(self.units)
-
-    @property
-    def sos_eos(self) -> int:
-        return len(self.units) - 1
-
-    def id2token(self, i: int) -> str:
-        """Unit string of id `i`."""
-        if not 0 <= i < len(self.units):
-            raise IndexError(f"token id {i} out of range [0, {len(self.units)})")
-        return self.units[i]
-
+    # -- ids (vocab_size, sos_eos, id2token: UnitList) -----------------------------------------
     def token2id(self, token: str) -> int:
         """Id of unit `token`, or UNK."""
         return self._unit2id.get(token, self.UNK)

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ume.atomic import atomic_write_bytes, atomic_write_text
+from ume.data.unit_list import UnitList
 
 WORD_START = "\u2581"  # '▁'
 KIND = "units"
@@ -63,7 +64,7 @@ def read_units(path: str | os.PathLike) -> list[str]:
     return [by_id[i] for i in range(n_units)]
 
 
-class UnitsTokenizer:
+class UnitsTokenizer(UnitList):
     """Units from a WeNet unit list; see the module docstring.
 
     Example:
@@ -71,8 +72,6 @@ class UnitsTokenizer:
         >>> tok.encode("你好"), tok.decode([2, 3])
         ([2, 3], '你好')
     """
-
-    BLANK = 0
 
     def __init__(
         self,
@@ -101,20 +100,7 @@ class UnitsTokenizer:
         self._unit2id = {u: i for i, u in enumerate(self.units)}
         self.unk = self._unit2id.get("<unk>")
 
-    # -- properties ----------------------------------------------------------------------------
-    @property
-    def vocab_size(self) -> int:
-        return len(self.units)
-
-    @property
-    def sos_eos(self) -> int:
-        return len(self.units) - 1
-
-    def id2token(self, i: int) -> str:
-        if not 0 <= i < len(self.units):
-            raise IndexError(f"token id {i} out of range [0, {len(self.units)})")
-        return self.units[i]
-
+    # -- ids (vocab_size, sos_eos, id2token: UnitList) -----------------------------------------
     def token2id(self, token: str) -> int:
         """Id of `token`; <unk> (or blank when the list has none) for unknown tokens."""
         return self._unit2id.get(token, self.unk if self.unk is not None else self.BLANK)

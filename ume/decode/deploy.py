@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ from ume.atomic import atomic_write_json, atomic_write_text
 from ume.config import ExperimentConfig
 from ume.data.text import is_cjk
 from ume.data.tokenizer import WORD_START, Tokenizer
+from ume.decode.onnx_trace import trace_to_onnx
 from ume.model.asr import ASRModel
 from ume.model.streaming import ChunkEncoder
 
@@ -60,24 +60,20 @@ def export_streaming(
     feats = torch.randn(1, enc.window, model.cfg.encoder.input_dim, generator=g)
     att = torch.randn(att.size(0), att.size(1), 2 * chunk_size, att.size(3), generator=g)
     offset = torch.tensor([2 * chunk_size], dtype=torch.int64)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            StreamForExport(enc).eval(),
-            (feats, att, cnn, offset),
-            str(out),
-            input_names=["feats", "att_cache", "cnn_cache", "offset"],
-            output_names=["encoder_out", "ctc_log_probs", "new_att_cache", "new_cnn_cache"],
-            dynamic_axes={
-                "feats": {1: "W"},
-                "att_cache": {2: "T_cache"},
-                "encoder_out": {1: "c"},
-                "ctc_log_probs": {1: "c"},
-                "new_att_cache": {2: "T_cache_out"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
+    trace_to_onnx(
+        StreamForExport(enc).eval(),
+        (feats, att, cnn, offset),
+        out,
+        ["feats", "att_cache", "cnn_cache", "offset"],
+        ["encoder_out", "ctc_log_probs", "new_att_cache", "new_cnn_cache"],
+        {
+            "feats": {1: "W"},
+            "att_cache": {2: "T_cache"},
+            "encoder_out": {1: "c"},
+            "ctc_log_probs": {1: "c"},
+            "new_att_cache": {2: "T_cache_out"},
+        },
+    )
     return out
 
 

@@ -31,13 +31,13 @@ import argparse
 import json
 import math
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ume.decode.onnx_trace import trace_to_onnx
 from ume.model.asr import ASRModel
 from ume.model.moe import MoEFeedForward
 from ume.model.moe_dispatch import set_dispatch_options
@@ -103,24 +103,14 @@ def export_encoder(
     wrapper = EncoderForExport(model).eval()
     feats = torch.randn(1, example_frames, model.cfg.encoder.input_dim)
     lens = torch.tensor([example_frames], dtype=torch.int64)
-    # The exporter warns about index_add with duplicated indices (an expert's rows are
-    # distinct: a frame picks an expert at most once) and about unfoldable slices: both benign.
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper,
-            (feats, lens),
-            str(out),
-            input_names=["feats", "feats_len"],
-            output_names=["encoder_out", "ctc_log_probs", "encoder_out_lens"],
-            dynamic_axes={
-                "feats": {1: "T"},
-                "encoder_out": {1: "T_out"},
-                "ctc_log_probs": {1: "T_out"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
+    trace_to_onnx(
+        wrapper,
+        (feats, lens),
+        out,
+        ["feats", "feats_len"],
+        ["encoder_out", "ctc_log_probs", "encoder_out_lens"],
+        {"feats": {1: "T"}, "encoder_out": {1: "T_out"}, "ctc_log_probs": {1: "T_out"}},
+    )
     return out
 
 

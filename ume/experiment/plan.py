@@ -16,6 +16,15 @@ from ume.config import ConfigError, from_dict, preset_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 BUNDLED = MODELS_DIR / DEFAULT  # package data (ume.bundled_model())
+# UME with one symmetry breaker each, then all of them (issue 13; recipes.breaker_recipe)
+BREAKER_RUNS = (
+    "ume_noise",
+    "ume_drop_small",
+    "ume_fast",
+    "ume_router_noise",
+    "ume_fine",
+    "ume_all",
+)
 ALL_RUNS = (
     "dense",
     "dense_continued",
@@ -28,12 +37,7 @@ ALL_RUNS = (
     "ume_one_slot",
     # issue 13: the capacity control and UME with one symmetry breaker each, then all of them
     "dense_wide",
-    "ume_noise",
-    "ume_drop_small",
-    "ume_fast",
-    "ume_router_noise",
-    "ume_fine",
-    "ume_all",
+    *BREAKER_RUNS,
 )
 
 STARTS_FROM_DENSE = tuple(r for r in ALL_RUNS if r not in ("dense", "moe_scratch", "dense_wide"))

@@ -15,7 +15,7 @@ from pathlib import Path
 from ume.config import ConfigError, load_config, preset_config
 from ume.expdir import MODEL_FILE
 from ume.experiment.fingerprint import check_or_record, file_sha256, model_fingerprint
-from ume.experiment.plan import ExperimentPlan
+from ume.experiment.plan import BREAKER_RUNS, ExperimentPlan
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +99,6 @@ def _upcycled(plan: ExperimentPlan, dense: Path, out: Path, **kw) -> Path:
     if not done:
         upcycle_experiment(dense, out, overwrite=True, **args)
     return out
-
-
-BREAKER_RUNS = (
-    "ume_noise",
-    "ume_drop_small",
-    "ume_fast",
-    "ume_router_noise",
-    "ume_fine",
-    "ume_all",
-)
 
 
 def breaker_recipe(

@@ -38,6 +38,18 @@ class WeNetError(ValueError):
 
 SUBSAMPLING = {"conv2d": 4, "conv2d6": 6, "conv2d8": 8}
 # WeNet ConformerEncoder / TransformerDecoder defaults for the keys ume maps
+# (the layer options both take alike: attention implementation, norms, FFN/MoE type)
+_LAYER_DEFAULTS: dict[str, Any] = {
+    "use_sdpa": False,
+    "layer_norm_type": "layer_norm",
+    "norm_eps": 1e-5,
+    "n_kv_head": None,
+    "head_dim": None,
+    "mlp_type": "position_wise_feed_forward",
+    "mlp_bias": True,
+    "n_expert": 8,
+    "n_expert_activated": 2,
+}
 ENC_DEFAULTS: dict[str, Any] = {
     "output_size": 256,
     "attention_heads": 4,
@@ -65,15 +77,7 @@ ENC_DEFAULTS: dict[str, Any] = {
     "value_bias": True,
     "conv_bias": True,
     "gradient_checkpointing": False,
-    "use_sdpa": False,
-    "layer_norm_type": "layer_norm",
-    "norm_eps": 1e-5,
-    "n_kv_head": None,
-    "head_dim": None,
-    "mlp_type": "position_wise_feed_forward",
-    "mlp_bias": True,
-    "n_expert": 8,
-    "n_expert_activated": 2,
+    **_LAYER_DEFAULTS,
     "conv_norm_eps": 1e-5,
     "conv_inner_factor": 2,
     "final_norm": True,
@@ -100,15 +104,7 @@ DEC_DEFAULTS: dict[str, Any] = {
     "activation_type": "relu",
     "gradient_checkpointing": False,
     "tie_word_embedding": False,
-    "use_sdpa": False,
-    "layer_norm_type": "layer_norm",
-    "norm_eps": 1e-5,
-    "n_kv_head": None,
-    "head_dim": None,
-    "mlp_type": "position_wise_feed_forward",
-    "mlp_bias": True,
-    "n_expert": 8,
-    "n_expert_activated": 2,
+    **_LAYER_DEFAULTS,
 }
 # options that change what the model computes: ume implements only WeNet's default value
 ENC_FIXED = (

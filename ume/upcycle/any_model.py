@@ -12,7 +12,7 @@ becomes `MoEFeedForward` (its fast dispatch paths); every other FFN has its proj
 replaced by `MoEEntry`/`MoEExit` (ume/model/moe_split.py), so the model's own forward code,
 activation and dropout run unchanged.
 
-`upcycle_any` then verifies function preservation: each pure FFN module on a random input, and
+`upcycle` then verifies function preservation: each pure FFN module on a random input, and
 the whole model on `verify_input` (its FFN outputs hooked, so a mismatch names the first FFN
 that differs). The layout (which modules, which projections, the MoE settings) is stored on the
 model as `model.ume_moe_layout`, a JSON-able dict, so `apply_layout` can rebuild the same MoE
@@ -21,7 +21,7 @@ structure on a fresh copy of the dense architecture before a strict weight load.
 Example:
     >>> model = nn.Sequential(nn.Linear(8, 8), nn.Sequential(nn.Linear(8, 32), nn.GELU(),
     ...                                                     nn.Linear(32, 8)))
-    >>> report = upcycle_any(model, 4, 2, verify_input=torch.randn(2, 8))
+    >>> report = upcycle(model, 4, 2, verify_input=torch.randn(2, 8)).ume_upcycle_report
     >>> report["ffns"], report["max_abs_diff"] <= 1e-5
     (['1'], True)
 """
@@ -270,21 +270,40 @@ def _choose(model: nn.Module, cands: list[FFNSpec], cfg: MoEConfig, tol: float) 
     )
 
 
-def upcycle_any(
+def upcycle(
     model: nn.Module,
     num_experts: int = 8,
     top_k: int = 2,
     ffn: str | list[str] = "auto",
     verify_input: object = None,
+    *,
     moe: MoEConfig | None = None,
     perturb: float = 0.0,
     seed: int = 0,
     tol: float = VERIFY_TOL,
-) -> dict:
-    """Turn the model's FFN blocks into MoE layers in place (see the module docstring) and
-    verify; returns {"ffns": [module names], "max_abs_diff": float|None, "per_ffn": {...}}.
-    `perturb` > 0 multiplies every expert weight by (1 + perturb·N(0, 1)) after the
-    verification, so the experts differ and the routers receive a task gradient."""
+) -> nn.Module:
+    """Turn the feed-forward blocks of `model` into Mixture-of-Experts layers, in place, with
+    every expert a copy of its dense block (so the model computes the same function), and
+    return the model (the public `ume.upcycle`; see the module docstring).
+
+    ffn:          "auto" (found by structure: Linear D->H, activation, [dropout], Linear H->D,
+                  gated GLU/SwiGLU variants, HF's fc1/fc2 and intermediate/output naming, inline
+                  or as a submodule), or a list of module names holding the projections.
+    verify_input: a batch for the model (tensor, tuple of positional args, or dict of keyword
+                  args); the outputs before and after must agree within `tol`, else
+                  UpcycleAnyError names the first FFN that differs. Without it only the FFN
+                  modules that can run alone are checked (on a random input).
+    moe:          routing and loss settings (MoEConfig: router_init, balance_coef,
+                  z_loss_coef, jitter); num_experts/top_k override its fields.
+    perturb:      > 0 multiplies each expert weight by (1 + perturb·N(0,1)) after verifying,
+                  so the copies differ and the routers learn from the task loss.
+    The report ({"ffns": [module names], "max_abs_diff": float|None, "per_ffn": {...}}) is
+    `model.ume_upcycle_report`.
+
+    Example:
+        >>> enc = transformers.WhisperModel(cfg).encoder
+        >>> ume.upcycle(enc, 8, 2, verify_input=feats)  # every encoder layer's fc1/fc2
+    """
     cfg = _cfg(num_experts, top_k, moe)
     if ffn == "auto":
         cands = find_ffns(model)
@@ -330,7 +349,9 @@ def upcycle_any(
     }
     if perturb > 0:
         perturb_experts(model, perturb, seed)
-    return {"ffns": [c["module"] for c in chosen], "max_abs_diff": max_diff, "per_ffn": per_ffn}
+    ffns = [c["module"] for c in chosen]
+    model.ume_upcycle_report = {"ffns": ffns, "max_abs_diff": max_diff, "per_ffn": per_ffn}
+    return model
 
 
 def _layout_entry(model: nn.Module, cands: list[FFNSpec]) -> dict:

@@ -95,6 +95,27 @@ def test_override_sets_values() -> None:
     assert d == {"model": {"ctc_reduction": "a=b"}}
 
 
+def test_numbers_yaml_reads_as_strings(tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) reads 1e-4 (no dot) and 1e3 as strings; numeric fields take them
+    assert isinstance(yaml.safe_load("1e-4"), str)  # the cause, so the test stays meaningful
+    cfg = load_config(preset_config("tiny"), ["train.lr=1e-4", "train.grad_clip=2E+0"])
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.train.grad_clip == 2.0 and isinstance(cfg.train.grad_clip, float)
+    cfg = load_config(preset_config("tiny"), ["model.encoder.num_blocks=1e1"])
+    assert cfg.model.encoder.num_blocks == 10 and isinstance(cfg.model.encoder.num_blocks, int)
+    p = _write(tmp_path / "c.yaml", {"train": {"lr": "3e-4", "weight_decay": " 1e-2 "}})
+    cfg = load_config(p)
+    assert (cfg.train.lr, cfg.train.weight_decay) == (3e-4, 1e-2)
+    for bad, fragment in [
+        ("train.lr=1e-4x", "train.lr: expected a number"),
+        ("train.lr=nan", "train.lr: expected a number"),
+        ("model.encoder.num_blocks=1.5e0", "model.encoder.num_blocks: expected an integer"),
+        ("model.encoder.num_blocks=twelve", "model.encoder.num_blocks: expected an integer"),
+    ]:
+        with pytest.raises(ConfigError, match=fragment):
+            load_config(preset_config("tiny"), [bad])
+
+
 def test_bad_overrides() -> None:
     tiny = preset_config("tiny")
     with pytest.raises(ConfigError, match="must look like section.key=value"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -181,6 +182,21 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+# a decimal number as text; PyYAML (YAML 1.1) leaves 1e-4 and 1e3 (no dot) as strings
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _number(text: str, where: str, expected: str) -> int | float:
+    """int or float of a numeric string (a YAML value such as 1e-4), else ConfigError."""
+    t = text.strip()
+    if not _NUMBER.fullmatch(t):
+        raise ConfigError(
+            f"{where}: expected {expected}, got the string {text!r}; write a number "
+            "such as 0.0001, 1e-4 or 3"
+        )
+    return int(t) if t.lstrip("+-").isdigit() else float(t)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert a YAML value to the annotated type, or raise ConfigError naming `where`."""
     if _is_dataclass_type(tp):
@@ -196,10 +212,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         return value
     if tp is float:
+        if isinstance(value, str):
+            value = _number(value, where, "a number")
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is int:
+        if isinstance(value, str):
+            num = _number(value, where, "an integer")
+            if isinstance(num, float) and num.is_integer():
+                num = int(num)  # 1e3 -> 1000
+            value = num if isinstance(num, int) else value
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value

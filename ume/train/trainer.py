@@ -16,10 +16,8 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +32,6 @@ from ume.data.features import GlobalCMVN
 from ume.data.loader import BucketSampler, FeatureStore, collate_tokens, numpy_seed_everything
 from ume.data.manifest import load_manifest
 from ume.data.tokenizer import Tokenizer
-from ume.decode.runner import decode_store, references
-from ume.decode.score import score
 from ume.device import autocast, autocast_dtype
 from ume.expdir import (
     MODEL_FILE,
@@ -46,7 +42,6 @@ from ume.expdir import (
     write_experiment,
 )
 from ume.model.asr import ASRModel
-from ume.model.moe import MoEFeedForward
 from ume.model.params import count_params
 from ume.train.checkpoint import (
     average_checkpoints,
@@ -68,6 +63,7 @@ from ume.train.distributed import (
     reduced_moe_stats,
     setup_distributed,
 )
+from ume.train.monitor import dev_score, log_train_scalars, record_dev_point
 from ume.train.schedule import apply_trainable, lr_lambda, param_groups, phase_at, set_lr
 
 log = logging.getLogger(__name__)
@@ -315,15 +311,10 @@ class Trainer:
 
     # ---- evaluation ---------------------------------------------------------------------
     def evaluate(self, max_utts: int = 0, mode: str = "ctc_greedy") -> dict:
-        store = self.dev_store
-        if store is None:
+        """Dev score (ume.decode.score.score's dict); {} without a dev set."""
+        if self.dev_store is None:
             return {}
-        n = len(store)
-        idx = list(range(n))
-        if max_utts and n > max_utts:
-            idx = random.Random(0).sample(idx, max_utts)
-        hyps = decode_store(self.model, store, self.tokenizer, mode, indices=idx)
-        return score(references(store, idx), hyps)
+        return dev_score(self.model, self.dev_store, self.tokenizer, max_utts, mode)
 
     # ---- main loop ----------------------------------------------------------------------
     def batches(self):
@@ -450,11 +441,9 @@ class Trainer:
                             lr,
                             audio_s / max(1e-6, self.state.train_seconds),
                         )
-                    for k, v in stats.items():
-                        self.writer.add_scalar(f"train/{k}", v, self.state.step)
-                    self.writer.add_scalar("train/lr", lr, self.state.step)
-                    self.writer.add_scalar("train/grad_norm", float(gnorm), self.state.step)
-                    self._log_moe(moe_stats, self.state.step)
+                    log_train_scalars(
+                        self.writer, stats, lr, float(gnorm), moe_stats, self.state.step
+                    )
             bar.update(1)
             if tc.max_minutes > 0:  # collective: ranks' clocks differ, all must stop together
                 stop = bool(
@@ -474,36 +463,19 @@ class Trainer:
             log.info("trained %d steps in this run", self.state.step - start_step)
         return self.finish()
 
-    def _log_moe(self, moe_stats: dict[str, dict], step: int) -> None:
-        """TensorBoard scalars of the MoE layers' statistics, already averaged over ranks."""
-        for name, stats in moe_stats.items():
-            for k, v in stats.items():
-                if v.numel() == 1:
-                    self.writer.add_scalar(f"moe/{name}/{k}", float(v), step)
-
     def _eval_point(self) -> None:
         if self.main and self.dev_store is not None:
             res = self.evaluate(self.cfg.train.eval_max_utts)
-            point = {
-                "step": self.state.step,
-                "minutes": round(self.state.train_seconds / 60, 3),
-                "dev_mer": res["mer"],
-            }
-            sims = {  # how far upcycled experts have moved apart (issue 13)
-                n: m.similarity_summary()[0]
-                for n, m in self.model.named_modules()
-                if isinstance(m, MoEFeedForward)
-            }
-            if sims:
-                point["expert_sim"] = round(sum(sims.values()) / len(sims), 5)
-                point["expert_sim_max"] = round(max(sims.values()), 5)
-                for n, v in sims.items():
-                    self.writer.add_scalar(f"moe_sim/{n}", v, self.state.step)
+            point = record_dev_point(
+                self.model,
+                self.writer,
+                self.exp / "curve.jsonl",
+                self.state.step,
+                self.state.train_seconds,
+                res["mer"],
+            )
             self.state.curve.append(point)
             self.state.ckpt_mer[f"step-{self.state.step:08d}"] = res["mer"]
-            self.writer.add_scalar("dev/mer_ctc_greedy", res["mer"], self.state.step)
-            with open(self.exp / "curve.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(point) + "\n")
             log.info("step %d dev MER %.2f%%", self.state.step, res["mer"])
             self.model.train()
         if self.world > 1:

@@ -8,15 +8,16 @@ Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_wenet.py -s   (p
 from __future__ import annotations
 
 import copy
-import importlib
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from ume.bench.peers import load_wenet_oracle
 from ume.expdir import MODEL_FILE, load_experiment, save_weights
 from ume.interop.wenet import WeNetError, export_wenet, import_wenet
 
@@ -31,15 +32,17 @@ VOCAB = ["<blank>", "<unk>"] + list("你好世界我们他她是的了在有人�
 
 @pytest.fixture(scope="module")
 def wenet():
-    spec = importlib.util.spec_from_file_location("wenet_oracle", ORACLE)
-    oracle = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(oracle)
-    ns = oracle.load()
-    ns.search = importlib.import_module("wenet.models.transformer.search")
-    ns.cmvn = importlib.import_module("wenet.utils.cmvn")
-    ns.char_tokenizer = importlib.import_module("wenet.text.char_tokenizer")
-    ns.bpe_tokenizer = importlib.import_module("wenet.text.bpe_tokenizer")
-    return ns
+    # through ume's loader: it takes the oracle's torchaudio/whisper stubs out of sys.modules
+    # afterwards, so tests importing transformers later in this process still work
+    return load_wenet_oracle(
+        ORACLE,
+        also=(
+            "wenet.models.transformer.search",
+            "wenet.utils.cmvn",
+            "wenet.text.char_tokenizer",
+            "wenet.text.bpe_tokenizer",
+        ),
+    )
 
 
 def wenet_configs(**enc) -> dict:
@@ -198,6 +201,17 @@ CONFIGS = {
         "final_norm": False,
     },
 }
+
+
+def test_oracle_leaves_no_import_stubs(wenet) -> None:
+    # a stub without __spec__ in sys.modules makes find_spec raise, which broke
+    # `import transformers` in any test that ran after this file
+    for name in ("torchaudio", "torchaudio.functional", "whisper", "whisper.tokenizer"):
+        mod = sys.modules.get(name)
+        assert mod is None or mod.__spec__ is not None, name
+    for name in ("torchaudio", "whisper"):
+        importlib.util.find_spec(name)  # raises ValueError on a spec-less stub
+    assert wenet.search.__name__ == "wenet.models.transformer.search"
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

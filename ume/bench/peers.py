@@ -23,6 +23,7 @@ import contextlib
 import importlib.util
 import os
 import sys
+import types
 from pathlib import Path
 
 import torch
@@ -39,21 +40,48 @@ def oracle_path() -> Path | None:
     return p if p.is_file() else None
 
 
-def _wenet_namespace():  # noqa: ANN202
-    path = oracle_path()
+# modules the oracle stubs (without an import spec) while WeNet's files import; left in
+# sys.modules they break later find_spec probes (transformers' is_torchaudio_available raises)
+_ORACLE_STUBS = ("torchaudio", "torchaudio.functional", "whisper", "whisper.tokenizer")
+
+
+def load_wenet_oracle(
+    path: Path | None = None, also: tuple[str, ...] = ()
+) -> types.SimpleNamespace | None:
+    """WeNet's model classes through the oracle at `path` (default: oracle_path()), or None
+    without one. `also`: more WeNet modules to import while the oracle's stubs are in place,
+    set on the namespace under their last name. The stubs are then taken out of sys.modules
+    (WeNet's modules keep their references), so a process may load the oracle and
+    transformers in either order.
+
+    Example:
+        >>> ns = load_wenet_oracle(also=("wenet.models.transformer.search",))
+        >>> ns.ConformerEncoder, ns.search
+    """
+    path = path or oracle_path()
     if path is None:
         return None
+    before = {n for n in _ORACLE_STUBS if n in sys.modules}
     spec = importlib.util.spec_from_file_location("wenet_oracle", path)
     mod = importlib.util.module_from_spec(spec)
-    with contextlib.redirect_stdout(sys.stderr):  # WeNet prints on import; keep --json clean
-        spec.loader.exec_module(mod)
-        return mod.load()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # WeNet prints on import; keep --json clean
+            spec.loader.exec_module(mod)
+            ns = mod.load()
+            for name in also:
+                setattr(ns, name.rsplit(".", 1)[-1], importlib.import_module(name))
+    finally:
+        for name in _ORACLE_STUBS:
+            stub = sys.modules.get(name)
+            if name not in before and stub is not None and stub.__spec__ is None:
+                del sys.modules[name]
+    return ns
 
 
 def wenet_layer(moe: MoEFeedForward) -> nn.Module | None:
     """WeNet's MoEFFNLayer with moe's router and experts, or None without the oracle."""
     try:
-        ns = _wenet_namespace()
+        ns = load_wenet_oracle()
     except Exception:  # noqa: BLE001 - the oracle failed to import: report no WeNet column
         return None
     if ns is None:

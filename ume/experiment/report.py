@@ -66,25 +66,52 @@ def add_comparisons(results: dict) -> dict:
 
 
 def add_significance(results: dict, runs_dir: Path, data: Path, replicates: int = 1000) -> dict:
-    """Paired bootstrap of each run's test hypotheses against the dense run's (same utterances):
-    rel_ci95_vs_dense_pct (95% interval of the relative MER change) and p_better_than_dense."""
+    """Paired bootstraps (same utterances) of each run's hypotheses: against the dense run on
+    test (rel_ci95_vs_dense_pct, p_better_than_dense) and, for every run that is not dense or
+    dense_continued, against dense_continued (the same extra steps without experts) on test and
+    on the held-out voices (rel_ci95_vs_dense_continued_pct / _heldout_pct, rel_change_...,
+    p_better_than_dense_continued). The interval is of the relative MER change, in percent."""
+    for split, suffix in (("test", ""), ("test_heldout", "_heldout")):
+        ref_path = data / split / "text"
+        if not ref_path.is_file():
+            continue
+        hyp_name = "hyp_test.txt" if split == "test" else "hyp_heldout.txt"
+        for base_name in ("dense", "dense_continued"):
+            if base_name == "dense" and suffix:
+                continue  # vs dense on test only, as before
+            _compare_to(results, runs_dir, ref_path, hyp_name, base_name, suffix, replicates)
+    return results
+
+
+def _compare_to(
+    results: dict,
+    runs_dir: Path,
+    ref_path: Path,
+    hyp_name: str,
+    base_name: str,
+    suffix: str,
+    replicates: int,
+) -> None:
     from ume.data.manifest import read_text_file
     from ume.decode.significance import bootstrap_errors, utterance_errors
 
-    ref_path, dense_hyp = data / "test" / "text", runs_dir / "dense" / "hyp_test.txt"
-    if not (ref_path.is_file() and dense_hyp.is_file()):
-        return results
+    base_hyp = runs_dir / base_name / hyp_name
+    if not base_hyp.is_file():
+        return
     refs = read_text_file(ref_path)
     keys = sorted(refs)
-    base = utterance_errors(refs, read_text_file(dense_hyp), keys)  # (N, 2), once for all runs
+    base = utterance_errors(refs, read_text_file(base_hyp), keys)  # (N, 2), once for all runs
     for name, row in results.get("runs", {}).items():
-        hyp = runs_dir / name / "hyp_test.txt"
-        if name == "dense" or not hyp.is_file():
+        hyp = runs_dir / name / hyp_name
+        if name in ("dense", base_name) or not hyp.is_file():
             continue
         res = bootstrap_errors(base, utterance_errors(refs, read_text_file(hyp), keys), replicates)
-        row["rel_ci95_vs_dense_pct"] = res["rel_ci95_pct"]
-        row["p_better_than_dense"] = res["p_b_better"]
-    return results
+        row[f"rel_ci95_vs_{base_name}{suffix}_pct"] = res["rel_ci95_pct"]
+        if base_name == "dense":
+            row["p_better_than_dense"] = res["p_b_better"]
+        else:
+            row[f"rel_change_vs_{base_name}{suffix}_pct"] = res["rel_change_pct"]
+            row[f"p_better_than_{base_name}{suffix}"] = res["p_b_better"]
 
 
 def plot_curves(results: dict, path: Path) -> None:

@@ -272,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _deferred(
         bench,
+        "symmetry",
+        "do upcycled experts specialise? controlled capacity-bound probe (issue 13)",
+        "ume.bench.symmetry",
+        "add_symmetry_args",
+        "main_symmetry",
+    )
+    _deferred(
+        bench,
         "gap",
         "MoE vs dense encoder time split: FLOPs, weights, overhead",
         "ume.bench.gap",

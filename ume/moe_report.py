@@ -46,11 +46,6 @@ def short_name(prefix: str) -> str:
     return prefix
 
 
-def expert_similarity(moe: MoEFeedForward) -> torch.Tensor:
-    """(E, E) cosine similarity of the experts' flattened (w_1, b_1, w_2, b_2)."""
-    return moe.expert_similarity()
-
-
 LANGS = ("zh", "en", "mix")
 
 

@@ -98,7 +98,7 @@ def _train(
     g = torch.Generator().manual_seed(seed)
     moe_p = [p for n, p in model.named_parameters() if n.startswith("ffn.") and _is_moe(model)]
     rest = [p for p in model.parameters() if all(p is not q for q in moe_p)]
-    groups = [{"params": rest, "base": 1.0}] + ([{"params": moe_p, "base": 1.0}] if moe_p else [])
+    groups = [{"params": rest}] + ([{"params": moe_p}] if moe_p else [])
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     warm = max(1, steps // 20)
     model.train()

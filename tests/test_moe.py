@@ -459,7 +459,8 @@ def test_inspect_load_and_similarity(dense_dir: Path) -> None:
         # zero router: every token picks the same k experts -> 6 dead experts, warned about
         assert len(row["dead"]) == 6 and row["cv"] > 1
     assert any("dead expert" in w for w in rep["warnings"])
-    plain = inspect_experiment(dense_dir / "moe")  # no data: similarity only
+    upcycle_experiment(dense_dir / "dense", dense_dir / "moe_plain", experts=8, top_k=2)
+    plain = inspect_experiment(dense_dir / "moe_plain")  # no data: similarity only
     assert all(
         r["load"] is None and r["sim_mean"] == pytest.approx(1.0, abs=1e-6) for r in plain["layers"]
     )

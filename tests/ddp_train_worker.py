@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
@@ -51,7 +52,9 @@ def main() -> None:
     tr.finish = digest_then_finish
     info = tr.run()
     digest = trained["digest"]
-    print("RESULT " + json.dumps({"rank": tr.rank, "digest": digest, "info": info}), flush=True)
+    # one file per rank: two ranks printing to one pipe can interleave their lines
+    row = json.dumps({"rank": tr.rank, "digest": digest, "info": info})
+    (Path(args.exp) / f"result-rank{tr.rank}.json").write_text(row, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -54,18 +54,20 @@ def make_corpus(root: Path) -> Path:
 
 
 def torchrun(exp: Path, corpus: Path, steps: int, *extra: str) -> list[dict]:
-    """Run the worker on 2 processes; returns each rank's RESULT (rank order)."""
+    """Run the worker on 2 processes; returns each rank's result row (rank order)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(WORKER), str(exp), str(corpus), str(steps), *extra]  # fmt: skip
     for s in COMMON:
         cmd += ["--set", s]
+    for old in exp.glob("result-rank*.json"):
+        old.unlink()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"torchrun hung (ranks waiting on each other): {str(e.stderr)[-2000:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(x[7:]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    rows = [json.loads(f.read_text()) for f in sorted(exp.glob("result-rank*.json"))]
     assert len(rows) == 2, proc.stdout[-2000:]
     return sorted(rows, key=lambda r: r["rank"])
 

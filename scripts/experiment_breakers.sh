@@ -2,7 +2,8 @@
 # Issue 13: the symmetry-breaker comparison (configs/experiment_breakers.yaml) as run for
 # docs/RESULTS.md: two one-thread processes side by side, one per core, merged at the end.
 #   core 1: dense (the bundled model, scored) -> dense_continued, ume, ume_fast
-#   core 2: ume_all, ume_noise (then ume_fine, ume_router_noise when given in LANE_B)
+#   core 2: ume_all, ume_noise
+#   then, side by side: ume_fine (core 1) and ume_router_noise (core 2)
 # Usage: bash scripts/experiment_breakers.sh [WORKDIR]   (resumable: rerun it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +18,10 @@ $UME experiment --preset breakers --workdir "${W}_b" --runs "$LANE_B" > "${W}_b.
 side=$!
 $UME experiment --preset breakers --workdir "$W" --runs "dense,$LANE_A"
 wait "$side"
-$UME experiment --preset breakers --workdir "$W" --merge-from "${W}_b" \
-  --runs "dense,$LANE_A,$LANE_B"
+mkdir -p "${W}_c" && ln -sfn "$(realpath "$W/data")" "${W}_c/data"
+$UME experiment --preset breakers --workdir "${W}_c" --runs ume_router_noise > "${W}_c.log" 2>&1 &
+side=$!
+$UME experiment --preset breakers --workdir "${W}_b" --runs ume_fine
+wait "$side"
+$UME experiment --preset breakers --workdir "$W" --merge-from "${W}_b" --merge-from "${W}_c" \
+  --runs "dense,$LANE_A,$LANE_B,ume_fine,ume_router_noise"

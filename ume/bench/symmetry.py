@@ -147,8 +147,8 @@ def _nmi(a: torch.Tensor, b: torch.Tensor, na: int, nb: int) -> float:
     return mi / hb if hb > 0 else 0.0
 
 
-def _upcycle(dense: Student, run: str, seed: int) -> tuple[Student, int, tuple[float, float]]:
-    """The MoE student of a run: (model, frozen steps fraction x 1000, moe lr scales)."""
+def _upcycle(dense: Student, run: str, seed: int) -> tuple[Student, tuple[float, float]]:
+    """The MoE student of a run and its expert/router lr scales (phase 1, phase 2)."""
     every = run == "ume_all"
     fine = run == "ume_fine" or every
     cfg = MoEConfig(
@@ -177,7 +177,7 @@ def _upcycle(dense: Student, run: str, seed: int) -> tuple[Student, int, tuple[f
             for n in ("w_1", "w_2"):
                 getattr(ex, n).copy_(got[f"experts.{n}"])
     fast = run == "ume_fast" or every
-    return model, 250, (10.0, 2.0) if fast else (1.0, 1.0)
+    return model, (10.0, 2.0) if fast else (1.0, 1.0)
 
 
 def run_probe(seeds: int = 3, dense_steps: int = 2000, steps: int = 1000) -> dict:
@@ -201,9 +201,9 @@ def run_probe(seeds: int = 3, dense_steps: int = 2000, steps: int = 1000) -> dic
                 model = copy.deepcopy(dense)
                 _train(model, task, steps, 1e-3, seed + 1)
             else:
-                model, per_mille, scales = _upcycle(dense, run, seed)
+                model, scales = _upcycle(dense, run, seed)
                 rows[f"{run}_start"] = _evaluate(model, test)
-                _train(model, task, steps, 1e-3, seed + 1, steps * per_mille // 1000, scales)
+                _train(model, task, steps, 1e-3, seed + 1, steps // 4, scales)  # phase 1: 25%
             rows[run] = _evaluate(model, test)
             rows[run]["seconds"] = round(time.perf_counter() - t0, 2)
         per_seed.append(rows)

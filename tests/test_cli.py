@@ -51,3 +51,13 @@ def test_lazy_subcommand_parses_its_own_options() -> None:
     assert args.model == ["a", "b"] and args.frames == 300
     args = build_parser().parse_args(["inspect", "runs/moe", "--max-utts", "7"])
     assert (args.expdir, args.max_utts) == ("runs/moe", 7)
+
+
+def test_upcycle_error_goes_to_stderr(tmp_path, capsys) -> None:
+    from ume.cli import main
+
+    code = main(["upcycle", "--dense", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "ume upcycle: error:" in err and "missing" in err
+    assert "error" not in out

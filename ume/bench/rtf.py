@@ -183,8 +183,8 @@ def main_rtf(args: argparse.Namespace) -> int:
     rounds = getattr(args, "rounds", 1)
     if rounds < 1:
         raise ValueError(f"--rounds {rounds}: need at least 1 measurement per model")
-    torch.set_num_threads(args.threads)
     device = resolve_device(getattr(args, "device", "cpu"))  # a clear error before any work
+    torch.set_num_threads(args.threads)
     waves = load_waves(args.data, args.max_utts)
     stream = getattr(args, "stream_chunk", 0)
     res: dict = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ume.data.loader import load_batch, random_batch
@@ -106,7 +107,7 @@ def main_upcycle(args: argparse.Namespace) -> int:
             router_noise=float(getattr(args, "router_noise", 0.0) or 0.0),
         )
     except (UpcycleError, ExpDirError) as e:
-        print(f"ume upcycle: error: {e}")
+        print(f"ume upcycle: error: {e}", file=sys.stderr)
         return 2
     print(
         f"upcycled {report['dense']} -> {report['out']}: {report['num_moe_layers']} MoE layers "

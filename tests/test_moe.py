@@ -433,7 +433,7 @@ def test_upcycle_experiment_and_cli(dense_dir: Path, capsys: pytest.CaptureFixtu
         ]
     )
     assert main_upcycle(bad) == 2
-    assert "encoder_fnn" in capsys.readouterr().out
+    assert "encoder_fnn" in capsys.readouterr().err  # errors go to stderr
 
     iparser = argparse.ArgumentParser()
     add_inspect_args(iparser)

@@ -59,7 +59,7 @@ class MoEConfig:
     top_k: int = 2
     slots: list[str] = field(default_factory=lambda: ["encoder_macaron", "encoder_ffn"])
     layers: str = "all"  # "all", "every_other", "top_half", or comma list "0,2,4"
-    router_init: str = "zeros"  # "zeros" or "normal"
+    router_init: str = "zeros"  # "zeros", "normal" or "kmeans" (from data, at upcycling)
     router_init_std: float = 0.02
     capacity_factor: float = 0.0  # 0 = dropless
     jitter: float = 0.0  # multiplicative router input noise during training

@@ -24,6 +24,8 @@ BREAKER_RUNS = (
     "ume_router_noise",
     "ume_fine",
     "ume_all",
+    "ume_kmeans",  # content-aware (k-means) routers; ume_all predates it and leaves it out
+    "ume_kmeans_fast",  # k-means routers + the fast phase-1 learning rate
 )
 ALL_RUNS = (
     "dense",
@@ -72,6 +74,7 @@ class ExperimentPlan:
     fast_lr_scale: float = 5.0  # ume_fast: expert/router lr multiplier in phase 1 (frozen rest)
     fast_lr_scale_phase2: float = 1.0  # ... and in phase 2
     router_noise: float = 0.3  # ume_router_noise: std of the router-logit noise in training
+    router_utts: int = 200  # ume_kmeans*: training utterances the k-means routers cluster
     fine_groups: int = 2  # ume_fine: G slices per FFN; experts x G experts of d_ff/G, top_k per
     # group, so total and active parameters equal ume's
     wide_d_ff: int = 0  # dense_wide's encoder d_ff; 0 = experts x the dense d_ff (MoE's total)

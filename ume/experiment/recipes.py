@@ -102,10 +102,12 @@ def _upcycled(plan: ExperimentPlan, dense: Path, out: Path, **kw) -> Path:
 
 
 def breaker_recipe(
-    name: str, plan: ExperimentPlan, two_phase: list[dict]
+    name: str, plan: ExperimentPlan, two_phase: list[dict], router_data: Path | None = None
 ) -> tuple[dict, list[dict]]:
     """Upcycling arguments and freezing phases of a symmetry-breaker run (issue 13): the ume
-    recipe plus one breaker (ume_all: every breaker but Drop-Upcycling)."""
+    recipe plus one breaker (ume_all: every breaker but Drop-Upcycling and k-means routers;
+    ume_kmeans_fast: k-means routers + the fast phase-1 learning rate). router_data: the
+    utterances k-means routers cluster (the training set)."""
     every = name == "ume_all"
     up: dict = {}
     phases = [dict(p) for p in two_phase]
@@ -113,7 +115,11 @@ def breaker_recipe(
         up.update(noise_std=plan.noise_upcycling, noise_frac=plan.noise_frac)
     if name == "ume_drop_small":
         up.update(drop_ratio=plan.drop_small)
-    if name == "ume_fast" or every:
+    if name.startswith("ume_kmeans"):
+        if router_data is None:
+            raise ConfigError(f"{name}: k-means routers need the training data dir")
+        up.update(router_init="kmeans", router_data=str(router_data), router_utts=plan.router_utts)
+    if name in ("ume_fast", "ume_kmeans_fast") or every:
         phases[0]["moe_lr_scale"] = plan.fast_lr_scale
         phases[1]["moe_lr_scale"] = plan.fast_lr_scale_phase2
     if name == "ume_router_noise" or every:
@@ -153,7 +159,7 @@ def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Pat
         init = _upcycled(plan, dense, runs / "_init_ume_one_slot", slots=["encoder_ffn"])
         _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
     elif name in BREAKER_RUNS:
-        up, phases = breaker_recipe(name, plan, two_phase)
+        up, phases = breaker_recipe(name, plan, two_phase, data / "train")
         init = _upcycled(plan, dense, runs / f"_init_{name}", **up)
         _train(run_dir, data, init / "config.yaml", ov + jitter, init, phases)
     elif name == "dense_wide":  # capacity control: the MoE's total FFN size, dense, from scratch

@@ -45,6 +45,9 @@ from ume.model.ffn import FeedForward, activation_fn
 from ume.model.moe_dispatch import STATIC_PATHS, DispatchOptions, dispatch_sorted, forward_static
 from ume.model.moe_dispatch import tracing as _tracing
 
+# "kmeans": set from the layer's input data by `ume upcycle --router-init kmeans`
+ROUTER_INITS = ("zeros", "normal", "kmeans")
+
 
 class Experts(nn.Module):
     """E stacked two-layer FFN experts: y_e = act(x·w_1[e] + b_1[e])·w_2[e] + b_2[e]."""
@@ -135,8 +138,10 @@ class MoEFeedForward(nn.Module):
                 f"moe.top_k={k} must be between 1 and the experts per group "
                 f"(moe.num_experts/moe.groups = {e // g})"
             )
-        if cfg.router_init not in ("zeros", "normal"):
-            raise ValueError(f"moe.router_init={cfg.router_init!r}: use 'zeros' or 'normal'")
+        if cfg.router_init not in ROUTER_INITS:
+            raise ValueError(
+                f"moe.router_init={cfg.router_init!r}: use one of {', '.join(ROUTER_INITS)}"
+            )
         if cfg.capacity_factor < 0 or cfg.jitter < 0 or cfg.router_noise < 0:
             raise ValueError("moe.capacity_factor, moe.jitter and moe.router_noise must be >= 0")
         self.cfg = cfg
@@ -163,9 +168,11 @@ class MoEFeedForward(nn.Module):
         return state
 
     def reset_router(self, generator: torch.Generator | None = None) -> None:
-        """Initialise the router per cfg.router_init: zeros (uniform routing) or N(0, std²)."""
+        """Initialise the router per cfg.router_init: zeros (uniform routing) or N(0, std²).
+        "kmeans" routers are computed from data when upcycling (ume/upcycle/router_init.py)
+        and arrive with the weights; a freshly built layer starts at zeros."""
         with torch.no_grad():
-            if self.cfg.router_init == "zeros":
+            if self.cfg.router_init in ("zeros", "kmeans"):
                 self.router.weight.zero_()
             else:
                 w = torch.randn(self.router.weight.shape, generator=generator)

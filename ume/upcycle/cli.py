@@ -60,7 +60,19 @@ def add_upcycle_args(p: argparse.ArgumentParser) -> None:
         metavar="STD",
         help="Gaussian noise on the router logits during training (noisy top-k gating)",
     )
-    p.add_argument("--router-init", default="zeros", choices=["zeros", "normal"])
+    p.add_argument(
+        "--router-init",
+        default="zeros",
+        choices=["zeros", "normal", "kmeans"],
+        help="zeros: uniform routing; normal: N(0, 0.02²); kmeans: centroids of each layer's "
+        "inputs on --router-data (content-aware from step 0; all three keep the dense function)",
+    )
+    p.add_argument(
+        "--router-data",
+        default=None,
+        help="Kaldi dir or data.list whose utterances --router-init kmeans clusters",
+    )
+    p.add_argument("--router-utts", type=int, default=200, metavar="N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite weights already in --out")
     p.add_argument(
@@ -105,6 +117,8 @@ def main_upcycle(args: argparse.Namespace) -> int:
             noise_std=noise,
             noise_frac=float(getattr(args, "noise_frac", 1.0) or 1.0),
             router_noise=float(getattr(args, "router_noise", 0.0) or 0.0),
+            router_data=getattr(args, "router_data", None),
+            router_utts=int(getattr(args, "router_utts", 200) or 200),
         )
     except (UpcycleError, ExpDirError) as e:
         print(f"ume upcycle: error: {e}", file=sys.stderr)

@@ -10,8 +10,9 @@ slots that became MoE, where
     <prefix>.w_2.weight (D, H) -> <prefix>.experts.w_2 (E, H, D)   [e] = weight.T
     <prefix>.w_2.bias   (D,)   -> <prefix>.experts.b_2 (E, D)
 
-The routers (<prefix>.router.weight) are the only new tensors: zeros (uniform routing, so the
-upcycled model computes exactly what the dense one did) or N(0, router_init_std²).
+The routers (<prefix>.router.weight) are the only new tensors: zeros (uniform routing),
+N(0, router_init_std²), or "kmeans" (centroids of each layer's inputs on a few utterances,
+ume/upcycle/router_init.py). With copied experts any router keeps the dense function.
 Anything else left over on either side raises `UpcycleError` naming the keys.
 
 Example:
@@ -29,7 +30,7 @@ import torch
 
 from ume.config import MoEConfig
 from ume.model.asr import ASRModel
-from ume.model.moe import expert_tensors_from_dense
+from ume.model.moe import ROUTER_INITS, expert_tensors_from_dense
 from ume.model.params import count_params, moe_layers, param_report
 from ume.model.slots import SLOTS, moe_layer_selected
 
@@ -194,7 +195,7 @@ def upcycle_state_dict(
             out[f"{prefix}.{name}"] = t
         rkey = f"{prefix}.router.weight"
         moe_cfg = moe.cfg
-        if moe_cfg.router_init == "zeros":
+        if moe_cfg.router_init in ("zeros", "kmeans"):  # kmeans: set from data afterwards
             out[rkey] = torch.zeros_like(target[rkey])
         else:
             w = torch.randn(target[rkey].shape, generator=gen) * moe_cfg.router_init_std
@@ -272,13 +273,25 @@ def _moe_config(
     bad = [s for s in cfg.slots if s not in SLOTS]
     if bad or not cfg.slots:
         raise UpcycleError(f"--slots {cfg.slots}: choose one or more of {list(SLOTS)}")
-    if router_init not in ("zeros", "normal"):
-        raise UpcycleError(f"--router-init {router_init!r}: use 'zeros' or 'normal'")
+    if router_init not in ROUTER_INITS:
+        raise UpcycleError(f"--router-init {router_init!r}: use one of {', '.join(ROUTER_INITS)}")
     try:
         moe_layer_selected(layers, 0, 1)
     except ValueError as e:
         raise UpcycleError(str(e)) from e
     return cfg
+
+
+def _kmeans_routers(model, tok, cfg, data: str | Path, utts: int, seed: int) -> dict:
+    from ume.data.loader import load_batch
+    from ume.data.manifest import DataError
+    from ume.upcycle.router_init import init_routers_kmeans
+
+    try:
+        _, batches = load_batch(data, cfg.features, utts)
+        return init_routers_kmeans(model, tok, batches, seed=seed)
+    except (DataError, ValueError) as e:
+        raise UpcycleError(f"--router-init kmeans on {data}: {e}") from e
 
 
 def upcycle_experiment(
@@ -298,6 +311,8 @@ def upcycle_experiment(
     noise_std: float = 0.0,
     noise_frac: float = 1.0,
     router_noise: float = 0.0,
+    router_data: str | Path | None = None,
+    router_utts: int = 200,
 ) -> dict:
     """Write an upcycled MoE experiment dir (config, tokenizer, cmvn, model.safetensors,
     upcycle.json) that `ume decode` and `ume train --init` accept.
@@ -305,7 +320,9 @@ def upcycle_experiment(
     Symmetry breakers (issue 13): groups > 1 makes fine-grained experts (1/groups slices of
     the dense FFN, function-preserving); drop_ratio (Drop-Upcycling) and noise_std/noise_frac
     (noise upcycling) perturb the experts (not function-preserving); router_noise adds noise
-    to the router logits during training only.
+    to the router logits during training only; router_init="kmeans" sets each router to
+    k-means centroids of its layer's inputs on the first router_utts utterances of
+    router_data (a Kaldi dir or data.list; function-preserving, content-aware routing).
     slots=None keeps the dense config's moe.slots (default: both encoder FFNs);
     balance_coef/z_loss_coef=None keep the config's values. Refuses an MoE input and, unless
     overwrite, an out_dir that already holds weights.
@@ -313,6 +330,13 @@ def upcycle_experiment(
     from ume.expdir import MODEL_FILE, load_experiment, write_experiment
 
     dense_dir, out_dir = Path(dense_dir), Path(out_dir)
+    if (router_init == "kmeans") != (router_data is not None):
+        raise UpcycleError(
+            "--router-init kmeans needs --router-data (utterances to cluster the layer inputs "
+            "of), and --router-data is only used by --router-init kmeans"
+        )
+    if router_utts < 1:
+        raise UpcycleError(f"--router-utts {router_utts} must be >= 1")
     if out_dir.resolve() == dense_dir.resolve():
         raise UpcycleError("--out must differ from --dense (the dense model would be lost)")
     if (out_dir / MODEL_FILE).exists() and not overwrite:
@@ -349,6 +373,9 @@ def upcycle_experiment(
     )
     moe_model.load_state_dict(sd, strict=True)
     moe_model.eval()
+    kmeans = None
+    if router_init == "kmeans":
+        kmeans = _kmeans_routers(moe_model, tok, new_cfg, router_data, router_utts, seed)
     write_experiment(out_dir, new_cfg, tok, moe_model)
     dense_params = count_params(dense)
     report = {
@@ -367,6 +394,10 @@ def upcycle_experiment(
         **param_report(moe_model),
     }
     report["num_moe_layers"] = len(rep["moe_layers"])
+    if kmeans is not None:
+        report["router_data"] = str(router_data)
+        report["router_utts"] = router_utts
+        report["kmeans"] = kmeans["layers"]
     from ume.expdir import atomic_write_json
 
     atomic_write_json(report, out_dir / "upcycle.json")

@@ -206,6 +206,18 @@ def test_inspect_json_reports_specialisation(
         assert len(row["lang_share"]) == 4 and 0 <= row["lang_gap"] <= 1
 
 
+def test_inspect_error_goes_to_stderr(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    import argparse
+
+    from ume.moe_report import add_inspect_args, main_inspect
+
+    p = argparse.ArgumentParser()
+    add_inspect_args(p)
+    assert main_inspect(p.parse_args([str(tmp_path / "missing")])) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and "ume inspect: error:" in cap.err  # --json readers get no junk
+
+
 def test_routing_by_language_counts_frames(dense: ASRModel) -> None:
     from ume.moe_report import RoutingByLanguage
 

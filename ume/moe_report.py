@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -348,7 +349,7 @@ def main_inspect(args: argparse.Namespace) -> int:
             png=getattr(args, "png", None),
         )
     except (ExpDirError, DataError) as e:
-        print(f"ume inspect: error: {e}")
+        print(f"ume inspect: error: {e}", file=sys.stderr)
         return 2
     if getattr(args, "json", False):
         print(json.dumps(rep, indent=1))

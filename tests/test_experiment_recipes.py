@@ -105,3 +105,18 @@ def test_recipe_rules(tmp_path: Path) -> None:
     (legacy / RECIPE_FILE).write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         check_or_record(legacy, {"a": 1})
+
+
+def test_every_experiment_preset_loads_and_small_hot_differs_from_small_only_in_lr() -> None:
+    from ume.config import preset_config
+
+    names = sorted(
+        p.stem.removeprefix("experiment_")
+        for p in preset_config("small").parent.glob("experiment_*.yaml")
+    )
+    assert {"quick", "small", "small_hot"} <= set(names)
+    plans = {n: load_plan(n) for n in names}  # strict: a misspelt key raises
+    small, hot = (dataclasses.asdict(plans[n]) for n in ("small", "small_hot"))
+    diff = {k for k in small if small[k] != hot[k]}
+    assert diff == {"lr", "runs"}, diff  # same dense, data, steps, schedule, MoE shape
+    assert hot["lr"] == 5 * small["lr"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -318,6 +319,11 @@ def test_bench_rtf_paired_stream_and_memory(tmp_path: Path, capsys: pytest.Captu
         assert res[ratio] == pytest.approx(res[key] / res[f"vs_{key}"], rel=0.05), ratio
     assert res["peak_rss_mb"] > 50 and res["vs_peak_rss_mb"] > 50  # torch alone is > 50 MB
     assert res["ratio_params_active"] > 1 and res["rss_delta_mb"] > 0
+    # the text report of several rounds: median ratios, then each round's (a list each)
+    assert main([*argv[:-3], "--rounds", "2", "--stream-chunk", "0"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^ratio: b1 \d+\.\d{3}  b16 \d+\.\d{3}", out, re.M), out
+    assert re.search(r"^ratio per round: b1 \d+\.\d{3}/\d+\.\d{3}  b16 ", out, re.M), out
 
 
 def test_rtf_rounds_take_the_median_of_each_rtf() -> None:

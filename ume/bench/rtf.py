@@ -247,9 +247,17 @@ def main_rtf(args: argparse.Namespace) -> int:
             ratios = "  ".join(
                 f"{k.removeprefix('ratio_')} {v:.3f}"
                 for k, v in res.items()
-                if k.startswith("ratio_")
+                if k.startswith("ratio_") and not k.endswith("_per_round")
             )
             print(f"ratio: {ratios}")
+            spread = "  ".join(
+                f"{k.removeprefix('ratio_').removesuffix('_per_round')} "
+                + "/".join(f"{v:.3f}" for v in vals)
+                for k, vals in res.items()
+                if k.endswith("_per_round")
+            )
+            if spread:  # --rounds > 1: how far the ratio moved between rounds
+                print(f"ratio per round: {spread}")
     return 0
 
 

@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default="quick",
-        choices=["tiny", "quick", "paper", "large", "small", "small_hot", "breakers"],
+        choices=["tiny", "quick", "paper", "large", "small", "small_hot", "small_long", "breakers"],
     )
     p.add_argument("--workdir", required=True)
     p.add_argument("--from-scratch", action="store_true", help="train the dense model too")

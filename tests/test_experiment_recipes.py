@@ -120,3 +120,17 @@ def test_every_experiment_preset_loads_and_small_hot_differs_from_small_only_in_
     diff = {k for k in small if small[k] != hot[k]}
     assert diff == {"lr", "runs"}, diff  # same dense, data, steps, schedule, MoE shape
     assert hot["lr"] == 5 * small["lr"]
+
+
+def test_upcycle_recipe_does_not_depend_on_the_workdir(tmp_path: Path) -> None:
+    args = {"experts": 8, "router_init": "kmeans", "router_data": None}
+    recs = []
+    for w in ("w1", "w2"):
+        work = tmp_path / w
+        args["router_data"] = str(work / "data" / "train")
+        recs.append(recipes.upcycle_recipe("weights:x", work / "runs" / "_init_ume_kmeans", args))
+    assert recs[0] == recs[1] and recs[0]["router_data"] == "<workdir>/data/train"
+    outside = recipes.upcycle_recipe(
+        "weights:x", tmp_path / "w1" / "runs" / "_init", {"router_data": "/elsewhere/train"}
+    )
+    assert outside["router_data"] == "/elsewhere/train"  # data outside the workdir: as given

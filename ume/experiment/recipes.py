@@ -79,6 +79,19 @@ def _train(
     ).run()
 
 
+def upcycle_recipe(dense_fingerprint: str | None, out: Path, args: dict) -> dict:
+    """The recipe of an _init_* dir. A router_data path inside the workdir (out's grandparent)
+    is recorded relative to it, so the same run made in another workdir (`--merge-from`) has
+    the same recipe."""
+    rec = {"kind": "upcycle", "dense": dense_fingerprint, **args}
+    if rec.get("router_data") is not None:
+        work = Path(out).parent.parent.resolve()
+        data = Path(rec["router_data"]).resolve()
+        if data.is_relative_to(work):
+            rec["router_data"] = "<workdir>/" + data.relative_to(work).as_posix()
+    return rec
+
+
 def _upcycled(plan: ExperimentPlan, dense: Path, out: Path, **kw) -> Path:
     from ume.upcycle import upcycle_experiment
 
@@ -93,7 +106,7 @@ def _upcycled(plan: ExperimentPlan, dense: Path, out: Path, **kw) -> Path:
         z_loss_coef=plan.z_loss_coef,
     )
     args.update(kw)
-    recipe = {"kind": "upcycle", "dense": model_fingerprint(dense), **args}
+    recipe = upcycle_recipe(model_fingerprint(dense), out, args)
     done = (out / MODEL_FILE).is_file()
     check_or_record(out, recipe, has_output=done)  # refuses an _init_* dir of another plan
     if not done:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ume.data.loader import load_batch, random_batch
+from ume.model.moe import ROUTER_INITS
 from ume.model.slots import SLOTS
 from ume.upcycle.convert import UpcycleError, upcycle_experiment
 from ume.upcycle.verify import VERIFY_TOL, verify_upcycle
@@ -63,7 +64,7 @@ def add_upcycle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--router-init",
         default="zeros",
-        choices=["zeros", "normal", "kmeans"],
+        choices=list(ROUTER_INITS),
         help="zeros: uniform routing; normal: N(0, 0.02²); kmeans: centroids of each layer's "
         "inputs on --router-data (content-aware from step 0; all three keep the dense function)",
     )

@@ -1,11 +1,11 @@
 """Content-aware router initialisation for upcycling: k-means routers (issue 13).
 
 Why: right after upcycling all experts are copies, so the task loss gives the router no
-gradient and routing is whatever the initial router says. A random router does not separate
-speech frames (measured: router entropy 2.05 of ln 8 = 2.08, experts still 0.999 alike after
-1,000 steps), so every copy sees the same stream and stays a copy. A k-means router sends each
-expert one cluster of the layer's own inputs from step 0: the copies get different gradients
-and can become different experts.
+gradient and routing is whatever the initial router says. A random router barely separates
+speech frames (router entropy 2.05 of ln 8 = 2.08); a k-means router sends each expert one
+cluster of the layer's own inputs from step 0 (entropy 1.59, routing differs by language).
+Measured (docs/RESULTS.md, issue 13): that makes routing content-aware, but the copies drift
+apart no faster than with a random router; how far they drift is set by how much they train.
 
 How: run a few utterances through the upcycled model (its function is the dense model's),
 capture each MoE layer's input frames (valid frames only), cluster them with spherical
@@ -120,7 +120,8 @@ def init_routers_kmeans(
     """Set every MoE layer's router to k-means centroids of its inputs (module docstring).
 
     With groups G > 1 each group's E/G experts get their own clustering (different seeds).
-    Returns {"frames": frames per layer, "layers": [{name, cluster_share (E,), logit_std}]}."""
+    Returns {"router_init": "kmeans", "layers": [{name, frames, cluster_share (E/G,) of the
+    first group, logit_std}]}."""
     if logit_std <= 0:
         raise ValueError(f"k-means router init: logit_std {logit_std} must be > 0")
     inputs = capture_moe_inputs(model, tokenizer, batches, max_frames, seed)

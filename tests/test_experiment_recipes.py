@@ -13,7 +13,7 @@ import pytest
 from ume.config import ConfigError
 from ume.expdir import MODEL_FILE
 from ume.experiment import recipes
-from ume.experiment.fingerprint import RECIPE_FILE, check_or_record, read_recipe
+from ume.experiment.fingerprint import RECIPE_FILE, check_or_record, file_sha256, read_recipe
 from ume.experiment.plan import load_plan
 
 
@@ -108,13 +108,10 @@ def test_recipe_rules(tmp_path: Path) -> None:
 
 
 def test_every_experiment_preset_loads_and_small_hot_differs_from_small_only_in_lr() -> None:
-    from ume.config import preset_config
+    from ume.config import experiment_presets
 
-    names = sorted(
-        p.stem.removeprefix("experiment_")
-        for p in preset_config("small").parent.glob("experiment_*.yaml")
-    )
-    assert {"quick", "small", "small_hot"} <= set(names)
+    names = experiment_presets()  # also `ume experiment --preset`'s choices
+    assert {"quick", "small", "small_hot", "small_long", "small_6k"} <= set(names)
     plans = {n: load_plan(n) for n in names}  # strict: a misspelt key raises
     small, hot = (dataclasses.asdict(plans[n]) for n in ("small", "small_hot"))
     diff = {k for k in small if small[k] != hot[k]}
@@ -134,3 +131,33 @@ def test_upcycle_recipe_does_not_depend_on_the_workdir(tmp_path: Path) -> None:
         "weights:x", tmp_path / "w1" / "runs" / "_init", {"router_data": "/elsewhere/train"}
     )
     assert outside["router_data"] == "/elsewhere/train"  # data outside the workdir: as given
+
+
+def test_a_comment_edit_keeps_runs_and_older_records_stay_valid(
+    tmp_path: Path, fakes: dict
+) -> None:
+    """The config is hashed by content, not bytes: a comment-only edit of it (which made the
+    `small` merge refuse dense_wide) keeps a run reusable; a value edit does not. A run recorded
+    when the file's bytes were hashed is still accepted, and so are the runs made from it."""
+    from ume.experiment.fingerprint import fingerprint
+
+    plan = load_plan("quick")
+    dense = tmp_path / "runs" / "dense"
+    cfg = dense / "config.yaml"
+    cfg.write_text("train:\n  lr: 0.001  # peak\n")
+    recipes.run_one("dense_continued", plan, "quick", tmp_path, dense)
+    cfg.write_text("# a new comment\ntrain:\n  lr: 0.001   # the peak lr\n")
+    recipes.run_one("dense_continued", plan, "quick", tmp_path, dense)  # reused, not refused
+    assert fakes["trained"] == ["dense_continued"]
+    cfg.write_text("train:\n  lr: 0.002\n")
+    with pytest.raises(ConfigError, match=r"(?s)dense_continued.*config: 'yaml:"):
+        recipes.run_one("dense_continued", plan, "quick", tmp_path, dense)
+
+    # the same run recorded the old way (config = sha256 of the file's bytes) is accepted as is
+    run = tmp_path / "runs" / "dense_continued"
+    rec = read_recipe(run)["recipe"]
+    old = dict(rec, config=file_sha256(cfg))
+    (run / RECIPE_FILE).write_text(json.dumps({"fingerprint": fingerprint(old), "recipe": old}))
+    recipes.run_one("dense_continued", plan, "quick", tmp_path, dense)
+    assert read_recipe(run)["fingerprint"] == fingerprint(old)  # kept: later runs name it
+    assert fakes["trained"] == ["dense_continued"]

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ume.config import load_config, preset_config
+from ume.config import experiment_presets, load_config, preset_config
 
 DECODE_MODES = ["ctc_greedy", "ctc_prefix_beam", "attention", "attention_rescoring"]
 
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default="quick",
-        choices=["tiny", "quick", "paper", "large", "small", "small_hot", "small_long", "breakers"],
+        choices=experiment_presets(),
     )
     p.add_argument("--workdir", required=True)
     p.add_argument("--from-scratch", action="store_true", help="train the dense model too")

@@ -301,6 +301,11 @@ def config_from_dict(data: dict) -> ExperimentConfig:
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def experiment_presets() -> list[str]:
+    """Names of the packaged `ume experiment` presets (ume/configs/experiment_NAME.yaml)."""
+    return sorted(p.stem.removeprefix("experiment_") for p in PRESET_DIR.glob("experiment_*.yaml"))
+
+
 def preset_config(name: str) -> Path:
     """Path of a packaged preset config (tiny, quick, paper)."""
     p = PRESET_DIR / f"{name}.yaml"

@@ -2,7 +2,8 @@
 finished run (or an `_init_*` upcycled model) is reused only by the plan that made it.
 
 A recipe is a JSON dict: for an upcycled init dir the dense model's hash and the upcycling
-arguments (experts, top_k, slots, ...); for a trained run the config file's hash, the overrides,
+arguments (experts, top_k, slots, ...); for a trained run the hash of the config's parsed
+content (`config_sha256`: editing a comment changes nothing), the overrides,
 the freezing phases and the fingerprint of the model it starts from. RUN_DIR/recipe.json holds
 the recipe and its fingerprint (sha256 of the canonical JSON). Reusing a run whose recipe differs
 from the current plan's raises `RecipeMismatch`, naming the run, the fields and the fix.
@@ -47,6 +48,19 @@ def file_sha256(path: Path) -> str | None:
     return _SHA_CACHE[key]
 
 
+def config_sha256(path: Path) -> str | None:
+    """sha256 of a YAML config's parsed content (canonical JSON), None if it does not exist:
+    comments and formatting do not count, so a comment-only edit keeps every run reusable."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    canonical = json.dumps(content, sort_keys=True, default=str)
+    return "yaml:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def fingerprint(recipe: dict) -> str:
     """sha256 of the recipe's canonical JSON."""
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
@@ -85,8 +99,14 @@ def _differences(old: dict, new: dict) -> list[str]:
     ]
 
 
-def check_or_record(run_dir: Path, recipe: dict, has_output: bool | None = None) -> str:
+def check_or_record(
+    run_dir: Path, recipe: dict, has_output: bool | None = None, legacy: dict | None = None
+) -> str:
     """Return the recipe's fingerprint after making sure run_dir belongs to it.
+
+    `legacy` is the same recipe in an older form (e.g. the config hashed as file bytes, before
+    `config_sha256`): a run recorded under it is the same run; its record is kept as it is
+    (runs made from it name its fingerprint) and that fingerprint is returned.
 
     - run_dir has a recipe: equal -> fine; different -> RecipeMismatch if run_dir holds output
       (weights or checkpoints), else the stale recipe is replaced (nothing was made from it).
@@ -102,6 +122,8 @@ def check_or_record(run_dir: Path, recipe: dict, has_output: bool | None = None)
     old = read_recipe(run_dir)
     if old is not None and old.get("fingerprint") == fp:
         return fp
+    if old is not None and legacy is not None and old.get("fingerprint") == fingerprint(legacy):
+        return old["fingerprint"]
     if old is not None and has_output:
         diff = _differences(old["recipe"], recipe)
         raise RecipeMismatch(

@@ -15,17 +15,11 @@ from pathlib import Path
 from ume.config import ConfigError
 from ume.expdir import MODEL_FILE
 from ume.experiment.evaluate import update_results
+from ume.experiment.fingerprint import file_sha256
 from ume.experiment.plan import ALL_RUNS, STARTS_FROM_DENSE
 from ume.experiment.recipes import _finished
 
 log = logging.getLogger(__name__)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def merge_runs(src: Path, work: Path) -> list[str]:
@@ -61,7 +55,7 @@ def merge_runs(src: Path, work: Path) -> list[str]:
         if name in STARTS_FROM_DENSE:
             if same_dense is None:
                 same_dense = (
-                    mine.is_file() and theirs.is_file() and _sha256(mine) == _sha256(theirs)
+                    mine.is_file() and theirs.is_file() and file_sha256(mine) == file_sha256(theirs)
                 )
             if not same_dense:
                 raise ConfigError(

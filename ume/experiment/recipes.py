@@ -14,7 +14,12 @@ from pathlib import Path
 
 from ume.config import ConfigError, load_config, preset_config
 from ume.expdir import MODEL_FILE
-from ume.experiment.fingerprint import check_or_record, file_sha256, model_fingerprint
+from ume.experiment.fingerprint import (
+    check_or_record,
+    config_sha256,
+    file_sha256,
+    model_fingerprint,
+)
 from ume.experiment.plan import BREAKER_RUNS, ExperimentPlan
 
 log = logging.getLogger(__name__)
@@ -57,12 +62,13 @@ def _train(
 
     recipe = {
         "kind": "train",
-        "config": file_sha256(config),
+        "config": config_sha256(config),
         "overrides": list(overrides),
         "init": model_fingerprint(init) if init else None,
         "phases": phases,
     }
-    check_or_record(run_dir, recipe)  # a run made by another plan is refused, not reused
+    legacy = dict(recipe, config=file_sha256(config))  # recorded before config_sha256
+    check_or_record(run_dir, recipe, legacy=legacy)  # another plan's run is refused, not reused
     if _finished(run_dir):
         log.info("%s already finished; skipping", run_dir.name)
         return

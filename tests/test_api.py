@@ -285,3 +285,46 @@ def test_hf_encoder(name: str, ffns: list[str], tmp_path) -> None:
     fresh, _ = _hf(name)
     loaded = ume.load(tmp_path / name, fresh)
     assert torch.equal(_out(loaded, x), _out(model, x))
+
+
+def test_valid_frames_keeps_padding_out_of_the_balance_statistics() -> None:
+    """A padded batch: inside ume.valid_frames the outputs are unchanged, and the balance loss,
+    z-loss and load equal those of the valid tokens alone (padding no longer balanced)."""
+    torch.manual_seed(0)
+    ffn = nn.Sequential(nn.Linear(16, 48), nn.GELU(), nn.Linear(48, 16))
+    model = nn.Sequential(ffn)
+    x = torch.randn(2, 6, 16)
+    ume.upcycle(model, num_experts=4, top_k=2, verify_input=x, perturb=0.05)
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[1, 2:] = False
+    x[1, 2:] = 3.0  # 8 padding frames of one value: all routed to the same two experts
+    router = ume.api.routers(model)[0]
+    with torch.no_grad():
+        router.weight.normal_()  # a router that separates tokens (std 1, not 0.02)
+    model.train()
+
+    def stats() -> tuple[torch.Tensor, torch.Tensor]:
+        return ume.aux_loss(model).detach(), router.last_load.clone()
+
+    out_all = model(x)
+    loss_all, load_all = stats()
+    with ume.valid_frames(model, valid):
+        out_masked = model(x)
+        loss_masked, load_masked = stats()
+    assert torch.equal(out_masked, out_all)  # function unchanged, padding included
+    model(x[valid].unsqueeze(0))  # the 4 valid tokens alone
+    loss_ref, load_ref = stats()
+    assert torch.allclose(loss_masked, loss_ref) and torch.allclose(load_masked, load_ref)
+    assert not torch.allclose(load_all, load_ref)  # without the mask, padding counted
+    assert not torch.allclose(loss_all, loss_ref)
+    assert router.valid is None  # the mask does not outlive the block
+
+    with pytest.raises(ValueError, match="valid_frames.*routes 12 tokens"):
+        with ume.valid_frames(model, valid[:, :5]):
+            model(x)
+    with pytest.raises(TypeError, match="bool"):
+        with ume.valid_frames(model, valid.float()):
+            pass
+    with pytest.raises(UpcycleAnyError, match="no split MoE"):
+        with ume.valid_frames(nn.Linear(2, 2), valid):
+            pass

@@ -7,6 +7,7 @@ first use):
     model = ume.upcycle(model, num_experts=8, top_k=2, ffn="auto", verify_input=batch)
     loss = task_loss + ume.aux_loss(model)      # balance + z-loss of the last forward
     ume.freeze(model, trainable="moe")          # UME phase 1; "all" for phase 2
+    with ume.valid_frames(model, mask): ...     # padded batches: statistics skip padding
     ume.save(model, "moe_dir"); model = ume.load("moe_dir", DenseArch(cfg))
 """
 
@@ -26,6 +27,7 @@ _LAZY = {
     "freeze": "ume.api",
     "save": "ume.api",
     "load": "ume.api",
+    "valid_frames": "ume.api",
     "transcribe": "ume.decode.transcribe",
     "bundled_model": "ume.bundled",
 }
@@ -33,7 +35,7 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from ume.api import aux_loss, freeze, load, save, upcycle  # noqa: F401
+    from ume.api import aux_loss, freeze, load, save, upcycle, valid_frames  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

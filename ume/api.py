@@ -8,12 +8,16 @@ Example:
     >>> ume.freeze(model, trainable="moe")           # UME phase 1: experts + routers learn
     >>> ume.save(model, "moe_dir")                   # model.safetensors + moe_layout.json
     >>> model = ume.load("moe_dir", DenseArch(cfg))  # same architecture, freshly built
+    >>> with ume.valid_frames(model.encoder, ~pad_mask):  # padded batch: stats skip padding
+    ...     out = model(batch)
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -49,6 +53,37 @@ def aux_loss(model: nn.Module) -> torch.Tensor:
         p = next(model.parameters())
         return torch.zeros((), device=p.device, dtype=torch.float32)
     return torch.stack([t.float() for t in terms]).sum()
+
+
+@contextmanager
+def valid_frames(module: nn.Module, valid: torch.Tensor) -> Iterator[None]:
+    """Within the block, the MoE layers of `module` (those `ume.upcycle` split at an FFN's
+    projections) count only tokens where `valid` is True in their balance loss, z-loss and
+    load: padding is still computed, exactly as by the dense FFN, but no longer balanced.
+
+    valid: (B, T) bool (True = a real frame), the token shape the FFNs of `module` see; pass
+    the submodule whose FFNs see that sequence (a seq2seq model's encoder and decoder have
+    different lengths). A layer that routes another number of tokens raises ValueError.
+    (ume's own MoEFeedForward takes its mask from ume's models and is left as it is.)
+
+    Example:
+        >>> with ume.valid_frames(model.encoder, lengths_mask):   # (B, T) bool
+        ...     loss = task_loss_fn(model(x)) + ume.aux_loss(model)
+    """
+    if valid.dtype != torch.bool:
+        raise TypeError(f"ume.valid_frames: valid must be a bool mask, got {valid.dtype}")
+    rs = [r for r in module.modules() if isinstance(r, MoERouter)]
+    if not rs:
+        raise UpcycleAnyError(
+            "ume.valid_frames: the module has no split MoE layers (call ume.upcycle first)"
+        )
+    for r in rs:
+        r.valid = valid
+    try:
+        yield
+    finally:
+        for r in rs:
+            r.valid = None
 
 
 def _moe_params(model: nn.Module, routers_only: bool) -> set[int]:

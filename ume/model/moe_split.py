@@ -23,9 +23,12 @@ hidden vector (true for every FFN we know); anything else fails the verification
 
 Routing is the same as `MoEFeedForward`'s: softmax over E experts in float32, top-k, the k
 gates renormalised to sum to 1 (top-1: value 1 with the gradient of p, `p / p.detach()`).
-Every token is routed (the block does not see padding masks). After each forward the router's
-owner holds `aux_losses` ({"balance": α·E·Σ f_i·P_i, "z_loss": β·mean(logsumexp²)} in
-training, {} in eval) and `last_load` (E,) token-slot fractions.
+Every token is routed (the block does not see padding masks, so every output equals the dense
+block's). After each forward the router's owner holds `aux_losses` ({"balance": α·E·Σ f_i·P_i,
+"z_loss": β·mean(logsumexp²)} in training, {} in eval) and `last_load` (E,) token-slot
+fractions. While a router's `valid` holds a bool mask of the input's token shape
+(`ume.valid_frames`), padding tokens are still routed but left out of both: a batch padded to
+its longest utterance does not push the balance loss towards balancing padding.
 
 Example:
     >>> fc1, fc2 = nn.Linear(8, 32), nn.Linear(32, 8)
@@ -86,11 +89,26 @@ class MoERouter(nn.Module):
             nn.init.normal_(self.weight, std=cfg.router_init_std)
         self.aux_losses: dict[str, torch.Tensor] = {}
         self.last_load: torch.Tensor | None = None
+        self.valid: torch.Tensor | None = None  # (...) bool, set by ume.valid_frames
 
     def __getstate__(self) -> dict:  # keep deepcopy working right after a training forward
         state = self.__dict__.copy()
         state["aux_losses"] = {}
+        state["valid"] = None
         return state
+
+    def _valid_rows(self, n: int) -> torch.Tensor | None:
+        """(n,) bool of the tokens that count in the statistics, None if all do."""
+        if self.valid is None:
+            return None
+        v = self.valid.reshape(-1)
+        if v.numel() != n:
+            raise ValueError(
+                f"ume.valid_frames: a mask of shape {tuple(self.valid.shape)} "
+                f"({v.numel()} tokens) for an MoE layer that routes {n} tokens; pass the mask "
+                "with the submodule whose FFNs see that sequence (e.g. model.encoder)"
+            )
+        return v.to(torch.bool)
 
     def forward(self, xf: torch.Tensor, routing: _Routing) -> None:
         """Route xf (N, D); fills `routing` and records the auxiliary losses."""
@@ -114,11 +132,16 @@ class MoERouter(nn.Module):
         routing.inverse = torch.empty_like(order)
         routing.inverse[order] = torch.arange(order.numel(), device=order.device)
         routing.sizes = counts.tolist()
-        self.last_load = counts.detach().float() / max(k * n, 1)
+        v = self._valid_rows(n)
+        if v is not None:  # statistics over valid tokens only
+            logits, probs, top_e = logits[v], probs[v], top_e[v]
+            counts = torch.bincount(top_e.reshape(-1), minlength=e)
+        n_stat = probs.size(0)
+        self.last_load = counts.detach().float() / max(k * n_stat, 1)
         aux: dict[str, torch.Tensor] = {}
-        if self.training and n > 0:
+        if self.training and n_stat > 0:
             if self.cfg.balance_coef > 0:
-                frac = counts.to(probs.dtype) / (k * n)
+                frac = counts.to(probs.dtype) / (k * n_stat)
                 aux["balance"] = self.cfg.balance_coef * e * (frac * probs.mean(0)).sum()
             if self.cfg.z_loss_coef > 0:
                 z = torch.logsumexp(logits, dim=-1).square().mean()

@@ -208,3 +208,28 @@ def test_average_by_best_keeps_the_best_checkpoints(corpus: Path, tmp_path: Path
     assert info["averaged"] == ["step-00000002", "step-00000003"]
     kept = [p.name for p in list_checkpoints(tmp_path / "exp" / "checkpoints")]
     assert kept == ["step-00000002", "step-00000003", "step-00000005", "step-00000006"]
+
+
+def test_resume_by_another_number_of_processes(corpus: Path, tmp_path: Path, caplog) -> None:
+    """A checkpoint written by 2 DDP processes resumed by 1: weights and step restored, the
+    epoch position rescaled to the same number of consumed batches (ceil), the RNG streams
+    re-seeded from (seed, step, rank), and a warning that the resume is not bit-exact."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exp = tmp_path / "exp"
+        _run(exp, corpus, 3, 250)  # 6 batches per epoch: checkpoint at step 2, mid-epoch
+        ck = exp / "checkpoints" / "step-00000002"
+        state = json.loads((ck / "state.json").read_text())
+        pos = state["pos"]
+        state["world_size"] = 2  # as if two ranks had each consumed `pos` batches
+        (ck / "state.json").write_text(json.dumps(state))
+        tr = Trainer(_cfg(4, 250), exp, str(corpus), progress=False)
+        with caplog.at_level("WARNING"):
+            tr.resume(ck)
+    finally:
+        torch.set_num_threads(threads)
+    assert tr.state.step == 2 and tr.state.pos == 2 * pos
+    assert "not bit-exact" in caplog.text
+    g = torch.Generator().manual_seed((tr.cfg.train.seed + 1000003 * 2) * 7)
+    assert torch.equal(tr.aug_gen.get_state(), g.get_state())  # re-seeded from (seed, step)

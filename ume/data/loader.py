@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ume.atomic import atomic_path
 from ume.config import FeatureConfig
 from ume.data.features import compute_fbank, spec_augment, speed_perturb
-from ume.data.manifest import DataError, Utterance, load_audio
+from ume.data.manifest import DataError, Utterance, load_audio, load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,29 @@ class FeatureStore:
 
     def __len__(self) -> int:
         return len(self.utts)
+
+    @classmethod
+    def from_data_dir(
+        cls,
+        path: str | os.PathLike,
+        cfg: FeatureConfig,
+        cache_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+    ) -> FeatureStore:
+        """The store of a data dir (wav.scp + text): unreadable manifest lines and audio are
+        skipped, counted and logged, not fatal.
+
+        Example:
+            >>> store = FeatureStore.from_data_dir("data/train", cfg.features, "data/.cache")
+        """
+        utts, skipped = load_manifest(path)
+        for msg in skipped:
+            log.warning("data %s: skipped %s", path, msg)
+        if skipped:
+            log.warning("data %s: %d utterance(s) skipped, %d kept", path, len(skipped), len(utts))
+        store = cls.build(utts, cfg, cache_dir, progress=progress)
+        store.skipped = skipped + store.skipped
+        return store
 
     @classmethod
     def build(

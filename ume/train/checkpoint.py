@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ume.atomic import fsync_tree, publish
+from ume.data.loader import numpy_seed_everything
 
 PREFIX = "step-"
 
@@ -108,6 +109,20 @@ def restore_rng(
     if device.type == "cuda" and "cuda" in r:
         torch.cuda.set_rng_state(r["cuda"], device)
     set_python_rng_state(py)
+
+
+def reseed_rank(
+    seed: int, step: int, rank: int, device: torch.device, augment: torch.Generator
+) -> None:
+    """Re-seed this rank's python/numpy/torch and SpecAugment streams from (seed, step, rank):
+    the documented fallback when a checkpoint is resumed by another number of processes, whose
+    saved per-rank streams cannot be mapped onto the new ranks (the run continues correctly
+    but is not bit-identical to an uninterrupted one)."""
+    s = seed + 1000003 * step + rank
+    numpy_seed_everything(s)  # python, numpy, torch
+    augment.manual_seed(s * 7)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(s)
 
 
 def best_checkpoints(ck_dir: Path, mer: dict[str, float], writing: str, n: int) -> set[str]:

@@ -30,7 +30,6 @@ from tqdm import tqdm
 from ume.config import ExperimentConfig
 from ume.data.features import GlobalCMVN
 from ume.data.loader import BucketSampler, FeatureStore, collate_tokens, numpy_seed_everything
-from ume.data.manifest import load_manifest
 from ume.data.tokenizer import Tokenizer
 from ume.device import autocast, autocast_dtype
 from ume.expdir import (
@@ -52,6 +51,7 @@ from ume.train.checkpoint import (
     python_rng_state,
     read_rank_rng,
     read_state,
+    reseed_rank,
     restore_rng,
     rng_state,
     save_checkpoint,
@@ -81,20 +81,6 @@ class TrainState:
     skipped_batches: int = 0  # optimizer steps skipped (non-finite loss or gradient)
 
 
-def prepare_data(
-    cfg: ExperimentConfig, path: str, cache_root: Path | None, progress: bool
-) -> FeatureStore:
-    utts, skipped = load_manifest(path)
-    for msg in skipped:
-        log.warning("data %s: skipped %s", path, msg)
-    if skipped:
-        log.warning("data %s: %d utterance(s) skipped, %d kept", path, len(skipped), len(utts))
-    cache = Path(cache_root) if cache_root else None
-    store = FeatureStore.build(utts, cfg.features, cache, progress=progress)
-    store.skipped = skipped + store.skipped
-    return store
-
-
 class Trainer:
     def __init__(
         self,
@@ -121,8 +107,11 @@ class Trainer:
         cache_root = Path(cache_dir) if cache_dir else None
 
         # data
-        self.train_store = prepare_data(cfg, train_data, cache_root, self.progress)
-        self.dev_store = prepare_data(cfg, dev_data, cache_root, False) if dev_data else None
+        feats = cfg.features
+        self.train_store = FeatureStore.from_data_dir(train_data, feats, cache_root, self.progress)
+        self.dev_store = (
+            FeatureStore.from_data_dir(dev_data, feats, cache_root, False) if dev_data else None
+        )
 
         # tokenizer + CMVN: from the init model, from a previous run in exp, or fit on train
         # (rank 0 alone trains and writes the tokenizer; the other ranks wait, then read it).
@@ -286,18 +275,11 @@ class Trainer:
             log.info("resumed from %s at step %d", ck, self.state.step)
 
     def _reseed_for_new_world(self, ck: Path, saved_world: int) -> None:
-        """Documented fallback when the world size changed: weights, optimizer, step, schedule
-        and epoch are restored exactly; each rank's RNG streams are re-seeded from (seed, step,
-        rank) and the in-epoch position is converted to the same number of consumed batches.
-        The run continues correctly but is not bit-identical to an uninterrupted one."""
-        tc = self.cfg.train
+        """World size changed: the epoch position becomes the same number of consumed batches
+        and each rank's RNG streams are re-seeded (`reseed_rank`); not bit-exact."""
         consumed = self.state.pos * saved_world
         self.state.pos = -(-consumed // self.world)  # ceil: never repeat a batch
-        seed = tc.seed + 1000003 * self.state.step + self.rank
-        numpy_seed_everything(seed)
-        self.aug_gen.manual_seed(seed * 7)
-        if self.device.type == "cuda":
-            torch.cuda.manual_seed(seed)
+        reseed_rank(self.cfg.train.seed, self.state.step, self.rank, self.device, self.aug_gen)
         if self.main:
             log.warning(
                 "%s was written by %d process(es), this run has %d: model, optimizer, step "

@@ -161,3 +161,43 @@ def test_a_comment_edit_keeps_runs_and_older_records_stay_valid(
     recipes.run_one("dense_continued", plan, "quick", tmp_path, dense)
     assert read_recipe(run)["fingerprint"] == fingerprint(old)  # kept: later runs name it
     assert fakes["trained"] == ["dense_continued"]
+
+
+def test_dense_continued_frozen_trains_in_phase_1_exactly_the_ffns_ume_turns_into_moe() -> None:
+    """The freezing control (issue 13): its phase 1 trains the dense FFNs of UME's slots and
+    layers, nothing else, so the dense model gets the same protected backbone as UME."""
+    from ume.config import load_config, preset_config
+    from ume.model.asr import ASRModel
+    from ume.train.schedule import trainable_predicate
+
+    cfg = load_config(preset_config("small"))
+    model = ASRModel(cfg.model, 50)
+    plan = load_plan("small_6k")  # both encoder slots, all 6 blocks
+    pred = trainable_predicate(recipes.dense_ffn_prefixes(plan, cfg), 6)
+    on = {n.rsplit(".", 2)[0] for n, _ in model.named_parameters() if pred(n)}
+    assert on == {f"encoder.blocks.{i}.{s}" for i in range(6) for s in ("ffn", "ffn_macaron")}
+    odd = dataclasses.replace(plan, slots=["encoder_ffn", "decoder_ffn"], layers="every_other")
+    pred = trainable_predicate(recipes.dense_ffn_prefixes(odd, cfg), 6)
+    on = {n.rsplit(".", 2)[0] for n, _ in model.named_parameters() if pred(n)}
+    assert on == {"encoder.blocks.1.ffn", "encoder.blocks.3.ffn", "encoder.blocks.5.ffn",
+                  "decoder.left.blocks.1.ffn"}  # fmt: skip
+    with pytest.raises(ConfigError, match="select no dense FFN"):
+        recipes.dense_ffn_prefixes(dataclasses.replace(plan, layers="9"), cfg)
+
+
+def test_dense_continued_frozen_recipe(tmp_path: Path, fakes: dict, monkeypatch) -> None:
+    """Its recipe records the two phases (phase 1 = the FFN prefixes, then all)."""
+    from ume.config import load_config as real_load_config
+    from ume.config import preset_config
+
+    monkeypatch.setattr(
+        recipes, "load_config", lambda *a, **k: real_load_config(preset_config("small"))
+    )
+    plan = load_plan("small_6k")
+    dense = tmp_path / "runs" / "dense"
+    recipes.run_one("dense_continued_frozen", plan, "small_6k", tmp_path, dense)
+    phases = read_recipe(tmp_path / "runs" / "dense_continued_frozen")["recipe"]["phases"]
+    assert phases[0]["steps"] == plan.freeze_steps == 1500
+    assert "encoder.blocks.0.ffn_macaron." in phases[0]["trainable"]
+    assert phases[1] == {"steps": 0, "trainable": "all"}
+    assert fakes["trained"] == ["dense_continued_frozen"]

@@ -139,3 +139,5 @@ def test_kmeans_breaker_recipes() -> None:
     assert up["router_init"] == "kmeans" and phases[0]["moe_lr_scale"] == plan.fast_lr_scale
     up, _ = breaker_recipe("ume_all", plan, two, Path("w/data/train"))
     assert "router_init" not in up  # ume_all's recipe is the one already measured
+    up, phases = breaker_recipe("ume_kmeans_no_freeze", plan, two, Path("w/data/train"))
+    assert up["router_init"] == "kmeans" and phases == []  # the ablation: no freezing phase

@@ -26,10 +26,12 @@ BREAKER_RUNS = (
     "ume_all",
     "ume_kmeans",  # content-aware (k-means) routers; ume_all predates it and leaves it out
     "ume_kmeans_fast",  # k-means routers + the fast phase-1 learning rate
+    "ume_kmeans_no_freeze",  # ablation of ume_kmeans: no freezing phase
 )
 ALL_RUNS = (
     "dense",
     "dense_continued",
+    "dense_continued_frozen",  # dense_continued with UME's freezing phases (issue 13 control)
     "ume",
     "ume_no_freeze",
     "ume_no_balance",

@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from ume.config import ConfigError, load_config, preset_config
+from ume.config import ConfigError, ExperimentConfig, load_config, preset_config
 from ume.expdir import MODEL_FILE
 from ume.experiment.fingerprint import (
     check_or_record,
@@ -125,7 +125,8 @@ def breaker_recipe(
 ) -> tuple[dict, list[dict]]:
     """Upcycling arguments and freezing phases of a symmetry-breaker run (issue 13): the ume
     recipe plus one breaker (ume_all: every breaker but Drop-Upcycling and k-means routers;
-    ume_kmeans_fast: k-means routers + the fast phase-1 learning rate). router_data: the
+    ume_kmeans_fast: k-means routers + the fast phase-1 learning rate; ume_kmeans_no_freeze:
+    k-means routers without the freezing phase). router_data: the
     utterances k-means routers cluster (the training set)."""
     every = name == "ume_all"
     up: dict = {}
@@ -138,6 +139,8 @@ def breaker_recipe(
         if router_data is None:
             raise ConfigError(f"{name}: k-means routers need the training data dir")
         up.update(router_init="kmeans", router_data=str(router_data), router_utts=plan.router_utts)
+    if name.endswith("_no_freeze"):
+        phases = []
     if name in ("ume_fast", "ume_kmeans_fast") or every:
         phases[0]["moe_lr_scale"] = plan.fast_lr_scale
         phases[1]["moe_lr_scale"] = plan.fast_lr_scale_phase2
@@ -146,6 +149,28 @@ def breaker_recipe(
     if name == "ume_fine" or every:
         up.update(groups=plan.fine_groups, experts=plan.experts * plan.fine_groups)
     return up, phases
+
+
+def dense_ffn_prefixes(plan: ExperimentPlan, cfg: ExperimentConfig) -> list[str]:
+    """Parameter-name prefixes of the dense FFNs that UME's plan turns into MoE layers (its
+    slots and layers): phase 1 of dense_continued_frozen trains exactly these."""
+    from ume.model.slots import moe_layer_selected
+
+    enc, dec = cfg.model.encoder.num_blocks, cfg.model.decoder
+    where = {
+        "encoder_macaron": [(f"encoder.blocks.{i}.ffn_macaron.", i, enc) for i in range(enc)],
+        "encoder_ffn": [(f"encoder.blocks.{i}.ffn.", i, enc) for i in range(enc)],
+        "decoder_ffn": [(f"decoder.left.blocks.{i}.ffn.", i, dec.num_blocks)
+                        for i in range(dec.num_blocks)]
+        + [(f"decoder.right.blocks.{i}.ffn.", i, dec.r_num_blocks)
+           for i in range(dec.r_num_blocks)],
+    }  # fmt: skip
+    out = [
+        p for slot in plan.slots for p, i, n in where[slot] if moe_layer_selected(plan.layers, i, n)
+    ]
+    if not out:
+        raise ConfigError(f"slots {plan.slots} / layers {plan.layers!r} select no dense FFN")
+    return out
 
 
 def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Path) -> None:
@@ -159,6 +184,10 @@ def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Pat
     jitter = [f"model.moe.jitter={plan.jitter}"]
     if name == "dense_continued":
         _train(run_dir, data, dense / "config.yaml", ov, dense)
+    elif name == "dense_continued_frozen":
+        ffns = dense_ffn_prefixes(plan, load_config(dense / "config.yaml"))
+        frozen = [{"steps": plan.freeze_steps, "trainable": ffns}, two_phase[1]]
+        _train(run_dir, data, dense / "config.yaml", ov, dense, frozen)
     elif name == "ume":
         init = _upcycled(plan, dense, runs / "_init_ume")
         _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)

@@ -4,6 +4,8 @@ Runs (each a complete experiment dir WORKDIR/runs/<run>/, skipped when already f
 resumed from its last checkpoint when interrupted):
     dense            the starting dense model (bundled, fine-tuned by the demo, or --from-scratch)
     dense_continued  the dense model trained for the same extra steps UME gets
+    dense_continued_frozen  the same with UME's phases: phase 1 trains only the dense FFNs that
+                     UME turns into MoE layers (control: is it the frozen backbone or the experts?)
     ume              upcycle -> phase 1 (experts + routers only) -> phase 2 (all), balancing on
     ume_no_freeze    ablation: no freezing phase
     ume_no_balance   ablation: balance and z-loss coefficients 0

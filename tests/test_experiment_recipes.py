@@ -127,6 +127,15 @@ def test_upcycle_recipe_does_not_depend_on_the_workdir(tmp_path: Path) -> None:
         args["router_data"] = str(work / "data" / "train")
         recs.append(recipes.upcycle_recipe("weights:x", work / "runs" / "_init_ume_kmeans", args))
     assert recs[0] == recs[1] and recs[0]["router_data"] == "<workdir>/data/train"
+    # data/ a symlink to a shared corpus (how the small runs share one): still the workdir's
+    shared = tmp_path / "corpus"
+    (shared / "train").mkdir(parents=True)
+    for w in ("w3", "w4"):
+        (tmp_path / w).mkdir()
+        (tmp_path / w / "data").symlink_to(shared)
+        args["router_data"] = str(tmp_path / w / "data" / "train")
+        recs.append(recipes.upcycle_recipe("weights:x", tmp_path / w / "runs" / "_init", args))
+    assert recs[2] == recs[3] == recs[0]
     outside = recipes.upcycle_recipe(
         "weights:x", tmp_path / "w1" / "runs" / "_init", {"router_data": "/elsewhere/train"}
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from ume.config import ConfigError, ExperimentConfig, load_config, preset_config
@@ -91,8 +92,10 @@ def upcycle_recipe(dense_fingerprint: str | None, out: Path, args: dict) -> dict
     the same recipe."""
     rec = {"kind": "upcycle", "dense": dense_fingerprint, **args}
     if rec.get("router_data") is not None:
-        work = Path(out).parent.parent.resolve()
-        data = Path(rec["router_data"]).resolve()
+        # lexical absolute paths: a workdir's data/ is often a symlink to a shared corpus, and
+        # resolving it would put the data outside every workdir
+        work = Path(os.path.abspath(Path(out).parent.parent))
+        data = Path(os.path.abspath(rec["router_data"]))
         if data.is_relative_to(work):
             rec["router_data"] = "<workdir>/" + data.relative_to(work).as_posix()
     return rec

@@ -156,24 +156,24 @@ def breaker_recipe(
 
 def dense_ffn_prefixes(plan: ExperimentPlan, cfg: ExperimentConfig) -> list[str]:
     """Parameter-name prefixes of the dense FFNs that UME's plan turns into MoE layers (its
-    slots and layers): phase 1 of dense_continued_frozen trains exactly these."""
-    from ume.model.slots import moe_layer_selected
+    slots and layers): phase 1 of dense_continued_frozen trains exactly these. Read off the
+    MoE model the plan describes (built on the meta device: names only, no memory)."""
+    import copy
 
-    enc, dec = cfg.model.encoder.num_blocks, cfg.model.decoder
-    where = {
-        "encoder_macaron": [(f"encoder.blocks.{i}.ffn_macaron.", i, enc) for i in range(enc)],
-        "encoder_ffn": [(f"encoder.blocks.{i}.ffn.", i, enc) for i in range(enc)],
-        "decoder_ffn": [(f"decoder.left.blocks.{i}.ffn.", i, dec.num_blocks)
-                        for i in range(dec.num_blocks)]
-        + [(f"decoder.right.blocks.{i}.ffn.", i, dec.r_num_blocks)
-           for i in range(dec.r_num_blocks)],
-    }  # fmt: skip
-    out = [
-        p for slot in plan.slots for p, i, n in where[slot] if moe_layer_selected(plan.layers, i, n)
-    ]
-    if not out:
+    import torch
+
+    from ume.model.asr import ASRModel
+    from ume.model.params import moe_layers
+
+    model_cfg = copy.deepcopy(cfg.model)
+    moe = model_cfg.moe
+    moe.num_experts, moe.top_k = plan.experts, plan.top_k
+    moe.slots, moe.layers = list(plan.slots), plan.layers
+    with torch.device("meta"):
+        names = list(moe_layers(ASRModel(model_cfg, 2)))
+    if not names:
         raise ConfigError(f"slots {plan.slots} / layers {plan.layers!r} select no dense FFN")
-    return out
+    return [n + "." for n in names]
 
 
 def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Path) -> None:

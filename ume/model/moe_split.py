@@ -108,7 +108,7 @@ class MoERouter(nn.Module):
                 f"({v.numel()} tokens) for an MoE layer that routes {n} tokens; pass the mask "
                 "with the submodule whose FFNs see that sequence (e.g. model.encoder)"
             )
-        return v.to(torch.bool)
+        return v
 
     def forward(self, xf: torch.Tensor, routing: _Routing) -> None:
         """Route xf (N, D); fills `routing` and records the auxiliary losses."""

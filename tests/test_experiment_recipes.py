@@ -142,6 +142,33 @@ def test_upcycle_recipe_does_not_depend_on_the_workdir(tmp_path: Path) -> None:
     assert outside["router_data"] == "/elsewhere/train"  # data outside the workdir: as given
 
 
+def test_a_kmeans_init_recorded_with_the_path_it_was_given_is_reused(
+    tmp_path: Path, fakes: dict
+) -> None:
+    """An _init_ume_kmeans* dir recorded before the workdir-relative router_data form (the
+    path as passed) is the same upcycled model: resuming its run reuses it instead of refusing
+    it, and its record is kept (the run made from it names that fingerprint)."""
+    from ume.experiment.fingerprint import fingerprint
+
+    plan = load_plan("small_6k")
+    dense = tmp_path / "runs" / "dense"
+    recipes.run_one("ume_kmeans_no_freeze", plan, "small_6k", tmp_path, dense)
+    init = tmp_path / "runs" / "_init_ume_kmeans_no_freeze"
+    rec = read_recipe(init)["recipe"]
+    assert rec["router_data"] == "<workdir>/data/train"
+    old = dict(rec, router_data=str(tmp_path / "data" / "train"))
+    (init / RECIPE_FILE).write_text(json.dumps({"fingerprint": fingerprint(old), "recipe": old}))
+    (tmp_path / "runs" / "ume_kmeans_no_freeze" / MODEL_FILE).unlink()  # interrupted run
+    recipes.run_one("ume_kmeans_no_freeze", plan, "small_6k", tmp_path, dense)
+    assert read_recipe(init)["fingerprint"] == fingerprint(old)
+    assert len(fakes["upcycled"]) == 1 and fakes["trained"] == ["ume_kmeans_no_freeze"] * 2
+    # another dense model's record is still refused
+    other = dict(old, dense="weights:other")
+    (init / RECIPE_FILE).write_text(json.dumps({"fingerprint": fingerprint(other), "recipe": other}))
+    with pytest.raises(ConfigError, match="another plan"):
+        recipes.run_one("ume_kmeans_no_freeze", plan, "small_6k", tmp_path, dense)
+
+
 def test_a_comment_edit_keeps_runs_and_older_records_stay_valid(
     tmp_path: Path, fakes: dict
 ) -> None:

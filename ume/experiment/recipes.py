@@ -115,9 +115,12 @@ def _upcycled(plan: ExperimentPlan, dense: Path, out: Path, **kw) -> Path:
         z_loss_coef=plan.z_loss_coef,
     )
     args.update(kw)
-    recipe = upcycle_recipe(model_fingerprint(dense), out, args)
+    dense_fp = model_fingerprint(dense)
+    recipe = upcycle_recipe(dense_fp, out, args)
+    legacy = {"kind": "upcycle", "dense": dense_fp, **args}  # router_data as given: before the
+    # workdir-relative form, an _init_* dir recorded the path it was passed
     done = (out / MODEL_FILE).is_file()
-    check_or_record(out, recipe, has_output=done)  # refuses an _init_* dir of another plan
+    check_or_record(out, recipe, has_output=done, legacy=legacy)  # refuses another plan's dir
     if not done:
         upcycle_experiment(dense, out, overwrite=True, **args)
     return out

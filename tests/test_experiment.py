@@ -195,6 +195,23 @@ def test_merge_runs_copies_finished_runs_and_refuses_mismatches(tmp_path: Path) 
         merge_runs(tmp_path / "nowhere", a)
 
 
+def test_merge_refuses_a_continued_capacity_control_of_another_base(tmp_path: Path) -> None:
+    """dense_wide_continued is only comparable beside the dense_wide it continued."""
+    from ume.config import ConfigError
+    from ume.experiment.runner import merge_runs
+
+    a = _fake_workdir(tmp_path / "a", {"dense_wide": b"W1"}, {}, "u1 你好\n")
+    b = _fake_workdir(
+        tmp_path / "b", {"dense_wide": b"W2", "dense_wide_continued": b"WC"}, {}, "u1 你好\n"
+    )
+    with pytest.raises(ConfigError, match="dense_wide_continued.*not this workdir's dense_wide"):
+        merge_runs(b, a)
+    c = _fake_workdir(
+        tmp_path / "c", {"dense_wide": b"W1", "dense_wide_continued": b"WC"}, {}, "u1 你好\n"
+    )
+    assert merge_runs(c, a) == ["dense_wide_continued"]
+
+
 def test_scratch_only_workdir_needs_no_dense(tmp_path: Path, monkeypatch) -> None:
     """`--runs moe_scratch` on a corpus without a bundled dense model trains only the scratch
     MoE (the side-by-side workdir of docs/RESULTS.md), no --from-scratch or --model needed."""

@@ -169,6 +169,30 @@ def test_a_kmeans_init_recorded_with_the_path_it_was_given_is_reused(
         recipes.run_one("ume_kmeans_no_freeze", plan, "small_6k", tmp_path, dense)
 
 
+def test_a_capacity_control_is_continued_from_its_own_finished_run(
+    tmp_path: Path, fakes: dict
+) -> None:
+    """dense_wide_continued / moe_scratch_continued train the workdir's finished from-scratch
+    run with dense_continued's overrides; without that run they say which run to do first."""
+    from ume.experiment.fingerprint import model_fingerprint
+
+    plan = load_plan("small_6k")
+    dense = tmp_path / "runs" / "dense"
+    with pytest.raises(ConfigError, match="run dense_wide first"):
+        recipes.run_one("dense_wide_continued", plan, "small_6k", tmp_path, dense)
+    wide = tmp_path / "runs" / "dense_wide"
+    wide.mkdir()
+    (wide / MODEL_FILE).write_bytes(b"wide weights")
+    (wide / "train_info.json").write_text("{}")
+    (wide / "config.yaml").write_text("model:\n  encoder:\n    d_ff: 576\n")
+    recipes.run_one("dense_wide_continued", plan, "small_6k", tmp_path, dense)
+    assert fakes["trained"] == ["dense_wide_continued"]
+    rec = read_recipe(tmp_path / "runs" / "dense_wide_continued")["recipe"]
+    assert rec["init"] == model_fingerprint(wide)
+    assert rec["overrides"] == recipes._continue_overrides(plan)
+    assert "train.max_steps=6000" in rec["overrides"]
+
+
 def test_a_comment_edit_keeps_runs_and_older_records_stay_valid(
     tmp_path: Path, fakes: dict
 ) -> None:

@@ -16,7 +16,7 @@ from ume.config import ConfigError
 from ume.expdir import MODEL_FILE
 from ume.experiment.evaluate import update_results
 from ume.experiment.fingerprint import file_sha256
-from ume.experiment.plan import ALL_RUNS, STARTS_FROM_DENSE
+from ume.experiment.plan import ALL_RUNS, CONTINUES_SCRATCH, STARTS_FROM_DENSE
 from ume.experiment.recipes import _finished
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,14 @@ def merge_runs(src: Path, work: Path) -> list[str]:
                 raise ConfigError(
                     f"--merge-from {src}: run {name!r} continues {theirs}, which is not this "
                     f"workdir's dense model {mine}; train it with --model {runs_dir / 'dense'}"
+                )
+        base = CONTINUES_SCRATCH.get(name)
+        if base and _finished(runs_dir / base):
+            a, b = runs_dir / base / MODEL_FILE, src_runs / base / MODEL_FILE
+            if not b.is_file() or file_sha256(a) != file_sha256(b):
+                raise ConfigError(
+                    f"--merge-from {src}: run {name!r} continues {src_runs / base}, which is not "
+                    f"this workdir's {base} ({runs_dir / base}); merge both or neither"
                 )
         shutil.copytree(src_runs / name, runs_dir / name, dirs_exist_ok=True)
         row = src_rows.get(name)

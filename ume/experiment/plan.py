@@ -42,9 +42,17 @@ ALL_RUNS = (
     # issue 13: the capacity control and UME with one symmetry breaker each, then all of them
     "dense_wide",
     *BREAKER_RUNS,
+    # issue 13: are the capacity controls still better than dense once both are trained as long
+    # as dense_continued? Each continues the workdir's finished from-scratch run like
+    # dense_continued continues dense (same extra steps, lr and schedule).
+    "dense_wide_continued",
+    "moe_scratch_continued",
 )
-
-STARTS_FROM_DENSE = tuple(r for r in ALL_RUNS if r not in ("dense", "moe_scratch", "dense_wide"))
+# run -> the from-scratch run of the same workdir it continues
+CONTINUES_SCRATCH = {"dense_wide_continued": "dense_wide", "moe_scratch_continued": "moe_scratch"}
+STARTS_FROM_DENSE = tuple(
+    r for r in ALL_RUNS if r not in ("dense", "moe_scratch", "dense_wide", *CONTINUES_SCRATCH)
+)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ume.experiment.fingerprint import (
     file_sha256,
     model_fingerprint,
 )
-from ume.experiment.plan import BREAKER_RUNS, ExperimentPlan
+from ume.experiment.plan import BREAKER_RUNS, CONTINUES_SCRATCH, ExperimentPlan
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,15 @@ def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Pat
         up, phases = breaker_recipe(name, plan, two_phase, data / "train")
         init = _upcycled(plan, dense, runs / f"_init_{name}", **up)
         _train(run_dir, data, init / "config.yaml", ov + jitter, init, phases)
+    elif name in CONTINUES_SCRATCH:  # a capacity control trained as long as dense_continued
+        base = runs / CONTINUES_SCRATCH[name]
+        if not _finished(base):
+            raise ConfigError(
+                f"{name} continues {base}, which is not a finished run: run "
+                f"{base.name} first (list it before {name} in --runs), or --merge-from the "
+                "workdir that has it"
+            )
+        _train(run_dir, data, base / "config.yaml", ov, base)
     elif name == "dense_wide":  # capacity control: the MoE's total FFN size, dense, from scratch
         cfg = load_config(preset_config(plan.model_config))
         wide = plan.wide_d_ff or plan.experts * cfg.model.encoder.d_ff

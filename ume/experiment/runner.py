@@ -13,6 +13,9 @@ resumed from its last checkpoint when interrupted):
     moe_scratch      the same MoE shape trained from random initialisation
     ume_top1         speed variant: UME with top-1 routing (×1.0 dense FLOPs; docs/PERFORMANCE.md)
     ume_one_slot     speed variant: UME with MoE in the second encoder FFN only (6 MoE layers)
+    dense_wide       capacity control: dense with the MoE's total FFN size, from scratch
+    dense_wide_continued / moe_scratch_continued  dense_wide / moe_scratch trained for the
+                     same extra steps as dense_continued (capacity at equal training)
 
 Writes WORKDIR/results.json, WORKDIR/results.md and PNG plots (dev MER vs training minutes,
 expert load of the UME model).

@@ -164,7 +164,9 @@ def test_a_kmeans_init_recorded_with_the_path_it_was_given_is_reused(
     assert len(fakes["upcycled"]) == 1 and fakes["trained"] == ["ume_kmeans_no_freeze"] * 2
     # another dense model's record is still refused
     other = dict(old, dense="weights:other")
-    (init / RECIPE_FILE).write_text(json.dumps({"fingerprint": fingerprint(other), "recipe": other}))
+    (init / RECIPE_FILE).write_text(
+        json.dumps({"fingerprint": fingerprint(other), "recipe": other})
+    )
     with pytest.raises(ConfigError, match="another plan"):
         recipes.run_one("ume_kmeans_no_freeze", plan, "small_6k", tmp_path, dense)
 

@@ -233,3 +233,35 @@ def test_resume_by_another_number_of_processes(corpus: Path, tmp_path: Path, cap
     assert "not bit-exact" in caplog.text
     g = torch.Generator().manual_seed((tr.cfg.train.seed + 1000003 * 2) * 7)
     assert torch.equal(tr.aug_gen.get_state(), g.get_state())  # re-seeded from (seed, step)
+
+
+def test_cpu_time_leaves_out_a_pause(corpus: Path, tmp_path: Path) -> None:
+    """A run paused mid-step (SIGSTOP, a suspended VM; here a sleep) counts the pause in its
+    wall-clock train_seconds but not in train_cpu_seconds, which the checkpoint, the curve and
+    train_info.json carry, so a resumed run keeps counting from where it was."""
+    import time
+
+    orig = Trainer.train_step
+
+    def paused(self: Trainer, batch: list[int]) -> dict[str, float]:
+        if self.state.step == 1:
+            time.sleep(0.5)
+        return orig(self, batch)
+
+    cfg = load_config(
+        preset_config("tiny"),
+        ["train.max_steps=3", "train.checkpoint_every=2", "train.eval_every=2",
+         "train.warmup_steps=2"],
+    )  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "train_step", paused)
+        mp.setattr(Trainer, "evaluate", lambda self, *a, **k: {"mer": 50.0})
+        info = Trainer(
+            cfg, tmp_path / "exp", str(corpus), dev_data=str(corpus), progress=False
+        ).run()
+    assert 0 < info["train_cpu_seconds"] < info["train_seconds"] - 0.4
+    saved = json.loads((tmp_path / "exp" / "train_info.json").read_text())
+    assert saved["train_cpu_seconds"] == info["train_cpu_seconds"]
+    state = read_state(tmp_path / "exp" / "checkpoints" / "step-00000002")
+    assert 0 < state["train_cpu_seconds"] <= info["train_cpu_seconds"]
+    assert info["curve"][0]["cpu_minutes"] == round(state["train_cpu_seconds"] / 60, 3)

@@ -80,6 +80,7 @@ def evaluate_run(
     info_path = run / "train_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     row["train_seconds"] = info.get("train_seconds")
+    row["train_cpu_seconds"] = info.get("train_cpu_seconds")  # pauses excluded
     row["train_steps"] = info.get("steps")
     row.update({k: v for k, v in param_report(model).items() if k != "params_expert"})
     return row

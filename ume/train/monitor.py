@@ -61,10 +61,14 @@ def record_dev_point(
     step: int,
     train_seconds: float,
     dev_mer: float,
+    cpu_seconds: float | None = None,
 ) -> dict:
     """One learning-curve point: returned, appended to `curve_file` (JSON lines) and written
-    to TensorBoard `writer` with the per-layer expert similarities."""
+    to TensorBoard `writer` with the per-layer expert similarities. `minutes` is wall-clock
+    training time, `cpu_minutes` (when given) the process's CPU time in the same steps."""
     point = {"step": step, "minutes": round(train_seconds / 60, 3), "dev_mer": dev_mer}
+    if cpu_seconds is not None:
+        point["cpu_minutes"] = round(cpu_seconds / 60, 3)
     sims = expert_similarity(model)
     if sims:
         point["expert_sim"] = round(sum(sims.values()) / len(sims), 5)

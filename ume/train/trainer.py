@@ -74,7 +74,11 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     pos: int = 0  # batches consumed in the current epoch (on this rank)
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # wall-clock between steps (includes pauses, other processes)
+    # this process's CPU time in the same steps, summed over its threads (time.process_time):
+    # a pause (SIGSTOP, a suspended VM) or waiting for a busy core adds nothing; counted since
+    # this field exists (a run resumed from an older checkpoint under-counts its earlier steps)
+    train_cpu_seconds: float = 0.0
     curve: list[dict] = field(default_factory=list)  # {"step","minutes","dev_mer"}
     ckpt_mer: dict[str, float] = field(default_factory=dict)  # checkpoint name -> dev MER
     phase: int = 0
@@ -375,7 +379,7 @@ class Trainer:
             dynamic_ncols=True,
             mininterval=2,
         )
-        t_last = time.time()
+        t_last, c_last = time.time(), time.process_time()
         audio_s = 0.0
         micro = 0
         stop = False
@@ -403,9 +407,10 @@ class Trainer:
             self._skip_step = False
             self.optimizer.zero_grad(set_to_none=True)
             self.state.step += 1
-            now = time.time()
+            now, cpu_now = time.time(), time.process_time()
             self.state.train_seconds += now - t_last
-            t_last = now
+            self.state.train_cpu_seconds += cpu_now - c_last
+            t_last, c_last = now, cpu_now
             log_now = self.state.step % tc.log_every == 0
             moe_stats = reduced_moe_stats(self.model, self.device) if log_now else {}
             if stats and self.main:
@@ -434,10 +439,10 @@ class Trainer:
             done = self.state.step >= tc.max_steps or stop
             if tc.eval_every and (self.state.step % tc.eval_every == 0 or done):
                 self._eval_point()
-                t_last = time.time()  # evaluation time is not training time
+                t_last, c_last = time.time(), time.process_time()  # evaluation is not training
             if self.state.step % tc.checkpoint_every == 0 or done:
                 self.save()
-                t_last = time.time()
+                t_last, c_last = time.time(), time.process_time()
             if done:
                 break
         bar.close()
@@ -455,6 +460,7 @@ class Trainer:
                 self.state.step,
                 self.state.train_seconds,
                 res["mer"],
+                cpu_seconds=self.state.train_cpu_seconds,
             )
             self.state.curve.append(point)
             self.state.ckpt_mer[f"step-{self.state.step:08d}"] = res["mer"]
@@ -483,6 +489,7 @@ class Trainer:
             info = {
                 "steps": self.state.step,
                 "train_seconds": round(self.state.train_seconds, 1),
+                "train_cpu_seconds": round(self.state.train_cpu_seconds, 1),
                 "averaged": [c.name for c in chosen],
                 "params_total": count_params(self.model),
                 "skipped_utterances": len(self.train_store.skipped),

@@ -6,10 +6,11 @@
 #   e: dense_wide_continued     (the capacity control trained as long as dense_continued)
 #   f: moe_scratch_continued    (the scratch MoE trained as long as dense_continued)
 #   g: ume_no_freeze            (no_freeze with the plain random routers: is k-means needed?)
+#   h: ume_kmeans_drop_no_freeze (d + Drop-Upcycling at drop_small: more diverse experts)
 # Lanes e and f continue the from-scratch runs of scripts/experiment_small.sh (its side workdir,
 # SCRATCH, default work_small_b), copied in without their checkpoints.
 # Usage (resumable; finished runs are kept):
-#   [LANES="c d e f g"] bash scripts/experiment_small_6k_controls.sh [WORKDIR] [DENSE] [SCRATCH]
+#   [LANES="c d e f g h"] bash scripts/experiment_small_6k_controls.sh [WORKDIR] [DENSE] [SCRATCH]
 # Then compare any two runs on the same utterances, e.g.
 #   ume score --ref WORKDIR_d/data/test/text --hyp WORKDIR_d/runs/ume_kmeans_no_freeze/hyp_test.txt \
 #     --vs WORKDIR/runs/dense_continued/hyp_test.txt      (WORKDIR: the small_6k comparison's)
@@ -23,7 +24,7 @@ export OMP_NUM_THREADS=1
 $UME data synth --preset paper --out "$W/data"  # the corpus the plan names (seed 0)
 
 declare -A RUN=([c]=dense_continued_frozen [d]=ume_kmeans_no_freeze [e]=dense_wide_continued
-  [f]=moe_scratch_continued [g]=ume_no_freeze)
+  [f]=moe_scratch_continued [g]=ume_no_freeze [h]=ume_kmeans_drop_no_freeze)
 declare -A BASE=([e]=dense_wide [f]=moe_scratch)
 
 lane() {  # lane LETTER: one workdir, one run
@@ -42,7 +43,7 @@ lane() {  # lane LETTER: one workdir, one run
   fi
 }
 
-set -- ${LANES:-c d e f g}
+set -- ${LANES:-c d e f g h}
 while [ $# -gt 0 ]; do  # two lanes side by side, one per core
   lane "$1" > "${W}_$1.log" 2>&1 &
   first=$!

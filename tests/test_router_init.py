@@ -141,3 +141,8 @@ def test_kmeans_breaker_recipes() -> None:
     assert "router_init" not in up  # ume_all's recipe is the one already measured
     up, phases = breaker_recipe("ume_kmeans_no_freeze", plan, two, Path("w/data/train"))
     assert up["router_init"] == "kmeans" and phases == []  # the ablation: no freezing phase
+    up, phases = breaker_recipe("ume_kmeans_drop_no_freeze", plan, two, Path("w/data/train"))
+    assert up == {
+        "router_init": "kmeans", "router_data": "w/data/train", "router_utts": 200,
+        "drop_ratio": plan.drop_small,
+    } and phases == []  # fmt: skip

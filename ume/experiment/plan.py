@@ -27,6 +27,7 @@ BREAKER_RUNS = (
     "ume_kmeans",  # content-aware (k-means) routers; ume_all predates it and leaves it out
     "ume_kmeans_fast",  # k-means routers + the fast phase-1 learning rate
     "ume_kmeans_no_freeze",  # ablation of ume_kmeans: no freezing phase
+    "ume_kmeans_drop_no_freeze",  # ... plus Drop-Upcycling at drop_small: more diverse experts
 )
 ALL_RUNS = (
     "dense",

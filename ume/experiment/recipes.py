@@ -132,14 +132,15 @@ def breaker_recipe(
     """Upcycling arguments and freezing phases of a symmetry-breaker run (issue 13): the ume
     recipe plus one breaker (ume_all: every breaker but Drop-Upcycling and k-means routers;
     ume_kmeans_fast: k-means routers + the fast phase-1 learning rate; ume_kmeans_no_freeze:
-    k-means routers without the freezing phase). router_data: the
+    k-means routers without the freezing phase; ume_kmeans_drop_no_freeze: the same plus
+    Drop-Upcycling at drop_small). router_data: the
     utterances k-means routers cluster (the training set)."""
     every = name == "ume_all"
     up: dict = {}
     phases = [dict(p) for p in two_phase]
     if name == "ume_noise" or every:
         up.update(noise_std=plan.noise_upcycling, noise_frac=plan.noise_frac)
-    if name == "ume_drop_small":
+    if name in ("ume_drop_small", "ume_kmeans_drop_no_freeze"):
         up.update(drop_ratio=plan.drop_small)
     if name.startswith("ume_kmeans"):
         if router_data is None:

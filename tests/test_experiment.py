@@ -252,3 +252,33 @@ def test_speed_variant_runs_upcycle_their_shape(
     phases = trained[0][5]
     assert [p["trainable"] for p in phases] == [plan.phase1_trainable, "all"]
     experiment.check_runs([run], "test")  # a known run name
+
+
+@pytest.mark.filterwarnings("ignore:No artists with labels")  # Axes.plot is recorded, not drawn
+def test_cumulative_curves_start_where_each_run_started(tmp_path: Path, monkeypatch) -> None:
+    """The cumulative panel shifts a run from the dense model by dense's minutes and a continued
+    capacity control by its from-scratch run's; the own-minutes panel shifts nothing."""
+    import matplotlib.axes
+
+    from ume.experiment.report import plot_curves
+
+    seen: dict[str, list[list[float]]] = {}
+
+    def record(self, xs, ys, *a, label: str = "", **k):  # noqa: ANN001, ANN202
+        seen.setdefault(label, []).append(list(xs))
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    point = [{"minutes": 1.0, "dev_mer": 50.0}]
+    results = {
+        "dense_minutes": 10.0,
+        "runs": {
+            "dense": {"curve": point, "train_seconds": 600},
+            "ume": {"curve": point},
+            "dense_wide": {"curve": point, "train_seconds": 1200},
+            "dense_wide_continued": {"curve": point},
+        },
+    }
+    plot_curves(results, tmp_path / "c.png")
+    assert seen["dense"] == [[1.0], [1.0]] and seen["dense_wide"] == [[1.0], [1.0]]
+    assert seen["ume"] == [[1.0], [11.0]]
+    assert seen["dense_wide_continued"] == [[1.0], [21.0]]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ume.experiment.plan import STARTS_FROM_DENSE
+from ume.experiment.plan import CONTINUES_SCRATCH, STARTS_FROM_DENSE
 
 
 def _curve(run_dir: Path) -> list[dict]:
@@ -117,7 +117,8 @@ def _compare_to(
 def plot_curves(results: dict, path: Path) -> None:
     """Dev MER vs wall-clock, two panels: each run's own training minutes (the dense model as a
     sunk cost, as the paper counts), and cumulative minutes, where runs that start from the dense
-    model are shifted right by its training time (the cost of dense + UME together)."""
+    model are shifted right by its training time (the cost of dense + UME together), and a
+    continued capacity control by its from-scratch run's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,7 +131,12 @@ def plot_curves(results: dict, path: Path) -> None:
             c = row.get("curve") or []
             if not c:
                 continue
-            shift = offset if cumulative and name in STARTS_FROM_DENSE else 0.0
+            shift = 0.0
+            if cumulative and name in STARTS_FROM_DENSE:
+                shift = offset
+            elif cumulative and name in CONTINUES_SCRATCH:
+                base = results["runs"].get(CONTINUES_SCRATCH[name], {})
+                shift = (base.get("train_seconds") or 0.0) / 60
             xs = [p["minutes"] + shift for p in c]
             ax.plot(xs, [p["dev_mer"] for p in c], marker=".", label=name)
         ax.set_xlabel(

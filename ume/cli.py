@@ -124,7 +124,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         device=args.device,
     )
+    from ume.train.distributed import teardown_distributed
+
     info = trainer.run()
+    teardown_distributed()  # after success only: a failed rank must not wait in a barrier
     if info:
         print(json.dumps({k: v for k, v in info.items() if k != "curve"}, indent=2))
     return 0

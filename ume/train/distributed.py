@@ -45,6 +45,15 @@ def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
     return rank, world, dev
 
 
+def teardown_distributed() -> None:
+    """Leave the process group (all ranks, after the last collective). A rank that exits with
+    the group still alive can die at interpreter shutdown ("terminate called without an active
+    exception", SIGABRT) while gloo's threads run, failing a torchrun job that had finished."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if dist_info()[1] > 1:
         dist.barrier()

@@ -111,6 +111,7 @@ def _resolve_config(args: argparse.Namespace) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ume.train.distributed import teardown_distributed
     from ume.train.trainer import Trainer
 
     cfg = load_config(_resolve_config(args), args.set)
@@ -124,8 +125,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         device=args.device,
     )
-    from ume.train.distributed import teardown_distributed
-
     info = trainer.run()
     teardown_distributed()  # after success only: a failed rank must not wait in a barrier
     if info:

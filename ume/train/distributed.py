@@ -50,7 +50,7 @@ def teardown_distributed() -> None:
     the group still alive can die at interpreter shutdown ("terminate called without an active
     exception", SIGABRT) while gloo's threads run, failing a torchrun job that had finished."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        barrier()
         dist.destroy_process_group()
 
 

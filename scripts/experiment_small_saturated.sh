@@ -1,31 +1,34 @@
 #!/usr/bin/env bash
 # Issue 13: the `small_6k` comparison one continuation later. The dense model is the 14,000-step
-# dense_continued of `small_6k` (8,000 from scratch + 6,000 at 1e-3); from it, with the same
+# dense_continued of `small_6k` (8,000 from scratch + 6,000 at 1e-3), bundled bit-exact as
+# ume/models/dense_small (scripts/train_bundled_small.sh remakes it); from it, with the same
 # plan (6,000 steps at 1e-3, cosine, 100-step re-warm):
 #   lane a: dense_continued       (20,000 dense steps: is the 14,000-step model saturated?)
 #   lane b: ume_kmeans_no_freeze  (the recipe that beat dense_continued in small_6k, chosen on dev)
+#           or the UME runs in $LANE_B (comma-separated, one after another)
 # Two one-thread processes side by side, each its own workdir sharing one corpus; paired
 # comparisons with `ume score --vs` (docs/RESULTS.md, "A saturated dense model").
 # Usage (resumable; finished runs are kept):
-#   bash scripts/experiment_small_saturated.sh [WORKDIR] [DENSE_EXPDIR]
-# Needs work_small_6k/runs/dense_continued: PRESET=small_6k bash scripts/experiment_small_long.sh
+#   [LANE_B=run,run] bash scripts/experiment_small_saturated.sh [WORKDIR] [DENSE_EXPDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-work_small_sat}
-DENSE=${2:-work_small_6k/runs/dense_continued}
+DENSE=${2:-ume/models/dense_small}
+LANE_B=${LANE_B:-ume_kmeans_no_freeze}
 UME=${UME:-.venv/bin/ume}  # UME=echo: print the commands only
 export OMP_NUM_THREADS=1
 $UME data synth --preset paper --out "$W/data"  # the corpus the plan names (seed 0)
-mkdir -p "${W}_b" && ln -sfn "$(realpath "$W/data")" "${W}_b/data"
+mkdir -p "${W}_b" && ln -sfn "$(realpath -m "$W/data")" "${W}_b/data"
 $UME experiment --preset small_6k --workdir "${W}_b" --model "$DENSE" \
-  --runs dense,ume_kmeans_no_freeze > "${W}_b.log" 2>&1 &
+  --runs "dense,$LANE_B" > "${W}_b.log" 2>&1 &
 side=$!
 $UME experiment --preset small_6k --workdir "$W" --model "$DENSE" --runs dense,dense_continued
 wait "$side"
-for split in test dev; do
-  $UME score --ref "$W/data/$split/text" --hyp "${W}_b/runs/ume_kmeans_no_freeze/hyp_$split.txt" \
-    --vs "$W/runs/dense_continued/hyp_$split.txt"
+for run in ${LANE_B//,/ }; do
+  for split in test dev; do
+    $UME score --ref "$W/data/$split/text" --hyp "${W}_b/runs/$run/hyp_$split.txt" \
+      --vs "$W/runs/dense_continued/hyp_$split.txt"
+  done
+  $UME score --ref "$W/data/test_heldout/text" --hyp "${W}_b/runs/$run/hyp_heldout.txt" \
+    --vs "$W/runs/dense_continued/hyp_heldout.txt"
 done
-$UME score --ref "$W/data/test_heldout/text" \
-  --hyp "${W}_b/runs/ume_kmeans_no_freeze/hyp_heldout.txt" \
-  --vs "$W/runs/dense_continued/hyp_heldout.txt"

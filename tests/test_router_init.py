@@ -146,3 +146,6 @@ def test_kmeans_breaker_recipes() -> None:
         "router_init": "kmeans", "router_data": "w/data/train", "router_utts": 200,
         "drop_ratio": plan.drop_small,
     } and phases == []  # fmt: skip
+    up, phases = breaker_recipe("ume_kmeans_fast_no_freeze", plan, two, Path("w/data/train"))
+    assert up["router_init"] == "kmeans" and "drop_ratio" not in up
+    assert phases == [{"steps": 0, "trainable": "all", "moe_lr_scale": 3.0}]

@@ -1,9 +1,13 @@
-"""Package a trained dense run as the bundled model: fp16 weights + config + tokenizer + CMVN,
-scored on dev/test/held-out, with a model card (MODEL_CARD.md + card.json).
+"""Package a trained dense run as a bundled model (ume/models/NAME): weights (fp16 by default)
++ config + tokenizer + CMVN, scored on dev/test/held-out, with a model card (MODEL_CARD.md +
+card.json). The model's name is the output directory's.
 
 Example:
     python -m ume.experiment.bundle --exp work/paper_dense --data work/paper_data \\
         --out ume/models/dense_paper --command "bash scripts/train_bundled.sh"
+    python -m ume.experiment.bundle --exp work_small_6k/runs/dense_continued \\
+        --data work_small/data --out ume/models/dense_small --dtype float32 \\
+        --command "bash scripts/train_bundled_small.sh" --history "8,000 steps from scratch ..."
 """
 
 from __future__ import annotations
@@ -51,26 +55,40 @@ def card_check(model_dir: Path, work: Path | None = None) -> dict:
 CHECK_MODE = "attention_rescoring"
 
 
-def bundle(exp: Path, data: Path, out: Path, command: str) -> dict:
+def bundle(
+    exp: Path,
+    data: Path,
+    out: Path,
+    command: str,
+    dtype: str = "float16",
+    history: str = "",
+) -> dict:
+    """Write the bundled model `out.name` from run `exp`. dtype "float32" ships the weights
+    bit-exact (runs started from the bundle then equal runs started from `exp`); history: how
+    the run was trained, when more than one command made it (goes into the card)."""
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype {dtype!r}: use float16 or float32")
     cfg, _, model = load_experiment(exp)
     out.mkdir(parents=True, exist_ok=True)
     copy_experiment_assets(exp, out)
     shutil.copy(exp / "config.yaml", out / "config.yaml")
-    save_weights(model, out / MODEL_FILE, dtype=torch.float16)
+    save_weights(model, out / MODEL_FILE, dtype=getattr(torch, dtype))
     info = json.loads((exp / "train_info.json").read_text())
     if (exp / "curve.jsonl").is_file():
         shutil.copy(exp / "curve.jsonl", out / "curve.jsonl")
     if info.get("curve"):
         from ume.experiment.report import plot_curves
 
-        plot_curves({"runs": {"dense_paper": {"curve": info["curve"]}}}, out / "curve.png")
-    row = evaluate_run(out, data)  # scored from the fp16 weights actually shipped
+        plot_curves({"runs": {out.name: {"curve": info["curve"]}}}, out / "curve.png")
+    row = evaluate_run(out, data)  # scored from the weights actually shipped
     check = card_check(out)
     summary = (
         json.loads((data / "summary.json").read_text()) if (data / "summary.json").is_file() else {}
     )
     card = {
         "command": command,
+        "history": history,
+        "dtype": dtype,
         "seed": cfg.train.seed,
         "data_preset": summary.get("preset"),
         "data_seed": summary.get("seed"),
@@ -92,15 +110,16 @@ def bundle(exp: Path, data: Path, out: Path, command: str) -> dict:
     }
     atomic_write_json(card, out / "card.json")
     lines = [
-        "# Bundled dense model: `dense_paper`",
+        f"# Bundled dense model: `{out.name}`",
         "",
         "A bilingual (Mandarin characters + English BPE) U2++ Conformer trained by this repo's",
-        "own command on the `paper` preset of the embedded synthetic corpus. fp16 safetensors;",
-        "loaded as float32.",
+        f"own command on the `{card['data_preset']}` preset of the embedded synthetic corpus.",
+        f"{dtype} safetensors; loaded as float32.",
         "",
         f"- command: `{command}`",
+        *([f"- history: {history}"] if history else []),
         f"- seed: {card['seed']}; data preset: {card['data_preset']} (synth seed {card['data_seed']})",
-        f"- training: {card['train_steps']} steps, {card['train_seconds']} s on {card['threads']} "
+        f"- training (last command): {card['train_steps']} steps, {card['train_seconds']} s on {card['threads']} "
         f"threads ({card['machine']})",
         f"- parameters: {card['params_total']:,}; weights file {card['weights_bytes'] / 1e6:.1f} MB",
         f"- decoding: {card['decode_mode']}",
@@ -126,8 +145,10 @@ def main() -> int:
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--command", default="bash scripts/train_bundled.sh")
+    ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    ap.add_argument("--history", default="", help="how the run was made, if by several commands")
     args = ap.parse_args()
-    card = bundle(args.exp, args.data, args.out, args.command)
+    card = bundle(args.exp, args.data, args.out, args.command, args.dtype, args.history)
     print(json.dumps({k: v for k, v in card.items() if k != "curve"}, indent=2))
     return 0
 

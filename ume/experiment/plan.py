@@ -28,6 +28,7 @@ BREAKER_RUNS = (
     "ume_kmeans_fast",  # k-means routers + the fast phase-1 learning rate
     "ume_kmeans_no_freeze",  # ablation of ume_kmeans: no freezing phase
     "ume_kmeans_drop_no_freeze",  # ... plus Drop-Upcycling at drop_small: more diverse experts
+    "ume_kmeans_fast_no_freeze",  # ume_kmeans_no_freeze with experts + routers at a higher lr
 )
 ALL_RUNS = (
     "dense",
@@ -84,6 +85,9 @@ class ExperimentPlan:
     drop_small: float = 0.15  # ume_drop_small: Drop-Upcycling ratio
     fast_lr_scale: float = 5.0  # ume_fast: expert/router lr multiplier in phase 1 (frozen rest)
     fast_lr_scale_phase2: float = 1.0  # ... and in phase 2
+    # ume_kmeans_fast_no_freeze: expert/router lr multiplier of its single (unfrozen) phase;
+    # lower than phase 1's 5x because here the backbone learns too and can be damaged
+    fast_lr_scale_no_freeze: float = 3.0
     router_noise: float = 0.3  # ume_router_noise: std of the router-logit noise in training
     router_utts: int = 200  # ume_kmeans*: training utterances the k-means routers cluster
     fine_groups: int = 2  # ume_fine: G slices per FFN; experts x G experts of d_ff/G, top_k per

@@ -133,7 +133,8 @@ def breaker_recipe(
     recipe plus one breaker (ume_all: every breaker but Drop-Upcycling and k-means routers;
     ume_kmeans_fast: k-means routers + the fast phase-1 learning rate; ume_kmeans_no_freeze:
     k-means routers without the freezing phase; ume_kmeans_drop_no_freeze: the same plus
-    Drop-Upcycling at drop_small). router_data: the
+    Drop-Upcycling at drop_small; ume_kmeans_fast_no_freeze: one unfrozen phase whose experts
+    and routers learn fast_lr_scale_no_freeze x faster). router_data: the
     utterances k-means routers cluster (the training set)."""
     every = name == "ume_all"
     up: dict = {}
@@ -148,6 +149,8 @@ def breaker_recipe(
         up.update(router_init="kmeans", router_data=str(router_data), router_utts=plan.router_utts)
     if name.endswith("_no_freeze"):
         phases = []
+    if name == "ume_kmeans_fast_no_freeze":  # updates drive copies apart: make them larger
+        phases = [{"steps": 0, "trainable": "all", "moe_lr_scale": plan.fast_lr_scale_no_freeze}]
     if name in ("ume_fast", "ume_kmeans_fast") or every:
         phases[0]["moe_lr_scale"] = plan.fast_lr_scale
         phases[1]["moe_lr_scale"] = plan.fast_lr_scale_phase2

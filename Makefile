@@ -1,7 +1,7 @@
 PY := .venv/bin/python
 UME := .venv/bin/ume
 
-.PHONY: install demo test test-all lint format bench bundle clean
+.PHONY: install demo test test-all lint format bench bundle bundle-small clean
 
 install:
 	bash scripts/setup.sh
@@ -29,6 +29,10 @@ bench: install
 # Retrain and replace the bundled dense model (after an incompatible model change).
 bundle: install
 	bash scripts/train_bundled.sh
+
+# Retrain and replace ume/models/dense_small (issue 13's saturated `small` dense, 14,000 steps).
+bundle-small: install
+	bash scripts/train_bundled_small.sh
 
 clean:
 	rm -rf work .pytest_cache .ruff_cache

@@ -149,3 +149,10 @@ def test_kmeans_breaker_recipes() -> None:
     up, phases = breaker_recipe("ume_kmeans_fast_no_freeze", plan, two, Path("w/data/train"))
     assert up["router_init"] == "kmeans" and "drop_ratio" not in up
     assert phases == [{"steps": 0, "trainable": "all", "moe_lr_scale": 3.0}]
+    up, phases = breaker_recipe("ume_kmeans_top1_no_freeze", plan, two, Path("w/data/train"))
+    assert (up["router_init"], up["top_k"], up["layers"], phases) == (
+        "kmeans",
+        1,
+        "every_other",
+        [],
+    )

@@ -29,6 +29,8 @@ BREAKER_RUNS = (
     "ume_kmeans_no_freeze",  # ablation of ume_kmeans: no freezing phase
     "ume_kmeans_drop_no_freeze",  # ... plus Drop-Upcycling at drop_small: more diverse experts
     "ume_kmeans_fast_no_freeze",  # ume_kmeans_no_freeze with experts + routers at a higher lr
+    # ume_kmeans_no_freeze in the cheap shape of finding 3 (RTF): top-1, every other block
+    "ume_kmeans_top1_no_freeze",
 )
 ALL_RUNS = (
     "dense",

@@ -75,6 +75,21 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     assert info.stat().st_mtime_ns == before
     res = json.loads((work / "results.json").read_text())
     assert res["runs"]["ume"]["train_subset_mer"] == ume["train_subset_mer"]
+    # a finished run bundles bit-exact in float32, under the output directory's name
+    import torch
+    from safetensors.torch import load_file
+
+    from ume.experiment.bundle import bundle
+
+    out = tmp_path / "models" / "dense_tiny"
+    card = bundle(work / "runs" / "dense_continued", work / "data", out, "cmd", "float32", "h")
+    want = load_file(work / "runs" / "dense_continued" / "model.safetensors")
+    got = load_file(out / "model.safetensors")
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert (card["dtype"], card["history"], card["check"]["num_utts"]) == ("float32", "h", 60)
+    assert "`dense_tiny`" in (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="float16 or float32"):
+        bundle(work / "runs" / "dense", work / "data", out, "cmd", "bfloat16")
 
 
 def test_experiment_on_another_corpus_needs_its_own_dense(tmp_path: Path, monkeypatch) -> None:

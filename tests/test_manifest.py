@@ -151,3 +151,20 @@ def test_write_and_read_back(tmp_path: Path) -> None:
     (tmp_path / "dup.txt").write_text("a x\na y\n")
     with pytest.raises(DataError, match=r"dup.txt:2: duplicate key 'a'"):
         read_text_file(tmp_path / "dup.txt")
+
+
+def test_load_batch_spreads_its_sample_over_the_manifest(tmp_path: Path) -> None:
+    """Manifests are key-sorted, i.e. grouped by voice and language: a sample of the first N
+    utterances saw one Mandarin voice only (k-means routers, `ume inspect`'s zh/en shares)."""
+    from ume.config import FeatureConfig
+    from ume.data.loader import load_batch
+
+    wav = _wav(tmp_path / "a.wav")
+    keys = [f"a_zh_{i:02d}" for i in range(12)] + [f"b_en_{i:02d}" for i in range(12)]
+    texts = [f"{k} 你好" if "_zh_" in k else f"{k} hello" for k in keys]
+    d = _kaldi(tmp_path / "data", [f"{k} {wav}" for k in keys], texts)
+    utts, batches = load_batch(d, FeatureConfig(), 6)
+    assert [u.key for u in utts] == [keys[i] for i in (0, 4, 8, 12, 16, 20)]
+    assert {u.lang for u in utts} == {"zh", "en"} and sum(len(b[2]) for b in batches) == 6
+    utts, _ = load_batch(d, FeatureConfig(), 100)  # fewer than asked: all of them, in order
+    assert [u.key for u in utts] == keys

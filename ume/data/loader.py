@@ -237,11 +237,16 @@ def load_batch(
     data: str | Path, features_cfg: FeatureConfig, max_utts: int
 ) -> tuple[list, list[tuple]]:
     """Up to max_utts utterances of a Kaldi dir / data.list as a list of padded batches
-    [(feats (B, T, F), lens (B,), utts)], longest first, ≤ 8 utterances per batch."""
+    [(feats (B, T, F), lens (B,), utts)], longest first, ≤ 8 utterances per batch. The
+    utterances are spread evenly over the manifest, not its first max_utts: manifests are
+    sorted by key, i.e. by voice, so the first 200 of the paper corpus's train set were one
+    Mandarin voice and no English (k-means routers and `ume inspect`'s zh/en shares saw that)."""
     from ume.data.manifest import load_manifest
 
     utts, _ = load_manifest(data, require_text=False)
-    store = FeatureStore.build(utts[:max_utts], features_cfg, progress=False)
+    if len(utts) > max_utts:
+        utts = [utts[i * len(utts) // max_utts] for i in range(max_utts)]
+    store = FeatureStore.build(utts, features_cfg, progress=False)
     order = sorted(range(len(store)), key=lambda i: -store.lengths[i])
     batches = []
     for s in range(0, len(order), 8):

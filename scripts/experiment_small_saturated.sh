@@ -9,12 +9,19 @@
 # Two one-thread processes side by side, each its own workdir sharing one corpus; paired
 # comparisons with `ume score --vs` (docs/RESULTS.md, "A saturated dense model").
 # Usage (resumable; finished runs are kept):
-#   [LANE_B=run,run] bash scripts/experiment_small_saturated.sh [WORKDIR] [DENSE_EXPDIR]
+#   [LANE_B=run,run] [LANE_A=run,run] [VS=HYP_DIR] bash scripts/experiment_small_saturated.sh \
+#     [WORKDIR] [DENSE_EXPDIR]
+# LANE_A (default dense_continued) runs in WORKDIR, LANE_B in WORKDIR_b; every UME run is paired
+# with VS/hyp_SPLIT.txt (default WORKDIR/runs/dense_continued). With the kept hypotheses of a
+# finished dense_continued (docs/experiment_small/hyps/sat_dense_continued), both cores can run
+# UME recipes: LANE_A=ume_x LANE_B=ume_y VS=docs/experiment_small/hyps/sat_dense_continued
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-work_small_sat}
 DENSE=${2:-ume/models/dense_small}
 LANE_B=${LANE_B:-ume_kmeans_no_freeze}
+LANE_A=${LANE_A:-dense_continued}
+VS=${VS:-$W/runs/dense_continued}
 UME=${UME:-.venv/bin/ume}  # UME=echo: print the commands only
 export OMP_NUM_THREADS=1
 $UME data synth --preset paper --out "$W/data"  # the corpus the plan names (seed 0)
@@ -22,13 +29,14 @@ mkdir -p "${W}_b" && ln -sfn "$(realpath -m "$W/data")" "${W}_b/data"
 $UME experiment --preset small_6k --workdir "${W}_b" --model "$DENSE" \
   --runs "dense,$LANE_B" > "${W}_b.log" 2>&1 &
 side=$!
-$UME experiment --preset small_6k --workdir "$W" --model "$DENSE" --runs dense,dense_continued
+$UME experiment --preset small_6k --workdir "$W" --model "$DENSE" --runs "dense,$LANE_A"
 wait "$side"
-for run in ${LANE_B//,/ }; do
+for run in ${LANE_A//,/ } ${LANE_B//,/ }; do
+  [ "$run" = dense_continued ] && continue
+  dir="$W/runs/$run"; [ -d "$dir" ] || dir="${W}_b/runs/$run"
   for split in test dev; do
-    $UME score --ref "$W/data/$split/text" --hyp "${W}_b/runs/$run/hyp_$split.txt" \
-      --vs "$W/runs/dense_continued/hyp_$split.txt"
+    $UME score --ref "$W/data/$split/text" --hyp "$dir/hyp_$split.txt" --vs "$VS/hyp_$split.txt"
   done
-  $UME score --ref "$W/data/test_heldout/text" --hyp "${W}_b/runs/$run/hyp_heldout.txt" \
-    --vs "$W/runs/dense_continued/hyp_heldout.txt"
+  $UME score --ref "$W/data/test_heldout/text" --hyp "$dir/hyp_heldout.txt" \
+    --vs "$VS/hyp_heldout.txt"
 done

@@ -53,6 +53,7 @@ def card_check(model_dir: Path, work: Path | None = None) -> dict:
 
 
 CHECK_MODE = "attention_rescoring"
+DTYPES = ("float16", "float32")  # weights as shipped; float32 is bit-exact
 
 
 def bundle(
@@ -66,8 +67,8 @@ def bundle(
     """Write the bundled model `out.name` from run `exp`. dtype "float32" ships the weights
     bit-exact (runs started from the bundle then equal runs started from `exp`); history: how
     the run was trained, when more than one command made it (goes into the card)."""
-    if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype {dtype!r}: use float16 or float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: use {' or '.join(DTYPES)}")
     cfg, _, model = load_experiment(exp)
     out.mkdir(parents=True, exist_ok=True)
     copy_experiment_assets(exp, out)
@@ -145,7 +146,7 @@ def main() -> int:
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--command", default="bash scripts/train_bundled.sh")
-    ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    ap.add_argument("--dtype", default="float16", choices=DTYPES)
     ap.add_argument("--history", default="", help="how the run was made, if by several commands")
     args = ap.parse_args()
     card = bundle(args.exp, args.data, args.out, args.command, args.dtype, args.history)

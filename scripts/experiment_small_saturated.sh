@@ -15,6 +15,9 @@
 # with VS/hyp_SPLIT.txt (default WORKDIR/runs/dense_continued). With the kept hypotheses of a
 # finished dense_continued (docs/experiment_small/hyps/sat_dense_continued), both cores can run
 # UME recipes: LANE_A=ume_x LANE_B=ume_y VS=docs/experiment_small/hyps/sat_dense_continued
+# SET_A / SET_B: plan changes for that lane's workdir (`ume experiment --set`, space-separated
+# KEY=VALUE), e.g. SET_B="balance_coef=0 z_loss_coef=0"; a changed plan needs a new WORKDIR.
+# CORPUS: an existing complete `paper` corpus to link as WORKDIR/data instead of synthesising.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-work_small_sat}
@@ -23,20 +26,30 @@ LANE_B=${LANE_B:-ume_kmeans_no_freeze}
 LANE_A=${LANE_A:-dense_continued}
 VS=${VS:-$W/runs/dense_continued}
 UME=${UME:-.venv/bin/ume}  # UME=echo: print the commands only
+SET_A=${SET_A:-} SET_B=${SET_B:-}
 export OMP_NUM_THREADS=1
-$UME data synth --preset paper --out "$W/data"  # the corpus the plan names (seed 0)
+if [ -n "${CORPUS:-}" ] && [ ! -e "$W/data" ]; then
+  mkdir -p "$W" && ln -sfn "$(realpath "$CORPUS")" "$W/data"
+fi
+$UME data synth --preset paper --out "$W/data"  # the corpus the plan names (seed 0); reused
 mkdir -p "${W}_b" && ln -sfn "$(realpath -m "$W/data")" "${W}_b/data"
+# shellcheck disable=SC2086  # SET_* split into one --set per KEY=VALUE
 $UME experiment --preset small_6k --workdir "${W}_b" --model "$DENSE" \
-  --runs "dense,$LANE_B" > "${W}_b.log" 2>&1 &
+  --runs "dense,$LANE_B" ${SET_B:+$(printf -- '--set %s ' $SET_B)} > "${W}_b.log" 2>&1 &
 side=$!
-$UME experiment --preset small_6k --workdir "$W" --model "$DENSE" --runs "dense,$LANE_A"
+# shellcheck disable=SC2086
+$UME experiment --preset small_6k --workdir "$W" --model "$DENSE" --runs "dense,$LANE_A" \
+  ${SET_A:+$(printf -- '--set %s ' $SET_A)}
 wait "$side"
-for run in ${LANE_A//,/ } ${LANE_B//,/ }; do
-  [ "$run" = dense_continued ] && continue
-  dir="$W/runs/$run"; [ -d "$dir" ] || dir="${W}_b/runs/$run"
-  for split in test dev; do
-    $UME score --ref "$W/data/$split/text" --hyp "$dir/hyp_$split.txt" --vs "$VS/hyp_$split.txt"
+for lane in "$W:$LANE_A" "${W}_b:$LANE_B"; do  # score each lane's UME runs in its workdir
+  lane_w=${lane%%:*} lane_runs=${lane#*:}
+  for run in ${lane_runs//,/ }; do
+    [ "$run" = dense_continued ] && continue
+    dir="$lane_w/runs/$run"
+    for split in test dev; do
+      $UME score --ref "$W/data/$split/text" --hyp "$dir/hyp_$split.txt" --vs "$VS/hyp_$split.txt"
+    done
+    $UME score --ref "$W/data/test_heldout/text" --hyp "$dir/hyp_heldout.txt" \
+      --vs "$VS/hyp_heldout.txt"
   done
-  $UME score --ref "$W/data/test_heldout/text" --hyp "$dir/hyp_heldout.txt" \
-    --vs "$VS/hyp_heldout.txt"
 done

@@ -244,6 +244,36 @@ def test_scratch_only_workdir_needs_no_dense(tmp_path: Path, monkeypatch) -> Non
         experiment.run_experiment("large", tmp_path / "w", runs=["moe_scrtch"])
 
 
+def test_plan_set_changes_one_key_is_recorded_and_binds_the_workdir(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`ume experiment --set KEY=VALUE`: the changed plan reaches the runs, results.json and
+    results.md say so, and the workdir (and any merge into it) keeps that plan."""
+    from ume.experiment import runner as experiment
+
+    plans = []
+    monkeypatch.setattr(experiment, "synthesize", lambda *a, **k: None)
+    monkeypatch.setattr(experiment, "run_one", lambda name, plan, *a: plans.append(plan))
+    monkeypatch.setattr(experiment, "evaluate_run", lambda *a: {"test_mer": 50.0})
+    monkeypatch.setattr(experiment, "plot_curves", lambda *a: None)
+    w, hot = tmp_path / "w", ["fast_lr_scale_no_freeze=6", "balance_coef=0"]
+    res = experiment.run_experiment("large", w, runs=["moe_scratch"], plan_set=hot)
+    assert plans[0].fast_lr_scale_no_freeze == 6.0 and plans[0].balance_coef == 0.0
+    assert (
+        res["plan_set"] == hot and json.loads((w / "results.json").read_text())["plan_set"] == hot
+    )
+    assert "--set fast_lr_scale_no_freeze=6 --set balance_coef=0" in (w / "results.md").read_text()
+    with pytest.raises(experiment.ConfigError, match="made with --set.*new --workdir"):
+        experiment.run_experiment("large", w, runs=["moe_scratch"])  # the preset's own plan
+    with pytest.raises(experiment.ConfigError, match="unknown key.*fast_lr_scale_no_freez"):
+        experiment.run_experiment("large", tmp_path / "x", plan_set=["fast_lr_scale_no_freez=6"])
+    plain = tmp_path / "plain"
+    experiment.run_experiment("large", plain, runs=["moe_scratch"])
+    (w / "runs").mkdir()  # the fake run_one trained nothing there
+    with pytest.raises(experiment.ConfigError, match="only runs of one plan"):
+        experiment.merge_runs(w, plain)
+
+
 @pytest.mark.parametrize(
     ("run", "top_k", "slots"),
     [("ume_top1", 1, ["encoder_macaron", "encoder_ffn"]), ("ume_one_slot", 2, ["encoder_ffn"])],

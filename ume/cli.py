@@ -342,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="first copy in the finished runs of another workdir of the same preset "
         "(runs trained side by side, one per core); repeatable",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change one key of the preset's plan (configs/experiment_PRESET.yaml), e.g. "
+        "--set fast_lr_scale_no_freeze=6; repeatable; recorded in results.json",
+    )
     p.set_defaults(func=_lazy("ume.experiment.runner", "main_experiment"))
 
     _deferred(

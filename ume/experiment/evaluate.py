@@ -139,4 +139,6 @@ def format_results(data: dict) -> str:
             for v in vals
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if data.get("plan_set"):
+        lines.append("\nPlan changed from the preset's: --set " + " --set ".join(data["plan_set"]))
     return "\n".join(lines)

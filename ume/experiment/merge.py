@@ -22,11 +22,12 @@ from ume.experiment.recipes import _finished
 log = logging.getLogger(__name__)
 
 
-def merge_runs(src: Path, work: Path) -> list[str]:
+def merge_runs(src: Path, work: Path, plan_set: list[str] | None = None) -> list[str]:
     """Copy the finished runs of workdir `src` (run dirs and evaluated results rows) into `work`,
     so runs trained side by side in two workdirs (one per core) are compared in one table.
-    Refuses when the two test sets differ, or when a run that continues the dense model started
-    from a different dense model than `work`'s. Runs `work` already finished are kept.
+    Refuses when the two test sets differ, when `src` was made with other plan changes
+    (`--set`) than `plan_set`, or when a run that continues the dense model started from a
+    different dense model than `work`'s. Runs `work` already finished are kept.
     Returns the names copied.
 
     Example:
@@ -43,9 +44,16 @@ def merge_runs(src: Path, work: Path) -> list[str]:
                 f"--merge-from {src}: {a} differs from {b}; runs on different corpora "
                 "cannot share a table (use the same --preset, or merge into a workdir of it)"
             )
-    src_rows = {}
+    src_results = {}
     if (src / "results.json").is_file():
-        src_rows = json.loads((src / "results.json").read_text()).get("runs", {})
+        src_results = json.loads((src / "results.json").read_text())
+    src_rows = src_results.get("runs", {})
+    if src_results.get("plan_set", []) != list(plan_set or []):
+        raise ConfigError(
+            f"--merge-from {src}: it was made with --set {src_results.get('plan_set') or '(none)'}"
+            f", this workdir with {list(plan_set or []) or '(none)'}; only runs of one plan "
+            "share a table"
+        )
     mine, theirs = runs_dir / "dense" / MODEL_FILE, src_runs / "dense" / MODEL_FILE
     same_dense = None  # hashed on first need
     copied = []

@@ -4,6 +4,7 @@
 Example:
     >>> plan = load_plan("quick")
     >>> plan.runs, plan.experts, plan.top_k
+    >>> load_plan("small_6k", ["fast_lr_scale_no_freeze=6"]).fast_lr_scale_no_freeze  # 6.0
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ume.bundled import DEFAULT, MODELS_DIR
-from ume.config import ConfigError, from_dict, preset_config
+from ume.config import ConfigError, apply_override, from_dict, preset_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 BUNDLED = MODELS_DIR / DEFAULT  # package data (ume.bundled_model())
@@ -104,15 +105,20 @@ class ExperimentPlan:
     bundled_dense: bool = True  # False: the corpus differs from the bundled model's
 
 
-def load_plan(preset: str) -> ExperimentPlan:
+def load_plan(preset: str, overrides: list[str] | None = None) -> ExperimentPlan:
+    """The preset's strict plan, then `key=value` overrides (`ume experiment --set`; value
+    parsed as YAML). A misspelt key is an error, like one in the preset file."""
     import yaml
 
     path = preset_config(f"experiment_{preset}")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    plan = from_dict(ExperimentPlan, data, where=str(path))
+    for ov in overrides or []:
+        apply_override(data, ov)
+    where = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+    plan = from_dict(ExperimentPlan, data, where=where)
     plan.corpus = plan.corpus or preset
     plan.model_config = plan.model_config or preset
-    check_runs(plan.runs, str(path))
+    check_runs(plan.runs, where)
     return plan
 
 

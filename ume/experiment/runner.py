@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ume.config import ConfigError, preset_config
 from ume.data.synth import synthesize
-from ume.expdir import MODEL_FILE
+from ume.expdir import MODEL_FILE, atomic_write_json
 from ume.experiment.evaluate import evaluate_run, format_results, train_subset_mer, update_results
 from ume.experiment.fingerprint import model_fingerprint
 from ume.experiment.merge import merge_runs
@@ -69,12 +69,16 @@ def run_experiment(
     demo: bool = False,
     from_scratch: bool = False,
     merge_from: list[str | Path] | None = None,
+    plan_set: list[str] | None = None,
 ) -> dict:
     """Run (or resume) the preset's runs; returns the merged results dict. `merge_from`:
-    workdirs whose finished runs are copied in first (see `merge_runs`)."""
+    workdirs whose finished runs are copied in first (see `merge_runs`). `plan_set`: `key=value`
+    changes to the preset's plan (`--set`), recorded in results.json; a workdir keeps the ones
+    it was made with (another set is refused: use a new workdir)."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    plan = load_plan(preset)
+    plan = load_plan(preset, plan_set)
+    plan_set = list(plan_set or [])
     data = work / "data"
     synthesize(plan.corpus, data, seed=0)
     runs_dir = work / "runs"
@@ -114,8 +118,18 @@ def run_experiment(
                     )
                 )
     results_path = work / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {"runs": {}}
+    made_with = results.get("plan_set", [])
+    if results["runs"] and made_with != plan_set:
+        raise ConfigError(
+            f"{work} was made with --set {made_with or '(none)'}, not {plan_set or '(none)'}: "
+            "rerun with the same --set, or use a new --workdir for the changed plan"
+        )
+    if plan_set and made_with != plan_set:
+        results["plan_set"] = plan_set
+        atomic_write_json(results, results_path)
     for other in merge_from or []:
-        merge_runs(Path(other), work)
+        merge_runs(Path(other), work, plan_set)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"runs": {}}
     for name in todo:
         t0 = time.time()
@@ -135,8 +149,6 @@ def run_experiment(
             row["train_subset_mer"] = train_subset_mer(runs_dir / name, data)
             results = update_results(results_path, name, row)
     results = add_significance(add_comparisons(results), runs_dir, data)
-    from ume.expdir import atomic_write_json
-
     atomic_write_json(results, results_path)
     (work / "results.md").write_text(format_results(results) + "\n", encoding="utf-8")
     plot_curves(results, work / "dev_mer_curves.png")
@@ -162,6 +174,7 @@ def main_experiment(args: argparse.Namespace) -> int:
         runs=runs,
         from_scratch=args.from_scratch,
         merge_from=args.merge_from,
+        plan_set=args.set,
     )
     print(format_results(results))
     return 0

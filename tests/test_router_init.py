@@ -156,3 +156,6 @@ def test_kmeans_breaker_recipes() -> None:
         "every_other",
         [],
     )
+    up, phases = breaker_recipe("ume_kmeans_top1_fast_no_freeze", plan, two, Path("w/data/train"))
+    assert (up["top_k"], up["layers"]) == (1, "every_other")
+    assert phases == [{"steps": 0, "trainable": "all", "moe_lr_scale": 3.0}]

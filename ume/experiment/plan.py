@@ -32,6 +32,7 @@ BREAKER_RUNS = (
     "ume_kmeans_fast_no_freeze",  # ume_kmeans_no_freeze with experts + routers at a higher lr
     # ume_kmeans_no_freeze in the cheap shape of finding 3 (RTF): top-1, every other block
     "ume_kmeans_top1_no_freeze",
+    "ume_kmeans_top1_fast_no_freeze",  # ... with experts + routers at the higher lr
 )
 ALL_RUNS = (
     "dense",

@@ -136,7 +136,7 @@ def breaker_recipe(
     Drop-Upcycling at drop_small; ume_kmeans_fast_no_freeze: one unfrozen phase whose experts
     and routers learn fast_lr_scale_no_freeze x faster; ume_kmeans_top1_no_freeze: the no-freeze
     recipe with top-1 routing in every other block, the shape whose batch-1 RTF was 1.10x
-    dense). router_data: the
+    dense; ume_kmeans_top1_fast_no_freeze: that shape at the fast recipe's lr). router_data: the
     utterances k-means routers cluster (the training set)."""
     every = name == "ume_all"
     up: dict = {}
@@ -151,9 +151,10 @@ def breaker_recipe(
         up.update(router_init="kmeans", router_data=str(router_data), router_utts=plan.router_utts)
     if name.endswith("_no_freeze"):
         phases = []
-    if name == "ume_kmeans_fast_no_freeze":  # updates drive copies apart: make them larger
+    if name in ("ume_kmeans_fast_no_freeze", "ume_kmeans_top1_fast_no_freeze"):
+        # updates drive copies apart: make them larger
         phases = [{"steps": 0, "trainable": "all", "moe_lr_scale": plan.fast_lr_scale_no_freeze}]
-    if name == "ume_kmeans_top1_no_freeze":
+    if name in ("ume_kmeans_top1_no_freeze", "ume_kmeans_top1_fast_no_freeze"):
         up.update(top_k=1, layers="every_other")
     if name in ("ume_fast", "ume_kmeans_fast") or every:
         phases[0]["moe_lr_scale"] = plan.fast_lr_scale

@@ -33,9 +33,10 @@ if [ -n "${CORPUS:-}" ] && [ ! -e "$W/data" ]; then
 fi
 $UME data synth --preset paper --out "$W/data"  # the corpus the plan names (seed 0); reused
 mkdir -p "${W}_b" && ln -sfn "$(realpath -m "$W/data")" "${W}_b/data"
+side_log="${W}_b.log"; [ "$UME" = echo ] && side_log=/dev/stdout  # a dry run keeps the log
 # shellcheck disable=SC2086  # SET_* split into one --set per KEY=VALUE
 $UME experiment --preset small_6k --workdir "${W}_b" --model "$DENSE" \
-  --runs "dense,$LANE_B" ${SET_B:+$(printf -- '--set %s ' $SET_B)} > "${W}_b.log" 2>&1 &
+  --runs "dense,$LANE_B" ${SET_B:+$(printf -- '--set %s ' $SET_B)} > "$side_log" 2>&1 &
 side=$!
 # shellcheck disable=SC2086
 $UME experiment --preset small_6k --workdir "$W" --model "$DENSE" --runs "dense,$LANE_A" \

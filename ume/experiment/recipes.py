@@ -151,10 +151,9 @@ def breaker_recipe(
         up.update(router_init="kmeans", router_data=str(router_data), router_utts=plan.router_utts)
     if name.endswith("_no_freeze"):
         phases = []
-    if name in ("ume_kmeans_fast_no_freeze", "ume_kmeans_top1_fast_no_freeze"):
-        # updates drive copies apart: make them larger
+    if name.endswith("_fast_no_freeze"):  # updates drive copies apart: make them larger
         phases = [{"steps": 0, "trainable": "all", "moe_lr_scale": plan.fast_lr_scale_no_freeze}]
-    if name in ("ume_kmeans_top1_no_freeze", "ume_kmeans_top1_fast_no_freeze"):
+    if name.startswith("ume_kmeans_top1"):
         up.update(top_k=1, layers="every_other")
     if name in ("ume_fast", "ume_kmeans_fast") or every:
         phases[0]["moe_lr_scale"] = plan.fast_lr_scale

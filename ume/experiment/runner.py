@@ -130,7 +130,8 @@ def run_experiment(
         atomic_write_json(results, results_path)
     for other in merge_from or []:
         merge_runs(Path(other), work, plan_set)
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {"runs": {}}
+    if merge_from and results_path.is_file():  # merged rows were written to results.json
+        results = json.loads(results_path.read_text())
     for name in todo:
         t0 = time.time()
         if name != "dense":

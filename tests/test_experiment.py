@@ -327,3 +327,36 @@ def test_cumulative_curves_start_where_each_run_started(tmp_path: Path, monkeypa
     assert seen["dense"] == [[1.0], [1.0]] and seen["dense_wide"] == [[1.0], [1.0]]
     assert seen["ume"] == [[1.0], [11.0]]
     assert seen["dense_wide_continued"] == [[1.0], [21.0]]
+
+
+def test_breaker_modifiers_add_one_breaker_to_a_recipe(tmp_path: Path, monkeypatch) -> None:
+    """ "BASE+MOD": the base breaker recipe (its phases and lr) plus each modifier's breaker at
+    the plan's value; unknown, repeated or clashing modifiers are refused by name."""
+    import ume.upcycle
+    from ume.experiment import recipes
+    from ume.experiment import runner as experiment
+
+    upcycled, trained = [], []
+    monkeypatch.setattr(ume.upcycle, "upcycle_experiment", lambda d, o, **kw: upcycled.append(kw))
+    monkeypatch.setattr(recipes, "_train", lambda *a: trained.append(a))
+    plan = experiment.load_plan("small_6k")
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    name = "ume_kmeans_fast_no_freeze+drop+router_noise"
+    experiment.check_runs([name, "ume_noise+fine"], "test")
+    recipes.run_one(name, plan, "small_6k", tmp_path, tmp_path / "dense")
+    up = upcycled[0]
+    assert up["drop_ratio"] == plan.drop_small and up["router_noise"] == plan.router_noise
+    assert up["router_init"] == "kmeans" and "noise_std" not in up
+    # the base's single unfrozen phase at the fast expert lr is kept
+    assert trained[0][5] == [
+        {"steps": 0, "trainable": "all", "moe_lr_scale": plan.fast_lr_scale_no_freeze}
+    ]
+    assert trained[0][0] == tmp_path / "runs" / name
+    recipes.run_one("ume_kmeans_no_freeze+fine", plan, "small_6k", tmp_path, tmp_path / "dense")
+    assert upcycled[1]["groups"] == plan.fine_groups
+    assert upcycled[1]["experts"] == plan.experts * plan.fine_groups
+    for bad in ("ume_kmeans+drops", "ume_kmeans+drop+drop", "dense_continued+drop", "ume+noise"):
+        with pytest.raises(experiment.ConfigError, match="unknown run"):
+            experiment.check_runs([bad], "test")
+    with pytest.raises(experiment.ConfigError, match=r"\+drop sets \['drop_ratio'\]"):
+        recipes.run_one("ume_kmeans_drop_no_freeze+drop", plan, "small_6k", tmp_path, tmp_path)

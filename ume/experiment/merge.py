@@ -16,7 +16,12 @@ from ume.config import ConfigError
 from ume.expdir import MODEL_FILE
 from ume.experiment.evaluate import update_results
 from ume.experiment.fingerprint import file_sha256
-from ume.experiment.plan import ALL_RUNS, CONTINUES_SCRATCH, STARTS_FROM_DENSE
+from ume.experiment.plan import (
+    ALL_RUNS,
+    CONTINUES_SCRATCH,
+    is_modified_breaker,
+    starts_from_dense,
+)
 from ume.experiment.recipes import _finished
 
 log = logging.getLogger(__name__)
@@ -57,10 +62,11 @@ def merge_runs(src: Path, work: Path, plan_set: list[str] | None = None) -> list
     mine, theirs = runs_dir / "dense" / MODEL_FILE, src_runs / "dense" / MODEL_FILE
     same_dense = None  # hashed on first need
     copied = []
-    for name in ALL_RUNS:
+    modified = sorted(p.name for p in src_runs.iterdir() if is_modified_breaker(p.name))
+    for name in (*ALL_RUNS, *modified):
         if name == "dense" or not _finished(src_runs / name) or _finished(runs_dir / name):
             continue
-        if name in STARTS_FROM_DENSE:
+        if starts_from_dense(name):
             if same_dense is None:
                 same_dense = (
                     mine.is_file() and theirs.is_file() and file_sha256(mine) == file_sha256(theirs)

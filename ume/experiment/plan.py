@@ -54,6 +54,10 @@ ALL_RUNS = (
     "dense_wide_continued",
     "moe_scratch_continued",
 )
+# One symmetry breaker each, to add to any BREAKER_RUNS recipe as "+name" (several allowed,
+# each once): "ume_kmeans_fast_no_freeze+drop" is the chosen recipe plus Drop-Upcycling at
+# drop_small, so the issue's ablations on a winning recipe need no new run name (issue 13)
+BREAKER_MODIFIERS = ("drop", "noise", "router_noise", "fine")
 # run -> the from-scratch run of the same workdir it continues
 CONTINUES_SCRATCH = {"dense_wide_continued": "dense_wide", "moe_scratch_continued": "moe_scratch"}
 STARTS_FROM_DENSE = tuple(
@@ -123,7 +127,34 @@ def load_plan(preset: str, overrides: list[str] | None = None) -> ExperimentPlan
     return plan
 
 
+def split_run(name: str) -> tuple[str, list[str]]:
+    """A run name's base and its breaker modifiers: "ume_kmeans+drop+fine" ->
+    ("ume_kmeans", ["drop", "fine"]); a plain name has none."""
+    base, *mods = name.split("+")
+    return base, mods
+
+
+def is_modified_breaker(name: str) -> bool:
+    """Whether name is a BREAKER_RUNS recipe plus one or more distinct BREAKER_MODIFIERS."""
+    base, mods = split_run(name)
+    return (
+        base in BREAKER_RUNS
+        and bool(mods)
+        and all(m in BREAKER_MODIFIERS for m in mods)
+        and len(set(mods)) == len(mods)
+    )
+
+
+def starts_from_dense(name: str) -> bool:
+    """Whether the run continues the workdir's dense model (every UME run does)."""
+    return name in STARTS_FROM_DENSE or is_modified_breaker(name)
+
+
 def check_runs(names: list[str], where: str) -> None:
-    bad = [r for r in names if r not in ALL_RUNS]
+    bad = [r for r in names if r not in ALL_RUNS and not is_modified_breaker(r)]
     if bad:
-        raise ConfigError(f"{where}: unknown run(s) {bad}; known runs: {list(ALL_RUNS)}")
+        raise ConfigError(
+            f"{where}: unknown run(s) {bad}; known runs: {list(ALL_RUNS)}, and any of "
+            f"{list(BREAKER_RUNS)} plus one or more distinct '+MOD' from "
+            f"{list(BREAKER_MODIFIERS)} (e.g. ume_kmeans_fast_no_freeze+drop)"
+        )

@@ -21,7 +21,13 @@ from ume.experiment.fingerprint import (
     file_sha256,
     model_fingerprint,
 )
-from ume.experiment.plan import BREAKER_RUNS, CONTINUES_SCRATCH, ExperimentPlan
+from ume.experiment.plan import (
+    BREAKER_RUNS,
+    CONTINUES_SCRATCH,
+    ExperimentPlan,
+    is_modified_breaker,
+    split_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +171,31 @@ def breaker_recipe(
     return up, phases
 
 
+def modifier_args(name: str, plan: ExperimentPlan, up: dict) -> dict:
+    """The upcycling arguments of a modified breaker run ("BASE+MOD+..."): the base recipe's
+    `up` plus one symmetry breaker per modifier, at the plan's value for it. A modifier that
+    would change what the base recipe already sets is refused (say it once, in the base).
+
+    Example:
+        >>> modifier_args("ume_kmeans_fast_no_freeze+drop", load_plan("small_6k"), {})
+        {'drop_ratio': 0.15}
+    """
+    _, mods = split_run(name)
+    out = dict(up)
+    for mod in mods:
+        add = {
+            "drop": {"drop_ratio": plan.drop_small},
+            "noise": {"noise_std": plan.noise_upcycling, "noise_frac": plan.noise_frac},
+            "router_noise": {"router_noise": plan.router_noise},
+            "fine": {"groups": plan.fine_groups, "experts": plan.experts * plan.fine_groups},
+        }[mod]
+        clash = sorted(k for k in add if k in out)
+        if clash:
+            raise ConfigError(f"run {name!r}: +{mod} sets {clash}, which its recipe already sets")
+        out.update(add)
+    return out
+
+
 def dense_ffn_prefixes(plan: ExperimentPlan, cfg: ExperimentConfig) -> list[str]:
     """Parameter-name prefixes of the dense FFNs that UME's plan turns into MoE layers (its
     slots and layers): phase 1 of dense_continued_frozen trains exactly these. Read off the
@@ -220,8 +251,9 @@ def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Pat
     elif name == "ume_one_slot":
         init = _upcycled(plan, dense, runs / "_init_ume_one_slot", slots=["encoder_ffn"])
         _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
-    elif name in BREAKER_RUNS:
-        up, phases = breaker_recipe(name, plan, two_phase, data / "train")
+    elif name in BREAKER_RUNS or is_modified_breaker(name):
+        up, phases = breaker_recipe(split_run(name)[0], plan, two_phase, data / "train")
+        up = modifier_args(name, plan, up)
         init = _upcycled(plan, dense, runs / f"_init_{name}", **up)
         _train(run_dir, data, init / "config.yaml", ov + jitter, init, phases)
     elif name in CONTINUES_SCRATCH:  # a capacity control trained as long as dense_continued

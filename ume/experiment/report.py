@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ume.experiment.plan import CONTINUES_SCRATCH, STARTS_FROM_DENSE
+from ume.experiment.plan import CONTINUES_SCRATCH, starts_from_dense
 
 
 def _curve(run_dir: Path) -> list[dict]:
@@ -132,7 +132,7 @@ def plot_curves(results: dict, path: Path) -> None:
             if not c:
                 continue
             shift = 0.0
-            if cumulative and name in STARTS_FROM_DENSE:
+            if cumulative and starts_from_dense(name):
                 shift = offset
             elif cumulative and name in CONTINUES_SCRATCH:
                 base = results["runs"].get(CONTINUES_SCRATCH[name], {})

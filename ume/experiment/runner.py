@@ -43,10 +43,10 @@ from ume.experiment.merge import merge_runs
 from ume.experiment.plan import (
     ALL_RUNS,
     BUNDLED,
-    STARTS_FROM_DENSE,
     ExperimentPlan,
     check_runs,
     load_plan,
+    starts_from_dense,
 )
 from ume.experiment.recipes import _finished, _train, run_one
 from ume.experiment.report import (
@@ -86,7 +86,7 @@ def run_experiment(
     todo = runs or plan.runs
     check_runs(todo, "--runs")
     # moe_scratch alone needs no dense model (a second workdir can run it beside the first)
-    needs_dense = any(r == "dense" or r in STARTS_FROM_DENSE for r in todo)
+    needs_dense = any(r == "dense" or starts_from_dense(r) for r in todo)
     if needs_dense and not _finished(dense):
         src = Path(dense_dir) if dense_dir else BUNDLED
         if not (from_scratch or dense_dir or plan.bundled_dense):

@@ -56,3 +56,20 @@ def test_dense_point_and_train_scalars(tmp_path: Path) -> None:
     assert w.scalars["train/loss"] == 2.0 and w.scalars["train/lr"] == 1e-3
     assert w.scalars["train/grad_norm"] == 0.5
     assert w.scalars["moe/enc.moe/load_max"] == 0.75 and "moe/enc.moe/load" not in w.scalars
+
+
+def test_train_clock_counts_laps_and_excludes_time_before_restart() -> None:
+    """Training time is the sum of laps; what happens before restart() (evaluation,
+    checkpointing) is not counted."""
+    import time
+
+    from ume.train.trainer import TrainClock
+
+    clock = TrainClock()
+    time.sleep(0.05)
+    wall, cpu = clock.lap()
+    assert wall >= 0.05 and cpu >= 0.0
+    time.sleep(0.2)  # "evaluation"
+    clock.restart()
+    wall, _ = clock.lap()
+    assert wall < 0.2

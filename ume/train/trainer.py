@@ -69,6 +69,27 @@ from ume.train.schedule import apply_trainable, lr_lambda, param_groups, phase_a
 log = logging.getLogger(__name__)
 
 
+class TrainClock:
+    """Wall and process-CPU seconds of training steps: `lap()` returns both since the last lap
+    or `restart()`; restart after evaluating or checkpointing so that neither counts.
+
+    Example:
+        >>> clock = TrainClock(); wall_s, cpu_s = clock.lap()
+    """
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self._wall, self._cpu = time.time(), time.process_time()
+
+    def lap(self) -> tuple[float, float]:
+        wall, cpu = time.time(), time.process_time()
+        spent = (wall - self._wall, cpu - self._cpu)
+        self._wall, self._cpu = wall, cpu
+        return spent
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -379,7 +400,7 @@ class Trainer:
             dynamic_ncols=True,
             mininterval=2,
         )
-        t_last, c_last = time.time(), time.process_time()
+        clock = TrainClock()
         audio_s = 0.0
         micro = 0
         stop = False
@@ -407,10 +428,9 @@ class Trainer:
             self._skip_step = False
             self.optimizer.zero_grad(set_to_none=True)
             self.state.step += 1
-            now, cpu_now = time.time(), time.process_time()
-            self.state.train_seconds += now - t_last
-            self.state.train_cpu_seconds += cpu_now - c_last
-            t_last, c_last = now, cpu_now
+            wall_s, cpu_s = clock.lap()
+            self.state.train_seconds += wall_s
+            self.state.train_cpu_seconds += cpu_s
             log_now = self.state.step % tc.log_every == 0
             moe_stats = reduced_moe_stats(self.model, self.device) if log_now else {}
             if stats and self.main:
@@ -439,10 +459,10 @@ class Trainer:
             done = self.state.step >= tc.max_steps or stop
             if tc.eval_every and (self.state.step % tc.eval_every == 0 or done):
                 self._eval_point()
-                t_last, c_last = time.time(), time.process_time()  # evaluation is not training
+                clock.restart()  # evaluation is not training
             if self.state.step % tc.checkpoint_every == 0 or done:
                 self.save()
-                t_last, c_last = time.time(), time.process_time()
+                clock.restart()
             if done:
                 break
         bar.close()

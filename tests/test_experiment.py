@@ -360,3 +360,23 @@ def test_breaker_modifiers_add_one_breaker_to_a_recipe(tmp_path: Path, monkeypat
             experiment.check_runs([bad], "test")
     with pytest.raises(experiment.ConfigError, match=r"\+drop sets \['drop_ratio'\]"):
         recipes.run_one("ume_kmeans_drop_no_freeze+drop", plan, "small_6k", tmp_path, tmp_path)
+
+
+def test_plan_seed_reseeds_upcycling_and_training_only_when_set(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`--set seed=N` repeats a recipe with other randomness (upcycling and training); the
+    default leaves recipes as they were recorded before `seed` existed."""
+    import ume.upcycle
+    from ume.experiment import recipes
+    from ume.experiment import runner as experiment
+
+    upcycled, trained = [], []
+    monkeypatch.setattr(ume.upcycle, "upcycle_experiment", lambda d, o, **kw: upcycled.append(kw))
+    monkeypatch.setattr(recipes, "_train", lambda *a: trained.append(a))
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    for i, sets in enumerate(([], ["seed=7"])):
+        plan = experiment.load_plan("small_6k", sets)
+        recipes.run_one("ume_kmeans_fast_no_freeze", plan, "small_6k", tmp_path / str(i), tmp_path)
+    assert "seed" not in upcycled[0] and not any("seed" in o for o in trained[0][3])
+    assert upcycled[1]["seed"] == 7 and "train.seed=7" in trained[1][3]

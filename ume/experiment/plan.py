@@ -108,6 +108,10 @@ class ExperimentPlan:
     corpus: str = ""  # synthetic corpus preset (`ume data synth`); "" = the experiment's name
     model_config: str = ""  # config preset of from-scratch runs; "" = the experiment's name
     bundled_dense: bool = True  # False: the corpus differs from the bundled model's
+    # a repeat of the same recipe with other randomness (issue 13: how much of a difference is
+    # training noise?): seeds the upcycling (k-means, Drop-Upcycling, noise) and the continued
+    # runs' training (data order, augmentation); 0 = upcycle seed 0, the model config's seed
+    seed: int = 0
 
 
 def load_plan(preset: str, overrides: list[str] | None = None) -> ExperimentPlan:

@@ -52,6 +52,7 @@ def _continue_overrides(plan: ExperimentPlan, extra: list[str] | None = None) ->
         f"train.eval_every={plan.eval_every}",
         f"train.eval_max_utts={plan.eval_max_utts}",
         f"train.checkpoint_every={plan.eval_every}",
+        *([f"train.seed={plan.seed}"] if plan.seed else []),
         *(extra or []),
     ]
 
@@ -120,6 +121,8 @@ def _upcycled(plan: ExperimentPlan, dense: Path, out: Path, **kw) -> Path:
         balance_coef=plan.balance_coef,
         z_loss_coef=plan.z_loss_coef,
     )
+    if plan.seed:  # only when set: a recipe recorded before `seed` existed stays the same
+        args["seed"] = plan.seed
     args.update(kw)
     dense_fp = model_fingerprint(dense)
     recipe = upcycle_recipe(dense_fp, out, args)

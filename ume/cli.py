@@ -334,7 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True)
     p.add_argument("--from-scratch", action="store_true", help="train the dense model too")
     p.add_argument("--model", help="dense experiment dir to start from (default: bundled)")
-    p.add_argument("--runs", help="comma list of runs to do (default: the preset's)")
+    p.add_argument(
+        "--runs",
+        help="comma list of runs to do (default: the preset's); a breaker recipe takes modifiers, "
+        "e.g. ume_kmeans_fast_no_freeze+drop (+noise, +router_noise, +fine)",
+    )
     p.add_argument(
         "--merge-from",
         action="append",

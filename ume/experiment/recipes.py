@@ -151,9 +151,9 @@ def breaker_recipe(
     up: dict = {}
     phases = [dict(p) for p in two_phase]
     if name == "ume_noise" or every:
-        up.update(noise_std=plan.noise_upcycling, noise_frac=plan.noise_frac)
+        up.update(breaker_args("noise", plan))
     if name in ("ume_drop_small", "ume_kmeans_drop_no_freeze"):
-        up.update(drop_ratio=plan.drop_small)
+        up.update(breaker_args("drop", plan))
     if name.startswith("ume_kmeans"):
         if router_data is None:
             raise ConfigError(f"{name}: k-means routers need the training data dir")
@@ -168,10 +168,21 @@ def breaker_recipe(
         phases[0]["moe_lr_scale"] = plan.fast_lr_scale
         phases[1]["moe_lr_scale"] = plan.fast_lr_scale_phase2
     if name == "ume_router_noise" or every:
-        up.update(router_noise=plan.router_noise)
+        up.update(breaker_args("router_noise", plan))
     if name == "ume_fine" or every:
-        up.update(groups=plan.fine_groups, experts=plan.experts * plan.fine_groups)
+        up.update(breaker_args("fine", plan))
     return up, phases
+
+
+def breaker_args(breaker: str, plan: ExperimentPlan) -> dict:
+    """Upcycling arguments of one symmetry breaker (a BREAKER_MODIFIERS name) at the plan's
+    value: what both the breaker runs and a "+breaker" modifier add."""
+    return {
+        "drop": {"drop_ratio": plan.drop_small},
+        "noise": {"noise_std": plan.noise_upcycling, "noise_frac": plan.noise_frac},
+        "router_noise": {"router_noise": plan.router_noise},
+        "fine": {"groups": plan.fine_groups, "experts": plan.experts * plan.fine_groups},
+    }[breaker]
 
 
 def modifier_args(name: str, plan: ExperimentPlan, up: dict) -> dict:
@@ -186,12 +197,7 @@ def modifier_args(name: str, plan: ExperimentPlan, up: dict) -> dict:
     _, mods = split_run(name)
     out = dict(up)
     for mod in mods:
-        add = {
-            "drop": {"drop_ratio": plan.drop_small},
-            "noise": {"noise_std": plan.noise_upcycling, "noise_frac": plan.noise_frac},
-            "router_noise": {"router_noise": plan.router_noise},
-            "fine": {"groups": plan.fine_groups, "experts": plan.experts * plan.fine_groups},
-        }[mod]
+        add = breaker_args(mod, plan)
         clash = sorted(k for k in add if k in out)
         if clash:
             raise ConfigError(f"run {name!r}: +{mod} sets {clash}, which its recipe already sets")

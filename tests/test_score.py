@@ -137,3 +137,61 @@ def test_table_says_na_for_a_rate_without_reference_units() -> None:
     assert res["by_lang"]["en"]["cer_zh"] == float("inf")
     row = next(r for r in format_table(res).splitlines() if r.startswith("en "))
     assert row.split()[1:] == ["1", "50.00", "n/a", "0.00"]
+
+
+def test_seed_bootstrap_one_run_each_equals_paired_bootstrap() -> None:
+    from ume.decode.significance import bootstrap_errors, seed_bootstrap_errors, utterance_errors
+
+    refs = {f"u{i}": "你好世界 HELLO" for i in range(30)}
+    worse = {f"u{i}": "你好 HELLO" for i in range(30)}
+    one = dict(worse, u0=refs["u0"], u1=refs["u1"])
+    keys = sorted(refs)
+    a, b = utterance_errors(refs, worse, keys), utterance_errors(refs, one, keys)
+    plain = bootstrap_errors(a, b, replicates=300, seed=3)
+    seeded = seed_bootstrap_errors([a], [b], replicates=300, seed=3)
+    for key in ("mer_a", "mer_b", "rel_change_pct", "rel_ci95_pct", "p_b_better"):
+        assert seeded[key] == plain[key], key
+    assert seeded["run_pairs_rel_pct"] == [plain["rel_change_pct"]] * 2
+    assert seeded["num_runs"] == [1, 1]
+
+
+def test_seed_bootstrap_run_spread_widens_the_interval() -> None:
+    from ume.decode.significance import seed_bootstrap_errors, utterance_errors
+
+    refs = {f"u{i}": "你好世界 HELLO" for i in range(40)}
+    keys = sorted(refs)
+    base = {f"u{i}": "你好 HELLO" for i in range(40)}  # MER 40
+    fixed = lambda n: dict(base, **{f"u{i}": refs[f"u{i}"] for i in range(n)})  # noqa: E731
+    a = [utterance_errors(refs, base, keys)]
+    lucky, unlucky = utterance_errors(refs, fixed(12), keys), utterance_errors(refs, fixed(2), keys)
+    one = seed_bootstrap_errors(a, [lucky], replicates=500)
+    two = seed_bootstrap_errors(a, [lucky, unlucky], replicates=500)
+    # the mean of the two runs: 12 and 2 of 40 utterances fixed -> MER 40 * (1 - 7/40) = 33
+    assert two["mer_b"] == pytest.approx(33.0) and two["mer_b_runs"] == [28.0, 38.0]
+    assert two["run_pairs_rel_pct"] == [-30.0, -5.0]
+    width = lambda r: r["rel_ci95_pct"][1] - r["rel_ci95_pct"][0]  # noqa: E731
+    assert width(two) > width(one)
+    assert two["rel_ci95_pct"][1] > -5.0 - 1e-9 and two["rel_ci95_pct"][0] <= -30.0 + 1e-9
+    with pytest.raises(ValueError, match="same utterances"):
+        seed_bootstrap_errors(a, [lucky[:5]])
+    with pytest.raises(ValueError, match="at least one run"):
+        seed_bootstrap_errors([], [lucky])
+
+
+def test_main_score_several_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_text_file({"a": "你好WORLD", "b": "HI"}, tmp_path / "ref")
+    write_text_file({"a": "你好 word", "b": "你"}, tmp_path / "base1")
+    write_text_file({"a": "你好 WORLD", "b": "你"}, tmp_path / "base2")
+    write_text_file({"a": "你好 WORLD", "b": "HI"}, tmp_path / "hyp1")
+    write_text_file({"a": "你好 WORLD", "b": "HO"}, tmp_path / "hyp2")
+    hyps = [str(tmp_path / "hyp1"), str(tmp_path / "hyp2")]
+    bases = [str(tmp_path / "base1"), str(tmp_path / "base2")]
+    ref = str(tmp_path / "ref")
+    assert main_score(ref, hyps, as_json=True, vs=bases, replicates=50) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["mer"] for r in out["runs"]] == [0.0, 25.0]
+    assert out["vs"]["mer_a_runs"] == [50.0, 25.0] and out["vs"]["mer_b"] == 12.5
+    assert out["vs"]["num_runs"] == [2, 2] and out["vs"]["hyp"] == hyps
+    assert main_score(ref, hyps, as_json=False, vs=bases[:1], replicates=50) == 0
+    text = capsys.readouterr().out
+    assert "2 runs" in text and "every run pair" in text

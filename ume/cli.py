@@ -5,6 +5,7 @@ Examples:
     ume train --config configs/quick.yaml --train data/quick/train --dev data/quick/dev --exp runs/dense
     ume decode --model runs/dense --data data/quick/test --mode attention_rescoring --out hyp.txt
     ume score --ref data/quick/test/text --hyp hyp.txt [--vs baseline_hyp.txt] [--json]
+    ume score --ref data/test/text --hyp s1/hyp.txt --hyp s2/hyp.txt --vs b1/hyp.txt --vs b2/hyp.txt
     ume bench rtf --model runs/dense --data data/quick/test
     ume bench moe --quick
     ume export --model runs/ume --out encoder.onnx --check
@@ -217,9 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="CER (zh) / WER (en) / MER")
     p.add_argument("--ref", required=True)
-    p.add_argument("--hyp", required=True)
     p.add_argument(
-        "--vs", help="a baseline's hypotheses: adds a paired-bootstrap comparison of --hyp to it"
+        "--hyp",
+        required=True,
+        action="append",
+        help="hypotheses to score; repeat for several training runs (seeds) of one system",
+    )
+    p.add_argument(
+        "--vs",
+        action="append",
+        help="a baseline's hypotheses: adds a paired-bootstrap comparison of --hyp to it; "
+        "repeat for several baseline runs (the bootstrap then also draws the runs)",
     )
     p.add_argument("--bootstrap", type=int, default=1000, help="replicates for --vs")
     p.add_argument("--json", action="store_true")

@@ -110,6 +110,8 @@ def _json_safe(x: object) -> object:
         return None
     if isinstance(x, dict):
         return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
     return x
 
 
@@ -147,16 +149,31 @@ def format_table(res: dict) -> str:
 
 
 def main_score(
-    ref: str, hyp: str, as_json: bool, vs: str | None = None, replicates: int = 1000
+    ref: str,
+    hyp: str | list[str],
+    as_json: bool,
+    vs: str | list[str] | None = None,
+    replicates: int = 1000,
 ) -> int:
     """CLI entry for ``ume score --ref TEXT --hyp HYP [--vs BASELINE_HYP] [--json]``; returns
     the exit code. With `vs`, adds a paired bootstrap of HYP against the baseline
     (``"vs"`` in the JSON; see ume/decode/significance.py).
 
+    Several runs of a system (e.g. seeds): repeat ``--hyp`` and/or ``--vs``. The output is then
+    one score per run plus a bootstrap over utterances and runs
+    (:func:`ume.decode.significance.seed_bootstrap_errors`); JSON ``{"runs": [...], "vs": ...}``.
+
     Example:
         >>> main_score("data/test/text", "exp/decode/hyp.txt", as_json=False)
         0
+        $ ume score --ref data/test/text --hyp seed1/hyp_test.txt --hyp seed2/hyp_test.txt \
+            --vs base1/hyp_test.txt --vs base2/hyp_test.txt
     """
+    hyp_paths = [hyp] if isinstance(hyp, str) else list(hyp)
+    vs_paths = [vs] if isinstance(vs, str) else list(vs or [])
+    if len(hyp_paths) > 1 or len(vs_paths) > 1:
+        return _main_score_runs(ref, hyp_paths, vs_paths, as_json, replicates)
+    hyp, vs = hyp_paths[0], (vs_paths[0] if vs_paths else None)
     try:
         refs, hyps = read_text_file(ref), read_text_file(hyp)
         res = score(refs, hyps)
@@ -175,4 +192,42 @@ def main_score(
             from ume.decode.significance import format_bootstrap
 
             print("\n" + format_bootstrap(res["vs"], name_a=vs, name_b=hyp))
+    return 0
+
+
+def _main_score_runs(
+    ref: str, hyp_paths: list[str], vs_paths: list[str], as_json: bool, replicates: int
+) -> int:
+    """`main_score` with several runs of a system: each run's score, and with baselines the
+    bootstrap over utterances and runs."""
+    from ume.decode.significance import (
+        format_seed_bootstrap,
+        seed_bootstrap_errors,
+        utterance_errors,
+    )
+
+    try:
+        refs = read_text_file(ref)
+        keys = sorted(refs)
+        hyp_texts = [read_text_file(p) for p in hyp_paths]
+        vs_texts = [read_text_file(p) for p in vs_paths]
+        out: dict = {"runs": [dict(score(refs, h), hyp=p) for h, p in zip(hyp_texts, hyp_paths)]}
+        if vs_texts:
+            out["vs"] = seed_bootstrap_errors(
+                [utterance_errors(refs, h, keys) for h in vs_texts],
+                [utterance_errors(refs, h, keys) for h in hyp_texts],
+                replicates,
+            )
+            out["vs"]["hyp"], out["vs"]["vs"] = hyp_paths, vs_paths
+    except (DataError, ValueError) as e:
+        print(f"ume score: error: {e}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(_json_safe(out), indent=2, allow_nan=False))
+        return 0
+    for run in out["runs"]:
+        print(f"{run['hyp']}: MER {run['mer']:.2f}%  ({run['num_utts']} utterances)")
+    if vs_texts:
+        names = (" + ".join(vs_paths), " + ".join(hyp_paths))
+        print("\n" + format_seed_bootstrap(out["vs"], name_a=names[0], name_b=names[1]))
     return 0

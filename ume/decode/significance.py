@@ -53,28 +53,9 @@ def paired_bootstrap(
 def bootstrap_errors(a: np.ndarray, b: np.ndarray, replicates: int = 1000, seed: int = 0) -> dict:
     """:func:`paired_bootstrap` on per-utterance counts from :func:`utterance_errors` (same
     keys, same order), for callers that compare several systems against one baseline."""
-    if replicates < 1:
-        raise ValueError(f"replicates must be >= 1, got {replicates}")
-    n = len(a)
-    idx = np.random.default_rng(seed).integers(0, n, size=(replicates, n))  # (R, N)
-    err_a, err_b, ref_len = a[:, 0][idx].sum(1), b[:, 0][idx].sum(1), a[:, 1][idx].sum(1)
-    mer_a = 100.0 * err_a / np.maximum(ref_len, 1)  # (R,)
-    mer_b = 100.0 * err_b / np.maximum(ref_len, 1)
-    rel = 100.0 * (mer_b - mer_a) / np.maximum(mer_a, 1e-9)
-    total_ref = max(int(a[:, 1].sum()), 1)
-    mer_a_full = 100.0 * a[:, 0].sum() / total_ref
-    mer_b_full = 100.0 * b[:, 0].sum() / total_ref
-    return {
-        "mer_a": round(float(mer_a_full), 4),
-        "mer_b": round(float(mer_b_full), 4),
-        "rel_change_pct": round(
-            float(100.0 * (mer_b_full - mer_a_full) / max(mer_a_full, 1e-9)), 3
-        ),
-        "rel_ci95_pct": [round(float(x), 3) for x in np.percentile(rel, [2.5, 97.5])],
-        "p_b_better": round(float((err_b < err_a).mean()), 4),
-        "replicates": replicates,
-        "num_utts": n,
-    }
+    res = seed_bootstrap_errors([a], [b], replicates, seed)
+    keys = ("mer_a", "mer_b", "rel_change_pct", "rel_ci95_pct", "p_b_better")
+    return {**{k: res[k] for k in keys}, "replicates": replicates, "num_utts": len(a)}
 
 
 def format_bootstrap(res: dict, name_a: str = "A", name_b: str = "B") -> str:
@@ -101,8 +82,7 @@ def seed_bootstrap_errors(
     Returns mer_a / mer_b (the mean over runs, percent), mer_a_runs / mer_b_runs, rel_change_pct
     of the means, rel_ci95_pct, p_b_better, run_pairs_rel_pct ([min, max] of the relative change
     over every (A run, B run) pair on the full test set), replicates, num_utts and num_runs
-    [len(a_runs), len(b_runs)]. With one run each it is :func:`bootstrap_errors` (the same
-    numbers for the same seed).
+    [len(a_runs), len(b_runs)]. With one run each it is :func:`bootstrap_errors`.
     """
     if not a_runs or not b_runs:
         raise ValueError("seed_bootstrap_errors: each system needs at least one run")

@@ -228,6 +228,6 @@ def _main_score_runs(
     for run in out["runs"]:
         print(f"{run['hyp']}: MER {run['mer']:.2f}%  ({run['num_utts']} utterances)")
     if vs_texts:
-        names = (" + ".join(vs_paths), " + ".join(hyp_paths))
-        print("\n" + format_seed_bootstrap(out["vs"], name_a=names[0], name_b=names[1]))
+        print(f"baseline: {' + '.join(vs_paths)}\nsystem:   {' + '.join(hyp_paths)}")
+        print(format_seed_bootstrap(out["vs"], name_a="baseline", name_b="system"))
     return 0

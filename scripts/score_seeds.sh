@@ -19,5 +19,5 @@ for split in test dev heldout; do
   for d in $RUNS; do args+=(--hyp "$d/hyp_$split.txt"); done
   for d in $BASE; do args+=(--vs "$d/hyp_$split.txt"); done
   echo "== $split"
-  $UME score --ref "$ref" "${args[@]}" | tail -n 1
+  $UME score --ref "$ref" "${args[@]}" | tail -n 3
 done

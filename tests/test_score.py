@@ -209,3 +209,38 @@ def test_main_score_several_runs(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main_score(ref, hyps, as_json=False, vs=bases[:1], replicates=50) == 0
     text = capsys.readouterr().out
     assert "2 runs" in text and "every run pair" in text
+
+
+def test_score_seeds_script(tmp_path: Path) -> None:
+    """scripts/score_seeds.sh: one seed-aware comparison per split, from run dirs' hyp files."""
+    import os
+    import subprocess
+    import sys
+
+    refs = {"a": "你好WORLD", "b": "HI THERE", "c": "世界"}
+    for split in ("test", "dev", "test_heldout"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        write_text_file(refs, tmp_path / "data" / split / "text")
+    runs = {"base1": {"a": "你 WORLD"}, "base2": {"b": "HI"}, "sys1": refs, "sys2": {"a": "你好"}}
+    for name, hyps in runs.items():
+        (tmp_path / name).mkdir()
+        for split in ("test", "dev", "heldout"):
+            write_text_file(hyps, tmp_path / name / f"hyp_{split}.txt")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        ["bash", str(root / "scripts/score_seeds.sh"), str(tmp_path / "data")]
+        + [
+            " ".join(str(tmp_path / n) for n in pair)
+            for pair in (("base1", "base2"), ("sys1", "sys2"))
+        ],
+        env=dict(os.environ, UME=f"{sys.executable} -m ume.cli"),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert [line for line in out.splitlines() if line.startswith("==")] == [
+        "== test",
+        "== dev",
+        "== heldout",
+    ]
+    assert out.count("(2 runs:") == 6 and out.count("every run pair") == 3

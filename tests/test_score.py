@@ -208,7 +208,8 @@ def test_main_score_several_runs(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert out["vs"]["num_runs"] == [2, 2] and out["vs"]["hyp"] == hyps
     assert main_score(ref, hyps, as_json=False, vs=bases[:1], replicates=50) == 0
     text = capsys.readouterr().out
-    assert "2 runs" in text and "every run pair" in text
+    assert "(1 run: 50.00)" in text and "(2 runs: 0.00, 25.00)" in text
+    assert "every run pair" in text
 
 
 def test_score_seeds_script(tmp_path: Path) -> None:

@@ -129,8 +129,8 @@ def format_seed_bootstrap(res: dict, name_a: str = "A", name_b: str = "B") -> st
     runs_a = ", ".join(f"{x:.2f}" for x in res["mer_a_runs"])
     runs_b = ", ".join(f"{x:.2f}" for x in res["mer_b_runs"])
     return (
-        f"mean MER {name_a} {res['mer_a']:.2f}% ({ka} runs: {runs_a})  {name_b} "
-        f"{res['mer_b']:.2f}% ({kb} runs: {runs_b})  relative change {res['rel_change_pct']:+.2f}% "
+        f"mean MER {name_a} {res['mer_a']:.2f}% ({ka} run{'s' * (ka != 1)}: {runs_a})  {name_b} "
+        f"{res['mer_b']:.2f}% ({kb} run{'s' * (kb != 1)}: {runs_b})  relative change {res['rel_change_pct']:+.2f}% "
         f"(95% CI {lo:+.2f}% .. {hi:+.2f}%, bootstrap over {res['num_utts']} utterances and the "
         f"runs, {res['replicates']} replicates); every run pair: {p_lo:+.2f}% .. {p_hi:+.2f}%; "
         f"{name_b} better in {100 * res['p_b_better']:.1f}% of replicates"

@@ -4,7 +4,12 @@
 # Python packages (torch pinned to the CPU build 2.13.0). Idempotent: re-running is fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-APT_PKGS="espeak-ng flite fortunes fortunes-zh libsndfile1 make"
+# TTS engines and voices; text sources of the corpora (fortunes for tiny..large; Debian's
+# documentation in English and Simplified Chinese for the xl text pool, see ume/data/text_pool.py)
+APT_PKGS="espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+  fortunes fortunes-zh manpages manpages-dev manpages-zh debian-handbook debian-edu-doc-en
+  debian-edu-doc-zh-cn gimp-help-en gimp-help-zh-cn kicad-doc-en kicad-doc-zh
+  python3.11-doc postgresql-doc-15 git-doc debian-reference-en debian-reference-zh-cn lynx libsndfile1 make"
 missing=""
 for p in $APT_PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
@@ -12,7 +17,9 @@ done
 if [ -n "$missing" ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+  # --no-install-recommends: the manuals recommend their viewers (GIMP, KiCad), not needed here
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    $missing >/dev/null
 fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -174,7 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_cmd", required=True
     )
     p = data.add_parser("synth", help="synthesise the embedded bilingual corpus (offline)")
-    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper", "large"])
+    p.add_argument(
+        "--preset",
+        default="quick",
+        choices=["tiny", "quick", "paper", "large", "xl", "xl_16k", "xl_tiny"],
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)

@@ -51,7 +51,14 @@ from ume.atomic import atomic_write_text
 from ume.data.manifest import Utterance
 from ume.data.manifest import write_kaldi_dir as write_manifest_dir
 from ume.data.synth_plan import UttPlan, plan_corpus
-from ume.data.synth_presets import HELDOUT_SPLIT, PRESETS, SPLITS, SynthPreset
+from ume.data.synth_plan_pool import plan_pool_corpus
+from ume.data.synth_presets import (
+    EXTRA_TEST_SPLITS,
+    HELDOUT_SPLIT,
+    PRESETS,
+    SPLITS,
+    SynthPreset,
+)
 from ume.data.synth_render import _render_job
 from ume.data.text_sources import FORTUNE_DIR
 from ume.data.tts import SAMPLE_RATE
@@ -131,10 +138,28 @@ def _complete_summary(out_dir: Path, cfg: SynthPreset, seed: int) -> dict | None
         or summary.get("version") != FORMAT_VERSION
     ):
         return None
-    for split in (*SPLITS, HELDOUT_SPLIT):
+    for split in _output_splits(cfg):
         if not all((out_dir / split / f).is_file() for f in KALDI_FILES):
             return None
     return summary
+
+
+def _output_splits(cfg: SynthPreset) -> tuple[str, ...]:
+    extra = (
+        tuple(s for s, n in zip(EXTRA_TEST_SPLITS, (cfg.n_heldout_synth, cfg.n_heldout_text)) if n)
+        if cfg.text_source == "pool"
+        else ()
+    )
+    return (*SPLITS, HELDOUT_SPLIT, *extra)
+
+
+def plan_preset(cfg: SynthPreset, out: Path, seed: int) -> tuple[list[UttPlan], dict]:
+    """Plan every utterance of a preset (the fortune planner or the text-pool planner)."""
+    if cfg.text_source == "pool":
+        return plan_pool_corpus(cfg, out, seed)
+    if cfg.text_source != "fortunes":
+        raise ValueError(f"unknown text_source {cfg.text_source!r} (fortunes | pool)")
+    return plan_corpus(cfg, out, seed)
 
 
 MAX_FAILURE_RATE = 0.02  # more failed renders than this means a broken TTS setup, not bad luck
@@ -196,7 +221,7 @@ def synthesize(
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    plans, info = plan_corpus(cfg, out, seed)
+    plans, info = plan_preset(cfg, out, seed)
     # Resuming an interrupted run reuses finished wavs, but only if the plan is identical.
     state_path = out / ".synth_state.json"
     state = {"preset": preset, "seed": seed, "version": FORMAT_VERSION, "plan": _fingerprint(plans)}
@@ -230,7 +255,8 @@ def synthesize(
     bar.close()
 
     failures = Counter()
-    by_split: dict[str, list[tuple[UttPlan, float]]] = {s: [] for s in (*SPLITS, HELDOUT_SPLIT)}
+    by_split: dict[str, list[tuple[UttPlan, float]]] = {s: [] for s in _output_splits(cfg)}
+    pool_plan = cfg.text_source == "pool"  # held-out voices only in test_heldout
     for p in plans:
         r = results[p.uttid]
         if not r["ok"]:
@@ -239,7 +265,8 @@ def synthesize(
                 failures[HELDOUT_SPLIT] += 1
             logger.warning("skipping %s (%r): %s", p.uttid, p.text, r["error"])
             continue
-        by_split[p.split].append((p, r["dur"]))
+        if not (pool_plan and p.heldout):
+            by_split[p.split].append((p, r["dur"]))
         if p.heldout:
             by_split[HELDOUT_SPLIT].append((p, r["dur"]))
     _check_failure_rate(plans, results, max_failure_rate)
@@ -254,7 +281,7 @@ def synthesize(
         "config": asdict(cfg),
         "sample_rate": SAMPLE_RATE,
         "splits": {s: _split_summary(u, failures[s]) for s, u in by_split.items()},
-        "skipped_total": sum(failures[s] for s in SPLITS),
+        "skipped_total": sum(failures[s] for s in (*SPLITS, *EXTRA_TEST_SPLITS)),
         "voices": info["voices"],
         "text_pool": info["text_pool"],
         "elapsed_s": round(time.time() - t0, 1),
@@ -280,7 +307,7 @@ def synthesize_slice(preset: str, split: str, n: int, out_dir: str | Path, seed:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     out = Path(out_dir)
-    plans, _ = plan_corpus(PRESETS[preset], out, seed)
+    plans, _ = plan_preset(PRESETS[preset], out, seed)
     chosen = sorted(
         (p for p in plans if p.split == split and not p.heldout), key=lambda p: p.index
     )[:n]

@@ -16,6 +16,10 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 HELDOUT_SPLIT = "test_heldout"
+# Written by presets with n_heldout_synth / n_heldout_text > 0 (the ``pool`` text source).
+HELDOUT_SYNTH_SPLIT = "test_heldout_synth"
+HELDOUT_TEXT_SPLIT = "test_heldout_text"
+EXTRA_TEST_SPLITS = (HELDOUT_SYNTH_SPLIT, HELDOUT_TEXT_SPLIT)
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,17 @@ class SynthPreset:
         train_text_reuse: when the text pool runs out, the train split cycles through its own
             sentences again (each repeat with another voice and augmentation); dev and test
             sentences are never reused, and stay those of a preset with the same split sizes.
+        text_source: ``fortunes`` (the fortune texts, 1,200-character Mandarin) or ``pool``
+            (:mod:`ume.data.text_pool`: Debian documentation + fortunes, held-out text domain).
+        text_domains: the pool's domains to read (``pool`` only; ``()`` = all of them).
+        voice_set: ``base`` (34 voices) or ``wide`` (every espeak-ng accent x variant, flite;
+            festival held out) with speed perturbation and telephone/codec/far-field channels.
+        n_heldout_synth / n_heldout_text: test utterances spoken by the held-out synthesiser
+            (festival, English) / written in the held-out text domain (seen voices), written
+            as ``test_heldout_synth/`` and ``test_heldout_text/`` (``pool`` presets only).
+        zh_min_count: ``pool``: Mandarin characters seen fewer times than this in the train
+            split get sentences that hold them repeated (other voice and augmentation each time)
+            until they reach it, as far as the train budget allows.
     """
 
     name: str
@@ -45,6 +60,12 @@ class SynthPreset:
     n_zh_voices: int | None = None
     n_en_voices: int | None = None
     train_text_reuse: bool = False
+    text_source: str = "fortunes"
+    text_domains: tuple[str, ...] = ()
+    voice_set: str = "base"
+    n_heldout_synth: int = 0
+    n_heldout_text: int = 0
+    zh_min_count: int = 0
     description: str = ""
 
     def split_size(self, split: str) -> int:
@@ -62,5 +83,53 @@ PRESETS: dict[str, SynthPreset] = {
     # (the 1,200-character pool holds 7,834 sentences). See docs/RESULTS.md, "large" preset.
     "large": SynthPreset(
         "large", 20000, 400, 400, 120, train_text_reuse=True, description="~17.5 h train audio"
+    ),
+    # The scale regime: modern written text from Debian documentation (+ fortunes), the wide
+    # voice set with channels, and four test splits (seen voices, held-out voices, held-out
+    # synthesiser, held-out text domain). ~3.2 s per utterance -> ~107 h of train audio.
+    "xl": SynthPreset(
+        "xl",
+        120000,
+        1000,
+        1000,
+        500,
+        train_text_reuse=True,
+        text_source="pool",
+        voice_set="wide",
+        n_heldout_synth=400,
+        n_heldout_text=600,
+        zh_min_count=20,
+        description=">= 100 h train audio, four test splits",
+    ),
+    # A slice of the same regime for a one-session training run on two CPU cores: the same
+    # dev/test/held-out utterances as "xl" (same sizes and seed), 16,000 train utterances.
+    "xl_16k": SynthPreset(
+        "xl_16k",
+        16000,
+        1000,
+        1000,
+        500,
+        train_text_reuse=True,
+        text_source="pool",
+        voice_set="wide",
+        n_heldout_synth=400,
+        n_heldout_text=600,
+        zh_min_count=20,
+        description="~14 h train audio of the xl regime",
+    ),
+    "xl_tiny": SynthPreset(
+        "xl_tiny",
+        40,
+        10,
+        10,
+        6,
+        train_text_reuse=True,
+        text_source="pool",
+        text_domains=("fortunes", "handbook", "reference"),
+        voice_set="wide",
+        n_heldout_synth=4,
+        n_heldout_text=6,
+        zh_min_count=2,
+        description="unit tests of the pool/wide regime, seconds",
     ),
 }

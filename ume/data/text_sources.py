@@ -180,7 +180,7 @@ def en_sentences_from_entry(entry: str) -> list[Sentence]:
     return out
 
 
-def _en_clean(sent: str) -> Sentence | None:
+def _en_clean(sent: str, max_words: int = EN_MAX_WORDS) -> Sentence | None:
     s = sent.strip()
     s = re.sub(r"^[^A-Za-z]+", "", s)  # leading quotes, dots, dashes
     s = re.sub(r"[\"()]+", " ", s)
@@ -191,7 +191,7 @@ def _en_clean(sent: str) -> Sentence | None:
     if re.search(r"\b[A-Z]{2,}", s) or re.search(r"[A-Za-z]\.[A-Za-z]", s):
         return None
     words = re.findall(r"[A-Za-z']+", s)
-    if not (EN_MIN_WORDS <= len(words) <= EN_MAX_WORDS):
+    if not (EN_MIN_WORDS <= len(words) <= max_words):
         return None
     if words[-1].lower().strip("'") in _ABBREV:
         return None
@@ -202,7 +202,7 @@ def _en_clean(sent: str) -> Sentence | None:
     # equals normalize_text(s) for this ASCII alphabet (checked in the tests), but much faster
     text = " ".join(w.strip("'").upper() for w in words if w.strip("'"))
     n = len(text.split())
-    if not (EN_MIN_WORDS <= n <= EN_MAX_WORDS) or not _EN_NORM_OK.match(text):
+    if not (EN_MIN_WORDS <= n <= max_words) or not _EN_NORM_OK.match(text):
         return None
     return Sentence(tts=s, text=text)
 

@@ -1,6 +1,6 @@
 """Thin wrappers around the offline TTS engines used by :mod:`ume.data.synth`.
 
-Two command-line engines are supported, both called through ``subprocess`` with an argument
+Three command-line engines are supported, both called through ``subprocess`` with an argument
 list (never a shell):
 
 * ``espeak-ng`` (English accents and Mandarin via ``cmn-latn-pinyin``), with voice variants
@@ -8,6 +8,8 @@ list (never a shell):
   minute) and pitch (``-p``, 0-99).
 * ``flite`` (English only: ``kal``, ``kal16``, ``awb``, ``rms``, ``slt``); per call we randomise
   ``duration_stretch`` and ``int_f0_target_mean`` (the latter is ignored by ``rms``).
+* ``festival`` (``text2wave``; English diphone and HTS voices), randomised duration stretch;
+  the held-out synthesiser of the ``wide`` voice set.
 
 Every rendering is returned as float32 mono audio at 16 kHz (resampled with soxr), with the
 engine's own leading/trailing silence trimmed.
@@ -128,6 +130,37 @@ ENGLISH_VOICES: tuple[Voice, ...] = (
 HELDOUT_ZH_VOICES: tuple[Voice, ...] = (_esp(_ZH, "f4", "zh"), _esp(_ZH, "m5", "zh"))
 HELDOUT_EN_VOICES: tuple[Voice, ...] = (_flite("slt", 175.0), _esp("en-gb-x-rp", "f4", "en"))
 
+# The wide voice set (``voice_set="wide"`` presets): every espeak-ng accent crossed with its
+# voice variants, plus flite. Held-out variants are spoken by no train/dev voice in any accent.
+_WIDE_VARIANTS = (
+    "f1 f2 f3 f5 m1 m2 m3 m4 m6 m7 m8 klatt klatt2 klatt3 klatt4 klatt6 Annie Andy adam Alex "
+    "Alicia aunty belinda benjamin caleb david ed edward iven iven2 john linda max Michael "
+    "Mike paul quincy rob robert steph steph2 travis victor zac croak whisperf norbert"
+).split()
+_WIDE_HELDOUT_VARIANTS = "f4 m5 klatt5 grandma grandpa Lee steph3 Gene".split()
+_WIDE_EN_ACCENTS = (
+    "en-us en-gb en-gb-scotland en-029 en-gb-x-rp en-us-nyc en-gb-x-gbclan en-gb-x-gbcwmd"
+).split()
+WIDE_ZH_VOICES: tuple[Voice, ...] = tuple(_esp(_ZH, v, "zh") for v in (None, *_WIDE_VARIANTS))
+WIDE_EN_VOICES: tuple[Voice, ...] = tuple(
+    _esp(acc, v, "en") for v in _WIDE_VARIANTS for acc in _WIDE_EN_ACCENTS
+) + (_flite("awb", 130.0), _flite("kal16", 105.0), _flite("rms", 105.0), _flite("kal", 105.0))
+WIDE_HELDOUT_ZH_VOICES: tuple[Voice, ...] = tuple(
+    _esp(_ZH, v, "zh") for v in _WIDE_HELDOUT_VARIANTS
+)
+WIDE_HELDOUT_EN_VOICES: tuple[Voice, ...] = (_flite("slt", 175.0),) + tuple(
+    _esp(acc, v, "en") for v in _WIDE_HELDOUT_VARIANTS for acc in ("en-us", "en-gb-x-rp")
+)
+# A whole synthesiser that no train/dev utterance comes from: festival (English voices only;
+# Debian has no festival voice for Mandarin, and classic espeak 1.48 ships no Mandarin
+# dictionary, so the held-out-synthesiser split is English).
+FESTIVAL_VOICES: tuple[Voice, ...] = (
+    Voice(id="fest_kal", engine="festival", lang="en", name="kal_diphone"),
+    Voice(id="fest_ked", engine="festival", lang="en", name="ked_diphone"),
+    Voice(id="fest_slt_hts", engine="festival", lang="en", name="cmu_us_slt_arctic_hts"),
+)
+FESTIVAL_VOICE_DIR = "/usr/share/festival/voices"
+
 
 def _run_text(cmd: list[str]) -> str:
     try:
@@ -174,6 +207,11 @@ def voice_available(voice: Voice) -> bool:
         langs, variants = espeak_voices()
         base = voice.name.split("+", 1)[0]
         return base in langs and (voice.variant is None or voice.variant in variants)
+    if voice.engine == "festival":
+        return shutil.which("text2wave") is not None and any(
+            os.path.isdir(os.path.join(FESTIVAL_VOICE_DIR, d, voice.name))
+            for d in (os.listdir(FESTIVAL_VOICE_DIR) if os.path.isdir(FESTIVAL_VOICE_DIR) else ())
+        )
     return False
 
 
@@ -182,6 +220,8 @@ def sample_params(voice: Voice, rng: np.random.Generator) -> dict[str, float | i
     if voice.engine == "espeak":
         lo, hi = (140, 220) if voice.lang == "zh" else (130, 200)
         return {"rate": int(rng.integers(lo, hi + 1)), "pitch": int(rng.integers(30, 71))}
+    if voice.engine == "festival":
+        return {"stretch": round(float(rng.uniform(0.85, 1.2)), 3)}
     return {
         "stretch": round(float(rng.uniform(0.85, 1.2)), 3),
         "f0": round(float(voice.f0 * rng.uniform(0.85, 1.2)), 1),
@@ -218,6 +258,20 @@ def _command(voice: Voice, text: str, params: dict, wav_path: str) -> list[str]:
             "-o",
             wav_path,
         ]
+    if voice.engine == "festival":
+        # the text goes through a file (see render); the voice name is checked by
+        # voice_available, so the Scheme expression holds no caller-controlled text
+        stretch = float(params["stretch"])
+        return [
+            "text2wave",
+            "-o",
+            wav_path,
+            "-eval",
+            f"(voice_{voice.name})",
+            "-eval",
+            f"(Parameter.set 'Duration_Stretch {stretch:.3f})",
+            wav_path + ".txt",
+        ]
     raise ValueError(f"unknown TTS engine {voice.engine!r}")
 
 
@@ -244,6 +298,9 @@ def render(voice: Voice, text: str, params: dict, tmp_dir: str | None = None) ->
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="ume_tts_") as td:
         wav_path = os.path.join(td, "out.wav")
         cmd = _command(voice, text, params, wav_path)
+        if voice.engine == "festival":
+            with open(wav_path + ".txt", "w", encoding="utf-8") as f:
+                f.write(text)
         try:
             proc = subprocess.run(cmd, capture_output=True, timeout=_TIMEOUT_S)
         except (OSError, subprocess.SubprocessError) as e:

@@ -385,9 +385,11 @@ def _explain(seen_ref: list, seen: list, cands: list, tol: float, max_diff: floa
     )
 
 
-def apply_layout(model: nn.Module, layout: dict) -> None:
+def apply_layout(model: nn.Module, layout: dict) -> Callable[[], None]:
     """Rebuild a saved MoE layout on a dense model of the original architecture (weights are
-    then loaded strictly; no verification: the experts are not copies any more)."""
+    then loaded strictly; no verification: the experts are not copies any more). All or
+    nothing: if any FFN of the layout does not fit, the model is left as it was. Returns a
+    function that puts the dense blocks back (for a caller whose next check fails)."""
     if layout.get("format") != LAYOUT_FORMAT or layout.get("version") != LAYOUT_VERSION:
         raise UpcycleAnyError(
             f"not a {LAYOUT_FORMAT} v{LAYOUT_VERSION} layout: {str(layout)[:120]}"
@@ -397,7 +399,8 @@ def apply_layout(model: nn.Module, layout: dict) -> None:
         specs = [FFNSpec(**e) for e in layout["ffns"]]
     except TypeError as e:
         raise UpcycleAnyError(f"malformed MoE layout: {e}") from e
-    for s in specs:
+    dense = []
+    for s in specs:  # check every FFN before changing any
         try:
             mod = model.get_submodule(s.module)
         except AttributeError as e:
@@ -410,8 +413,26 @@ def apply_layout(model: nn.Module, layout: dict) -> None:
                 f"module {s.module!r} ({type(mod).__name__}) does not hold the dense FFN the "
                 f"layout expects ({s}); pass a freshly built dense model of the saved architecture"
             )
-        _replace(model, s, cfg)
+        dense.append((s, mod, dict(mod.named_children())))
+    had_layout = hasattr(model, "ume_moe_layout")
+    old_layout = getattr(model, "ume_moe_layout", None)
+
+    def undo() -> None:
+        for spec, mod, children in reversed(dense):
+            _restore(model, spec, mod, children)
+        if had_layout:
+            model.ume_moe_layout = old_layout
+        elif hasattr(model, "ume_moe_layout"):
+            del model.ume_moe_layout
+
+    try:
+        for s in specs:
+            _replace(model, s, cfg)
+    except Exception:
+        undo()
+        raise
     model.ume_moe_layout = layout
+    return undo
 
 
 def perturb_experts(model: nn.Module, scale: float, seed: int = 0) -> None:

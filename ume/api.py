@@ -6,6 +6,7 @@ Example:
     >>> model = ume.upcycle(model, num_experts=8, top_k=2, ffn="auto", verify_input=batch)
     >>> loss = task_loss + ume.aux_loss(model)       # balance + z-loss of the last forward
     >>> ume.freeze(model, trainable="moe")           # UME phase 1: experts + routers learn
+    >>> opt = torch.optim.AdamW(ume.param_groups(model, 0.01), lr=1e-4)  # decay by role
     >>> ume.save(model, "moe_dir")                   # model.safetensors + moe_layout.json
     >>> model = ume.load("moe_dir", DenseArch(cfg))  # same architecture, freshly built
     >>> with ume.valid_frames(model.encoder, ~pad_mask):  # padded batch: stats skip padding
@@ -26,6 +27,7 @@ from torch import nn
 from ume.atomic import atomic_path, atomic_write_text
 from ume.model.moe import MoEFeedForward
 from ume.model.moe_split import MoEEntry, MoEExit, MoERouter
+from ume.model.weight_decay import decay_rule
 from ume.upcycle.any_model import (  # noqa: F401 - upcycle is the public ume.upcycle
     UpcycleAnyError,
     apply_layout,
@@ -133,6 +135,26 @@ def freeze(model: nn.Module, trainable: str | list[str] = "moe") -> tuple[int, i
     if n_train == 0:
         raise ValueError(f"trainable={trainable!r} selects no parameter (is the model upcycled?)")
     return n_train, n_total
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups of the trainable parameters: [{"params": [...],
+    "weight_decay": weight_decay}, {"params": [...], "weight_decay": 0.0}] (empty groups left
+    out), decayed by role (ume/model/weight_decay.py): Linear/Conv/Embedding weights and
+    expert weights decay; biases (stacked expert biases too), norms and routers do not. An
+    upcycled model so decays what the usual dense recipe decays and leaves the new routers
+    free (decay would pull them towards uniform routing).
+
+    Example:
+        >>> opt = torch.optim.AdamW(ume.param_groups(model, weight_decay=0.01), lr=1e-4)
+    """
+    rule = decay_rule(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if rule[n]], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if not rule[n]], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> Path:

@@ -328,3 +328,50 @@ def test_valid_frames_keeps_padding_out_of_the_balance_statistics() -> None:
     with pytest.raises(UpcycleAnyError, match="no split MoE"):
         with ume.valid_frames(nn.Linear(2, 2), valid):
             pass
+
+
+def _snapshot(model: nn.Module) -> tuple[list[str], dict[str, torch.Tensor]]:
+    kinds = [f"{n}:{type(m).__name__}" for n, m in model.named_modules()]
+    return kinds, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_load_leaves_a_mismatching_model_as_it_was(tmp_path) -> None:
+    torch.manual_seed(0)
+    model, x = Toy().eval(), torch.randn(2, 5, 16)
+    ume.upcycle(model, 4, 2, verify_input=x)
+    ume.save(model, tmp_path / "moe")
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(tmp_path / "moe" / "model.safetensors")  # one weight renamed in a copy
+    sd["renamed.weight"] = sd.pop("inp.weight")
+    (tmp_path / "bad").mkdir()
+    save_file(sd, tmp_path / "bad" / "model.safetensors")
+    layout = (tmp_path / "moe" / "moe_layout.json").read_text()
+    (tmp_path / "bad" / "moe_layout.json").write_text(layout)
+    # another FFN size (the shapes differ), and the right architecture with a renamed weight
+    for other, src in ((Toy(h=64), tmp_path / "moe"), (Toy(), tmp_path / "bad")):
+        kinds, sd_before = _snapshot(other)
+        with pytest.raises(UpcycleAnyError, match="left as it was"):
+            ume.load(src, other)
+        kinds_after, sd_after = _snapshot(other)
+        assert kinds_after == kinds
+        assert sd_after.keys() == sd_before.keys()
+        assert all(torch.equal(sd_after[k], sd_before[k]) for k in sd_before)
+        assert not hasattr(other, "ume_moe_layout")
+        assert not any(isinstance(m, MoEEntry | MoEFeedForward) for m in other.modules())
+    good = ume.load(tmp_path / "moe", Toy())  # and a matching model still loads
+    assert torch.equal(_out(good, x), _out(model, x))
+
+
+def test_apply_layout_is_all_or_nothing() -> None:
+    from ume.upcycle.any_model import apply_layout
+
+    model = Toy()
+    ume.upcycle(model, 4, 2)
+    layout = model.ume_moe_layout
+    other = Toy()
+    del other.ume_ffn  # the last FFN of the layout is missing: nothing may change
+    kinds, _ = _snapshot(other)
+    with pytest.raises(UpcycleAnyError, match="lacks"):
+        apply_layout(other, layout)
+    assert _snapshot(other)[0] == kinds

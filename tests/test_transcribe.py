@@ -205,3 +205,25 @@ def test_pip_install_outside_source_tree(wavs, tmp_path: Path) -> None:
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"{wavs['wav']}\t") and len(res.stdout.strip()) > 5
+
+
+@needs_model
+def test_model_cache_follows_a_retrained_model(wavs, tmp_path: Path) -> None:
+    """The cache is keyed on the model files' identity: new weights in the same dir are used."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    exp = tmp_path / "exp"
+    shutil.copytree(BUNDLED, exp)
+    first = ume.transcribe(exp, wavs["wav"], mode="ctc_greedy")
+    assert first
+    assert ume.transcribe(exp, wavs["wav"], mode="ctc_greedy") == first
+    sd = load_file(exp / "model.safetensors")
+    ctc = [k for k in sd if k.startswith("ctc.")]
+    assert ctc
+    for k in ctc:  # "retrained": a CTC head that emits only blanks
+        sd[k] = torch.zeros_like(sd[k])
+    sd[next(k for k in ctc if k.endswith("bias"))][0] = 1.0  # blank = id 0
+    save_file(sd, exp / "model.safetensors.tmp")
+    os.replace(exp / "model.safetensors.tmp", exp / "model.safetensors")
+    assert ume.transcribe(exp, wavs["wav"], mode="ctc_greedy") == ""

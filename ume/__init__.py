@@ -7,6 +7,7 @@ first use):
     model = ume.upcycle(model, num_experts=8, top_k=2, ffn="auto", verify_input=batch)
     loss = task_loss + ume.aux_loss(model)      # balance + z-loss of the last forward
     ume.freeze(model, trainable="moe")          # UME phase 1; "all" for phase 2
+    opt = torch.optim.AdamW(ume.param_groups(model, weight_decay=0.01), lr=1e-4)
     with ume.valid_frames(model, mask): ...     # padded batches: statistics skip padding
     ume.save(model, "moe_dir"); model = ume.load("moe_dir", DenseArch(cfg))
 """
@@ -25,6 +26,7 @@ _LAZY = {
     "upcycle": "ume.upcycle",
     "aux_loss": "ume.api",
     "freeze": "ume.api",
+    "param_groups": "ume.api",
     "save": "ume.api",
     "load": "ume.api",
     "valid_frames": "ume.api",
@@ -35,7 +37,15 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from ume.api import aux_loss, freeze, load, save, upcycle, valid_frames  # noqa: F401
+    from ume.api import (  # noqa: F401
+        aux_loss,
+        freeze,
+        load,
+        param_groups,
+        save,
+        upcycle,
+        valid_frames,
+    )
 
 
 def __getattr__(name: str) -> Any:

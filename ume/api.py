@@ -6,6 +6,7 @@ Example:
     >>> model = ume.upcycle(model, num_experts=8, top_k=2, ffn="auto", verify_input=batch)
     >>> loss = task_loss + ume.aux_loss(model)       # balance + z-loss of the last forward
     >>> ume.freeze(model, trainable="moe")           # UME phase 1: experts + routers learn
+    >>> opt = torch.optim.AdamW(ume.param_groups(model, 0.01), lr=1e-4)  # decay by role
     >>> ume.save(model, "moe_dir")                   # model.safetensors + moe_layout.json
     >>> model = ume.load("moe_dir", DenseArch(cfg))  # same architecture, freshly built
     >>> with ume.valid_frames(model.encoder, ~pad_mask):  # padded batch: stats skip padding
@@ -26,6 +27,7 @@ from torch import nn
 from ume.atomic import atomic_path, atomic_write_text
 from ume.model.moe import MoEFeedForward
 from ume.model.moe_split import MoEEntry, MoEExit, MoERouter
+from ume.model.weight_decay import decay_rule
 from ume.upcycle.any_model import (  # noqa: F401 - upcycle is the public ume.upcycle
     UpcycleAnyError,
     apply_layout,
@@ -135,6 +137,26 @@ def freeze(model: nn.Module, trainable: str | list[str] = "moe") -> tuple[int, i
     return n_train, n_total
 
 
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups of the trainable parameters: [{"params": [...],
+    "weight_decay": weight_decay}, {"params": [...], "weight_decay": 0.0}] (empty groups left
+    out), decayed by role (ume/model/weight_decay.py): Linear/Conv/Embedding weights and
+    expert weights decay; biases (stacked expert biases too), norms and routers do not. An
+    upcycled model so decays what the usual dense recipe decays and leaves the new routers
+    free (decay would pull them towards uniform routing).
+
+    Example:
+        >>> opt = torch.optim.AdamW(ume.param_groups(model, weight_decay=0.01), lr=1e-4)
+    """
+    rule = decay_rule(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if rule[n]], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if not rule[n]], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write `path/model.safetensors` (all weights) and `path/moe_layout.json` (which FFNs are
     MoE, with which projections and settings) for a model upcycled by `ume.upcycle`. Each
@@ -162,7 +184,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Load a model saved by `ume.save` into `model`, a freshly built DENSE model of the
     original architecture and config (the layout is re-applied to it, then every weight is
-    loaded strictly: a missing or unexpected tensor is an error); returns it in eval mode.
+    loaded strictly: a missing, unexpected or differently shaped tensor is an error, raised
+    before any weight is copied, with `model` left exactly as it was); returns it in eval mode.
     Without `model`, `path` must be a ume experiment dir (`ume train`/`ume upcycle` output),
     whose config builds the model. Nothing is unpickled.
 
@@ -189,12 +212,46 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         layout = json.loads((root / LAYOUT_FILE).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UpcycleAnyError(f"{root / LAYOUT_FILE} is not valid JSON: {e}") from e
-    apply_layout(model, layout)
-    missing, unexpected = load_model(model, str(root / WEIGHTS_FILE), strict=False)
-    if missing or unexpected:
-        raise UpcycleAnyError(
-            f"{root / WEIGHTS_FILE} does not match the model (built with another config?)\n"
-            f"  missing from file ({len(missing)}): {sorted(missing)[:10]}\n"
-            f"  unexpected in file ({len(unexpected)}): {sorted(unexpected)[:10]}"
-        )
+    undo = apply_layout(model, layout)
+    try:
+        _check_weights(model, root / WEIGHTS_FILE)
+    except Exception:
+        undo()  # leave the caller's model as it was
+        raise
+    load_model(model, str(root / WEIGHTS_FILE), strict=True)
     return model.eval()
+
+
+def _check_weights(model: nn.Module, path: Path) -> None:
+    """Raise UpcycleAnyError unless the file at `path` holds exactly the model's state dict
+    (names and shapes; a name missing from the file is fine when it shares its tensor with one
+    the file has, as safetensors stores tied weights once). Reads only the file's header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - any unreadable header is the same user error
+        raise UpcycleAnyError(f"{path} is not a readable safetensors file: {e}") from e
+    sd = model.state_dict()
+    stored = {(t.untyped_storage().data_ptr(), t.storage_offset(), t.shape)
+              for k, t in sd.items() if k in shapes}  # fmt: skip
+    missing = [
+        k for k, t in sd.items()
+        if k not in shapes
+        and (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape) not in stored
+    ]  # fmt: skip
+    unexpected = [k for k in shapes if k not in sd]
+    wrong = [
+        f"{k} {shapes[k]} vs model {tuple(sd[k].shape)}"
+        for k in shapes
+        if k in sd and shapes[k] != tuple(sd[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        raise UpcycleAnyError(
+            f"{path} does not match the model (built with another config?); the model is "
+            "left as it was\n"
+            f"  missing from file ({len(missing)}): {sorted(missing)[:10]}\n"
+            f"  unexpected in file ({len(unexpected)}): {sorted(unexpected)[:10]}\n"
+            f"  shapes differ ({len(wrong)}): {sorted(wrong)[:10]}"
+        )

@@ -43,6 +43,7 @@ from ume.data.manifest import DataError, load_audio
 from ume.data.tokenizer import Tokenizer
 from ume.decode.search import decode_batch
 from ume.decode.streaming import SAMPLE_RATE, StreamingDecoder, model_features
+from ume.expdir import MODEL_FILE
 from ume.model.asr import ASRModel
 
 
@@ -68,9 +69,30 @@ class Recognizer:
         return self.model.encoder.embed.rate * self.cfg.features.frame_shift_ms / 1000
 
 
+def _file_identity(exp_dir: Path) -> tuple:
+    """(name, inode, mtime_ns, size) of every file a Recognizer is built from: a retrained or
+    re-exported model dir gets a new identity, so the cache never returns stale weights."""
+    files = [exp_dir / f for f in ("config.yaml", "cmvn.json", MODEL_FILE)]
+    tok = exp_dir / "tokenizer"
+    files += sorted(tok.rglob("*")) if tok.is_dir() else []
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:  # missing: Recognizer.load names it
+            continue
+        out.append((str(f.relative_to(exp_dir)), st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
 @functools.lru_cache(maxsize=4)
-def _cached(path: str) -> Recognizer:
+def _cached_by_identity(path: str, identity: tuple) -> Recognizer:
     return Recognizer.load(path)
+
+
+def _cached(path: str) -> Recognizer:
+    """The Recognizer of an experiment dir, loaded once per version of its files."""
+    return _cached_by_identity(path, _file_identity(Path(path)))
 
 
 def ctc_alignment(log_probs: np.ndarray, tokens: list[int], blank: int = 0) -> list | None:

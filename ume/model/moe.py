@@ -1,8 +1,10 @@
 """Mixture-of-Experts feed-forward layer (drop-in replacement for `FeedForward`).
 
-Each valid frame is routed by a linear router (softmax over all E experts, float32) to its
-top-k experts; the k gate weights are renormalised to sum to 1, so E copies of a dense FFN
-(`MoEFeedForward.from_dense`, UME upcycling) reproduce the dense output exactly.
+Each valid frame is routed by `layer.router` (a `Router`, ume/model/router.py, the routing
+contract shared with the split MoE: float32 logits, softmax within each of G groups, top-k
+per group, gates renormalised to sum to 1 per group) to its k·G experts
+(`layer.slots_per_token`), so E copies of a dense FFN (`MoEFeedForward.from_dense`, UME
+upcycling) reproduce the dense output exactly.
 
 Experts are stored stacked (`experts.w_1` (E, D, H), `experts.b_1` (E, H), `experts.w_2`
 (E, H, D), `experts.b_2` (E, D)). The forward routes, sorts the k·N token-slots by expert and
@@ -44,9 +46,9 @@ from ume.config import MoEConfig
 from ume.model.ffn import FeedForward, activation_fn
 from ume.model.moe_dispatch import STATIC_PATHS, DispatchOptions, dispatch_sorted, forward_static
 from ume.model.moe_dispatch import tracing as _tracing
+from ume.model.router import ROUTER_INITS, Router, check_moe_config
 
-# "kmeans": set from the layer's input data by `ume upcycle --router-init kmeans`
-ROUTER_INITS = ("zeros", "normal", "kmeans")
+__all__ = ["ROUTER_INITS", "Experts", "MoEFeedForward", "expert_tensors_from_dense"]
 
 
 class Experts(nn.Module):
@@ -125,34 +127,17 @@ class MoEFeedForward(nn.Module):
     ) -> None:
         super().__init__()
         cfg = moe_cfg if moe_cfg is not None else MoEConfig(num_experts=8)
-        e, k, g = cfg.num_experts, cfg.top_k, cfg.groups
-        if e < 1:
-            raise ValueError(f"moe.num_experts={e}: an MoE layer needs at least 1 expert")
-        if g < 1 or e % g or d_ff % g:
-            raise ValueError(
-                f"moe.groups={g} must be >= 1 and divide moe.num_experts={e} and the FFN "
-                f"hidden size {d_ff} (each group holds one 1/groups slice of the dense FFN)"
-            )
-        if not 1 <= k <= e // g:
-            raise ValueError(
-                f"moe.top_k={k} must be between 1 and the experts per group "
-                f"(moe.num_experts/moe.groups = {e // g})"
-            )
-        if cfg.router_init not in ROUTER_INITS:
-            raise ValueError(
-                f"moe.router_init={cfg.router_init!r}: use one of {', '.join(ROUTER_INITS)}"
-            )
-        if cfg.capacity_factor < 0 or cfg.jitter < 0 or cfg.router_noise < 0:
-            raise ValueError("moe.capacity_factor, moe.jitter and moe.router_noise must be >= 0")
+        check_moe_config(cfg, d_ff)
+        e, g = cfg.num_experts, cfg.groups
         self.cfg = cfg
-        # top_k: token-slots per token over all groups (groups x the per-group top-k)
-        self.num_experts, self.top_k, self.groups = e, k * g, g
+        self.num_experts, self.groups = e, g
         self.d_model, self.d_ff = d_model, d_ff // g  # d_ff: one expert's hidden size
-        self.router = nn.Linear(d_model, e, bias=False)
+        self.router = Router(d_model, cfg, d_ff)  # routing, gates, capacity, aux losses
+        # token-slots per token over all groups: groups x the per-group top-k (cfg.top_k)
+        self.slots_per_token = self.router.slots_per_token
         self.experts = Experts(e, d_model, d_ff // g)
         self.act = activation_fn(activation)
         self.dropout = nn.Dropout(dropout)
-        self.reset_router()
         self.aux_losses: dict[str, torch.Tensor] = {}
         self._stats: dict[str, torch.Tensor] | None = None
         self._pending: tuple | None = None  # what last_stats is computed from
@@ -167,16 +152,15 @@ class MoEFeedForward(nn.Module):
         state.update(aux_losses={}, _stats=None, _pending=None)
         return state
 
+    @property
+    def top_k(self) -> int:
+        """Alias of `slots_per_token` (k·G), kept for callers written before the rename; the
+        per-group k is `cfg.top_k`."""
+        return self.slots_per_token
+
     def reset_router(self, generator: torch.Generator | None = None) -> None:
-        """Initialise the router per cfg.router_init: zeros (uniform routing) or N(0, std²).
-        "kmeans" routers are computed from data when upcycling (ume/upcycle/router_init.py)
-        and arrive with the weights; a freshly built layer starts at zeros."""
-        with torch.no_grad():
-            if self.cfg.router_init in ("zeros", "kmeans"):
-                self.router.weight.zero_()
-            else:
-                w = torch.randn(self.router.weight.shape, generator=generator)
-                self.router.weight.copy_(w * self.cfg.router_init_std)
+        """Initialise the router per cfg.router_init (Router.reset_parameters)."""
+        self.router.reset_parameters(generator)
 
     def reset_load(self) -> None:
         self.load_sum = None
@@ -205,46 +189,20 @@ class MoEFeedForward(nn.Module):
     def extra_repr(self) -> str:
         c = self.cfg
         return (
-            f"top_k={self.top_k}, groups={self.groups}, capacity_factor={c.capacity_factor}, "
+            f"slots_per_token={self.slots_per_token}, groups={self.groups}, capacity_factor={c.capacity_factor}, "
             f"jitter={c.jitter}, router_noise={c.router_noise}, "
             f"balance_coef={c.balance_coef}, z_loss_coef={c.z_loss_coef}"
         )
 
     # ---- routing ----------------------------------------------------------------------------
     def route(self, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """xt (N, D) -> router logits (N, E) float32, top-k experts (N, k), gates (N, k)."""
-        h = xt
-        if self.training and self.cfg.jitter > 0:
-            j = self.cfg.jitter
-            h = h * torch.empty_like(h).uniform_(1.0 - j, 1.0 + j)
-        w = self.router.weight
-        if torch.is_autocast_enabled(h.device.type):
-            with torch.autocast(device_type=h.device.type, enabled=False):  # route in float32
-                logits = F.linear(h.float(), w.float())
-        else:
-            logits = F.linear(h.float(), w.float())
-        if self.training and self.cfg.router_noise > 0:  # noisy top-k gating (exploration)
-            logits = logits + torch.randn_like(logits) * self.cfg.router_noise
-        n, g = logits.size(0), self.groups
-        k = self.top_k // g  # per group
-        probs = logits.view(n, g, -1).softmax(-1)  # (N, G, E/G): softmax within each group
-        gates, experts = probs.topk(k, dim=-1)  # (N, G, k)
-        if k == 1:
-            # value exactly 1 (p / p), gradient of p: the router still learns from the task
-            gates = gates / gates.detach()
-        else:
-            gates = gates / gates.sum(-1, keepdim=True)
-        if g > 1:  # group-local expert indices -> global ones
-            offset = torch.arange(g, device=experts.device).mul_(self.num_experts // g)
-            experts = experts + offset.view(1, g, 1)
-        return logits, experts.reshape(n, g * k), gates.reshape(n, g * k)
+        """xt (N, D) -> router logits (N, E) float32, experts (N, k·G), gates (N, k·G)
+        (ume/model/router.py: the contract)."""
+        return self.router(xt)
 
     def capacity(self, n_tokens: int) -> int:
-        """Token-slots each expert may take (training with capacity_factor > 0), else k·N."""
-        cf = self.cfg.capacity_factor
-        if not (self.training and cf > 0):
-            return self.top_k * n_tokens
-        return math.ceil(cf * self.top_k * n_tokens / self.num_experts)
+        """Token-slots each expert may take (training with capacity_factor > 0), else k·G·N."""
+        return self.router.capacity(n_tokens)
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -261,9 +219,9 @@ class MoEFeedForward(nn.Module):
             xt = x_flat.index_select(0, idx)
         else:
             xt = x_flat
-        n, e, k = xt.size(0), self.num_experts, self.top_k
+        n, e, k = xt.size(0), self.num_experts, self.slots_per_token
 
-        logits, top_e, gates = self.route(xt)  # (N, E), (N, k), (N, k)
+        logits, top_e, gates = self.route(xt)  # (N, E), (N, k·G), (N, k·G)
         # slots in choice-major order (all first choices, then all second choices, ...), so a
         # stable sort by expert puts an expert's first-choice tokens ahead of its second-choice
         # ones: under a capacity limit, lower-priority choices are dropped first (GShard).
@@ -324,35 +282,18 @@ class MoEFeedForward(nn.Module):
 
     def _group_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, E) logits -> (N, E) router probabilities, softmax within each group."""
-        n = logits.size(0)
-        return logits.view(n, self.groups, -1).softmax(-1).view(n, -1)
+        return self.router.group_probs(logits)
 
     def _balance(self, logits: torch.Tensor, counts: torch.Tensor, n: int) -> torch.Tensor:
-        """E·Σ f_i·P_i (1 when balanced, E when collapsed); gradient flows through P only.
-        With groups, f_i and P_i are within-group fractions (each group's sum is 1) and the
-        per-group values are averaged: (E/G)·Σ_i f_i·P_i / G summed over groups."""
-        load = counts.to(logits.dtype) / (self.top_k * n) * self.groups  # (E,) per-group fracs
-        per_group = self.num_experts // self.groups
-        return per_group * (load * self._group_probs(logits).mean(0)).sum() / self.groups
+        return self.router.balance(logits, counts, n)
 
     def _z_loss(self, logits: torch.Tensor) -> torch.Tensor:
-        n = logits.size(0)
-        return torch.logsumexp(logits.view(n, self.groups, -1), dim=-1).square().mean()
+        return self.router.z_loss(logits)
 
     def _record(
         self, logits: torch.Tensor, counts: torch.Tensor, dropped: torch.Tensor, n: int
     ) -> None:
-        cfg = self.cfg
-        aux: dict[str, torch.Tensor] = {}
-        if self.training:
-            zero = logits.sum()  # 0 (no frames), still attached to the router
-            if cfg.balance_coef > 0:
-                aux["balance"] = cfg.balance_coef * (
-                    self._balance(logits, counts, n) if n > 0 else zero
-                )
-            if cfg.z_loss_coef > 0:
-                aux["z_loss"] = cfg.z_loss_coef * (self._z_loss(logits) if n > 0 else zero)
-        self.aux_losses = aux
+        self.aux_losses = self.router.losses(logits, counts, n)
         self._pending = (logits.detach(), counts.detach(), dropped.detach(), n)
         self._stats = None
         track = self.training if self.track_load is None else self.track_load
@@ -365,7 +306,7 @@ class MoEFeedForward(nn.Module):
     def _compute_stats(
         self, logits: torch.Tensor, counts: torch.Tensor, dropped: torch.Tensor, n: int
     ) -> dict[str, torch.Tensor]:
-        e, k = self.num_experts, self.top_k
+        e, k = self.num_experts, self.slots_per_token
         if n == 0:
             zero = torch.zeros((), device=logits.device)
             return {

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ume.model.expert_ffn import expert_ffn
+from ume.model.router import capacity_keep
 
 # the layer these functions serve is an ume.model.moe.MoEFeedForward (which imports this
 # module; annotated as nn.Module to keep the import one-way)
@@ -145,7 +146,7 @@ def dispatch_sorted(
     gates: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """xt (N, D), slots sorted by expert -> output (N, D) and the number of dropped slots."""
-    n, k = xt.size(0), layer.top_k
+    n, k = xt.size(0), layer.slots_per_token
     opts = layer.dispatch_options
     cap = layer.capacity(n)
     dropped = torch.zeros((), device=xt.device)
@@ -160,9 +161,7 @@ def dispatch_sorted(
     sorted_e = slot_e.index_select(0, order) if opts.path == "bmm" or cap < k * n else None
     kept_counts = counts
     if cap < k * n:
-        starts = counts.cumsum(0) - counts
-        pos = torch.arange(k * n, device=xt.device) - starts.index_select(0, sorted_e)
-        keep = pos < cap
+        keep = capacity_keep(sorted_e, counts, cap)
         dropped = (~keep).sum().float()
         sorted_e, sorted_tok, sorted_g = sorted_e[keep], sorted_tok[keep], sorted_g[keep]
         kept_counts = counts.clamp(max=cap)
@@ -200,7 +199,7 @@ def dispatch_fast(
         if drop > 0:
             F.dropout(h, drop, True, inplace=True)
         torch.addmm(b_2[ex], h, w_2[ex], out=y_e)
-    return gated_sum(layer.top_k, ys, tok, order, gates, n)
+    return gated_sum(layer.slots_per_token, ys, tok, order, gates, n)
 
 
 def _expert_views(t: torch.Tensor, sizes: list[int]) -> list | tuple:
@@ -222,7 +221,7 @@ def gated_sum(
 ) -> torch.Tensor:
     """No-graph combine: expert outputs ys (k·N, D) in sorted slot order, scaled in place by
     their gates and summed into their N tokens -> (N, D)."""
-    if top_k == 1:  # the top-1 gate's value is exactly 1 (p / p): no scaling
+    if top_k == 1:  # the top-1 gate's value is exactly 1: no scaling
         return torch.zeros_like(ys).index_add_(0, tok, ys)
     sorted_g = gates.t().reshape(-1).index_select(0, order).unsqueeze(1)
     if ys.dtype == torch.float32:  # same products and summation order as combine()
@@ -260,7 +259,7 @@ def dispatch_fast_padded(
         F.dropout(h, layer.dropout.p, True, inplace=True)
     y = torch.baddbmm(p.b_2.unsqueeze(1), h, p.w_2).view(e * c_max, d)
     ys = y.index_select(0, flat)  # (k·N, D) in sorted slot order
-    return gated_sum(layer.top_k, ys, tok, order, gates, n)
+    return gated_sum(layer.slots_per_token, ys, tok, order, gates, n)
 
 
 def padded_index(sorted_e: torch.Tensor, counts: torch.Tensor, c_max: int) -> torch.Tensor:
@@ -283,7 +282,7 @@ def forward_static(
     Both give what the sorted dispatch gives: the same per-expert affine maps and gates, and
     for k <= 2 the same sum (two-term float addition is commutative)."""
     n, d = x_flat.shape
-    k, e = layer.top_k, layer.num_experts
+    k, e = layer.slots_per_token, layer.num_experts
     logits, top_e, gates = layer.route(x_flat)
     p = layer.experts
     acc_dtype = torch.float32

@@ -24,14 +24,14 @@ def moe_layers(model: nn.Module) -> dict[str, MoEFeedForward]:
 
 
 def param_report(model: nn.Module) -> dict:
-    """Total parameters and parameters active per token (non-expert + k/E of each layer's
+    """Total parameters and parameters active per token (non-expert + k·G/E of each layer's
     experts)."""
     total = count_params(model)
     expert = active_expert = 0
     for moe in moe_layers(model).values():
         n = sum(p.numel() for p in moe.experts.parameters())
         expert += n
-        active_expert += n * moe.top_k / moe.num_experts
+        active_expert += n * moe.slots_per_token / moe.num_experts
     return {
         "params_total": total,
         "params_expert": expert,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from ume.config import PhaseConfig, TrainConfig
+from ume.model.weight_decay import decay_rule
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -110,14 +111,17 @@ def apply_trainable(model: torch.nn.Module, spec: object, num_blocks: int) -> tu
 def param_groups(
     model: torch.nn.Module, weight_decay: float, moe_lr_scale: float = 1.0
 ) -> list[dict]:
-    """AdamW parameter groups of the trainable parameters: weight decay on matrices only, and
-    experts + routers (is_moe_param) in groups whose lr is scaled by moe_lr_scale (a faster
-    expert lr breaks the symmetry of upcycled experts; see PhaseConfig.moe_lr_scale)."""
+    """AdamW parameter groups of the trainable parameters: weight decay by each parameter's
+    role (ume/model/weight_decay.py: layer weights yes; biases, norms and routers no; stacked
+    experts as the dense FFN they came from), and experts + routers (is_moe_param) in groups
+    whose lr is scaled by moe_lr_scale (a faster expert lr breaks the symmetry of upcycled
+    experts; see PhaseConfig.moe_lr_scale)."""
+    rule = decay_rule(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = []
     for decay in (True, False):
         for moe in (False, True):
-            ps = [p for n, p in named if (p.dim() > 1) == decay and is_moe_param(n) == moe]
+            ps = [p for n, p in named if rule[n] == decay and is_moe_param(n) == moe]
             if ps:
                 groups.append(
                     {

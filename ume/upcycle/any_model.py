@@ -39,6 +39,7 @@ from ume.config import MoEConfig
 from ume.model.ffn import FeedForward
 from ume.model.moe import MoEFeedForward
 from ume.model.moe_split import MoEEntry, MoEExit, MoERouter, split_moe
+from ume.model.router import check_moe_config
 
 LAYOUT_FORMAT = "ume-moe-layout"
 LAYOUT_VERSION = 1
@@ -155,10 +156,33 @@ def find_ffns(model: nn.Module, names: list[str] | None = None) -> list[list[FFN
 
 
 def _cfg(num_experts: int, top_k: int, moe: MoEConfig | None) -> MoEConfig:
+    """The MoE settings every replaced FFN gets; a setting these layers cannot honour is an
+    error naming it (never written into the layout and then ignored)."""
     cfg = dataclasses.replace(moe) if moe is not None else MoEConfig()
     cfg.num_experts, cfg.top_k = num_experts, top_k
-    if not 1 <= top_k <= num_experts:
-        raise UpcycleAnyError(f"top_k={top_k} must be between 1 and num_experts={num_experts}")
+    g = max(cfg.groups, 1)
+    if not 1 <= top_k <= num_experts // g:
+        raise UpcycleAnyError(
+            f"top_k={top_k} must be between 1 and the experts per group "
+            f"(num_experts/groups = {num_experts}/{cfg.groups})"
+        )
+    if cfg.router_init == "kmeans":
+        raise UpcycleAnyError(
+            "moe.router_init='kmeans' needs the FFN inputs of real data, which ume.upcycle "
+            "does not take: use 'zeros' or 'normal' (k-means routers are built by "
+            "`ume upcycle --router-init kmeans --router-data DIR` for ume experiment dirs)"
+        )
+    default = MoEConfig()
+    for name in ("slots", "layers"):
+        if getattr(cfg, name) != getattr(default, name):
+            raise UpcycleAnyError(
+                f"moe.{name}={getattr(cfg, name)!r} selects FFNs of ume's own models; "
+                "ume.upcycle selects them with ffn='auto' or ffn=[module names]"
+            )
+    try:
+        check_moe_config(cfg, g)
+    except ValueError as e:
+        raise UpcycleAnyError(str(e)) from e
     return cfg
 
 
@@ -293,8 +317,11 @@ def upcycle(
                   args); the outputs before and after must agree within `tol`, else
                   UpcycleAnyError names the first FFN that differs. Without it only the FFN
                   modules that can run alone are checked (on a random input).
-    moe:          routing and loss settings (MoEConfig: router_init, balance_coef,
-                  z_loss_coef, jitter); num_experts/top_k override its fields.
+    moe:          routing and loss settings (MoEConfig: router_init "zeros"/"normal",
+                  router_init_std, groups, capacity_factor, jitter, router_noise,
+                  balance_coef, z_loss_coef; ume/model/router.py has the contract), the same
+                  for every FFN; num_experts/top_k override its fields. router_init "kmeans"
+                  and non-default slots/layers (ume-model selectors) are refused by name.
     perturb:      > 0 multiplies each expert weight by (1 + perturb·N(0,1)) after verifying,
                   so the copies differ and the routers learn from the task loss.
     The report ({"ffns": [module names], "max_abs_diff": float|None, "per_ffn": {...}}) is
@@ -385,9 +412,11 @@ def _explain(seen_ref: list, seen: list, cands: list, tol: float, max_diff: floa
     )
 
 
-def apply_layout(model: nn.Module, layout: dict) -> None:
+def apply_layout(model: nn.Module, layout: dict) -> Callable[[], None]:
     """Rebuild a saved MoE layout on a dense model of the original architecture (weights are
-    then loaded strictly; no verification: the experts are not copies any more)."""
+    then loaded strictly; no verification: the experts are not copies any more). All or
+    nothing: if any FFN of the layout does not fit, the model is left as it was. Returns a
+    function that puts the dense blocks back (for a caller whose next check fails)."""
     if layout.get("format") != LAYOUT_FORMAT or layout.get("version") != LAYOUT_VERSION:
         raise UpcycleAnyError(
             f"not a {LAYOUT_FORMAT} v{LAYOUT_VERSION} layout: {str(layout)[:120]}"
@@ -395,9 +424,12 @@ def apply_layout(model: nn.Module, layout: dict) -> None:
     try:
         cfg = MoEConfig(**layout["moe"])
         specs = [FFNSpec(**e) for e in layout["ffns"]]
+        if cfg.router_init == "kmeans":  # trained router weights come from the file
+            cfg = dataclasses.replace(cfg, router_init="zeros")
     except TypeError as e:
         raise UpcycleAnyError(f"malformed MoE layout: {e}") from e
-    for s in specs:
+    dense = []
+    for s in specs:  # check every FFN before changing any
         try:
             mod = model.get_submodule(s.module)
         except AttributeError as e:
@@ -410,8 +442,26 @@ def apply_layout(model: nn.Module, layout: dict) -> None:
                 f"module {s.module!r} ({type(mod).__name__}) does not hold the dense FFN the "
                 f"layout expects ({s}); pass a freshly built dense model of the saved architecture"
             )
-        _replace(model, s, cfg)
+        dense.append((s, mod, dict(mod.named_children())))
+    had_layout = hasattr(model, "ume_moe_layout")
+    old_layout = getattr(model, "ume_moe_layout", None)
+
+    def undo() -> None:
+        for spec, mod, children in reversed(dense):
+            _restore(model, spec, mod, children)
+        if had_layout:
+            model.ume_moe_layout = old_layout
+        elif hasattr(model, "ume_moe_layout"):
+            del model.ume_moe_layout
+
+    try:
+        for s in specs:
+            _replace(model, s, cfg)
+    except Exception:
+        undo()
+        raise
     model.ume_moe_layout = layout
+    return undo
 
 
 def perturb_experts(model: nn.Module, scale: float, seed: int = 0) -> None:

@@ -20,6 +20,7 @@ from torch import nn
 from ume.config import ModelConfig
 from ume.model.conformer import ConformerEncoder
 from ume.model.decoder import BiTransformerDecoder
+from ume.model.frozen import hold_frozen_norms
 
 IGNORE_ID = -1
 
@@ -75,6 +76,14 @@ class ASRModel(nn.Module):
         self.ctc = nn.Linear(d, vocab_size)
         self.decoder = BiTransformerDecoder(vocab_size, d, cfg.decoder, cfg.moe)
         self.chunk_training = True  # the trainer turns dynamic chunks off during a curriculum
+
+    def train(self, mode: bool = True) -> ASRModel:
+        """Training mode for every module, except BatchNorms whose parameters are all frozen:
+        they stay in eval mode, so a frozen phase leaves their running statistics unchanged."""
+        super().train(mode)
+        if mode:
+            hold_frozen_norms(self)
+        return self
 
     def set_cmvn(self, mean: torch.Tensor, istd: torch.Tensor) -> None:
         self.cmvn_mean.copy_(mean)
@@ -181,6 +190,9 @@ class ASRModel(nn.Module):
         ys_lens: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """feats (B, T, F), feat_lens (B,), ys (B, L) padded with -1, ys_lens (B,)."""
+        for m in self.modules():  # a layer that does not run now must add no stale terms
+            if getattr(m, "aux_losses", None):
+                m.aux_losses = {}
         chunk, left = self._train_chunk()
         enc, valid = self.encode(feats, feat_lens, chunk, left)
         lens = valid.sum(1)

@@ -717,6 +717,100 @@ def test_no_oracle_tests_run_without_the_oracle(tmp_path):
         "test_sos_eos_at_id_2_round_trips_without_oracle",
         "test_model_and_tokenizer_must_agree_on_sos",
         "test_bad_special_tokens_are_named",
+        "test_bidirectional_model_without_reverse_weight_leaves_r2l_idle",
     }
     assert no_oracle <= ran and not no_oracle & skipped
     assert "test_import_matches_wenet" in skipped  # and the oracle ones do skip
+
+
+def _char_corpus(root: Path, texts: list[str]) -> Path:
+    """A data dir (wav.scp + text) of short synthetic utterances with these transcripts."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    wavs, lines = [], []
+    for i, text in enumerate(texts):
+        t = np.arange(int((0.8 + 0.1 * i) * 16000)) / 16000
+        wave = 0.3 * np.sin(2 * np.pi * (180 + 50 * i) * t) + 0.05 * rng.standard_normal(t.size)
+        sf.write(root / f"u{i}.wav", wave.astype(np.float32), 16000, subtype="PCM_16")
+        wavs.append(f"u{i} {root / f'u{i}.wav'}")
+        lines.append(f"u{i} {text}")
+    (root / "wav.scp").write_text("\n".join(wavs) + "\n", encoding="utf-8")
+    (root / "text").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.mark.slow
+def test_sos_eos_id2_batchnorm_model_import_to_export(wenet, tmp_path):
+    """The whole path for a WeNet model with '<sos/eos> 2' and cnn_module_norm batch_norm:
+    import -> decode equal to WeNet -> upcycle -> a frozen phase (trainable moe) that leaves the
+    BatchNorm buffers bit-identical -> export -> WeNet's own code loads it strictly and decodes
+    as ume does."""
+    from ume.config import load_config
+    from ume.train.trainer import Trainer
+    from ume.upcycle import upcycle_experiment
+
+    configs = wenet_configs(
+        VOCAB_ID2, cnn_module_norm="batch_norm", causal=False, use_dynamic_chunk=False
+    )
+    wdir = tmp_path / "wenet"
+    wmodel = save_as_wenet(wenet, configs, wdir, seed=11, units=VOCAB_ID2)
+    import_wenet(wdir, tmp_path / "dense")
+    _, tok, dense = load_experiment(tmp_path / "dense")
+    assert dense.sos == dense.eos == 2 and dense.cfg.encoder.conv_norm == "batch_norm"
+    r = compare(wenet, wmodel, dense, tok, wdir)
+    assert r["enc"] <= TOL and r["ctc"] <= TOL
+    assert r["u_ids"] == r["w_ids"] and r["u_text"] == r["w_text"] and any(r["u_text"])
+    assert_same_attention_search(wmodel, dense)
+
+    upcycle_experiment(tmp_path / "dense", tmp_path / "moe", experts=4, top_k=2)
+    _, _, moe = load_experiment(tmp_path / "moe")
+    corpus = _char_corpus(tmp_path / "data", ["你好世界", "我们是人", "他在中大", "她有了的"])
+    overrides = [
+        "train.phases=[{steps: 0, trainable: moe}]",
+        "train.max_steps=3",
+        "train.checkpoint_every=3",
+        "train.average_last=1",
+        "train.eval_every=0",
+        "train.warmup_steps=1",
+        "train.num_threads=1",
+    ]
+    cfg = load_config(tmp_path / "moe" / "config.yaml", overrides)
+    tr = Trainer(cfg, tmp_path / "trained", str(corpus), init_dir=str(tmp_path / "moe"),
+                 progress=False, device="cpu")  # fmt: skip
+    tr.run()
+    _, tok, trained = load_experiment(tmp_path / "trained")
+    before, after = moe.state_dict(), trained.state_dict()
+    bn = [k for k in before if ".conv.norm." in k and ("running" in k or "batches" in k)]
+    assert len(bn) == 3 * 2  # mean, var, count in both blocks
+    for k in bn:
+        assert torch.equal(before[k], after[k]), k
+    frozen = [k for k in before if ".experts." not in k and ".router." not in k]
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if ".experts." in k)
+
+    export_wenet(tmp_path / "trained", tmp_path / "back")
+    back = yaml.safe_load((tmp_path / "back" / "train.yaml").read_text())
+    assert back["tokenizer_conf"]["special_tokens"]["<sos>"] == 2
+    assert back["encoder_conf"]["cnn_module_norm"] == "batch_norm"
+    w_back = build_wenet(wenet, back, tmp_path / "back" / "global_cmvn")
+    w_back.load_state_dict(torch.load(tmp_path / "back" / "final.pt", weights_only=True))
+    w_back.eval()
+    r = compare(wenet, w_back, trained, tok, tmp_path / "back")
+    print(f"\nid2 + batch_norm after a frozen phase: encoder {r['enc']:.2e}, CTC {r['ctc']:.2e}")
+    assert r["enc"] <= TOL and r["ctc"] <= TOL
+    assert r["u_ids"] == r["w_ids"] and r["u_text"] == r["w_text"]
+    assert_same_attention_search(w_back, trained)
+
+
+def test_bidirectional_model_without_reverse_weight_leaves_r2l_idle():
+    """WeNet reads a missing model_conf.reverse_weight as 0: its right-to-left decoder gets no
+    loss, so ume neither runs nor trains it (under DDP it would wait for its gradients)."""
+    from ume.interop.wenet_config import config_from_wenet
+    from ume.train.schedule import loss_free_prefixes
+
+    cfg, _ = config_from_wenet(wenet_configs(model_conf={"ctc_weight": 0.3}))
+    assert cfg.model.decoder.r_num_blocks == 1 and cfg.model.reverse_weight == 0.0
+    assert loss_free_prefixes(cfg.model) == ("decoder.right.",)

@@ -403,7 +403,10 @@ def test_special_token_conventions_end_to_end(wenet, bpe, tmp_path, kind, conven
     assert r["u_ids"] == r["w_ids"] and r["u_text"] == r["w_text"] and any(r["u_text"])
     assert_same_attention_search(wmodel, umodel)
     w_loss, u_loss = training_losses(wmodel, umodel)
-    print(f"\n{kind}/{convention}: losses WeNet {w_loss}, ume {u_loss}")
+    print(
+        f"\n{kind}/{convention} <sos/eos> {sos}: import max |diff| encoder {r['enc']:.1e}, "
+        f"CTC post {r['ctc']:.1e}; losses WeNet {w_loss}, ume {u_loss}"
+    )
     for k in ("ctc", "att"):
         assert abs(w_loss[k] - u_loss[k]) <= 1e-4 * max(1.0, abs(w_loss[k])), k
 
@@ -421,6 +424,7 @@ def test_special_token_conventions_end_to_end(wenet, bpe, tmp_path, kind, conven
     assert w_back.sos == w_back.eos == sos
     _, tok, umoe = load_experiment(tmp_path / "moe")
     r = compare(wenet, w_back, umoe, tok, tmp_path / "back")
+    print(f"{kind}/{convention} exported MoE: encoder {r['enc']:.1e}, CTC post {r['ctc']:.1e}")
     assert r["enc"] <= TOL and r["ctc"] <= TOL
     assert r["u_ids"] == r["w_ids"] and r["u_text"] == r["w_text"]
     assert_same_attention_search(w_back, umoe)

@@ -62,7 +62,7 @@ def detokenize(ids: list[int], tk: dict) -> str:
     in_word = False
     ws = tk["word_start"]
     for i in ids:
-        if i in (tk["blank"], tk["unk"], tk["sos_eos"]):
+        if i in (tk["blank"], tk["unk"], tk["sos_eos"], tk.get("eos", tk["sos_eos"])):
             continue
         u = tk["units"][i]
         if tk["is_char"][i]:

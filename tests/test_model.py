@@ -316,7 +316,7 @@ def test_asr_forward_backward_all_params_get_grads() -> None:
     torch.manual_seed(0)
     random.seed(0)  # dynamic chunk sampling
     model = ASRModel(_model_cfg(ctc_weight=0.3, reverse_weight=0.3), VOCAB).train()
-    assert model.sos_eos == VOCAB - 1
+    assert model.sos == model.eos == VOCAB - 1
     out = model(*_batch())
     for k in ("ctc", "att", "att_l2r", "acc", "loss"):
         assert k in out and torch.isfinite(out[k]), k

@@ -48,7 +48,7 @@ def dense() -> ASRModel:
     with torch.no_grad():  # non-trivial CMVN and biases, like a trained model
         model.cmvn_mean.uniform_(-1, 1)
         model.cmvn_istd.uniform_(0.5, 1.5)
-        model.decoder.left.out.bias[model.sos_eos] -= 1.0  # attention search emits tokens
+        model.decoder.left.out.bias[model.eos] -= 1.0  # attention search emits tokens
     return model.eval()
 
 

@@ -157,7 +157,7 @@ def _encoded(model: ASRModel) -> tuple[torch.Tensor, torch.Tensor]:
 def _seq_logprob(model: ASRModel, enc: torch.Tensor, seq: list[int], right: bool) -> float:
     """Teacher-forced log P(seq <eos>) from one decoder direction, one hypothesis alone."""
     dec = model.decoder.right if right else model.decoder.left
-    sos = model.sos_eos
+    sos = model.sos
     s = seq[::-1] if right else seq
     ys_in = torch.tensor([[sos] + s])
     with torch.no_grad():
@@ -165,7 +165,7 @@ def _seq_logprob(model: ASRModel, enc: torch.Tensor, seq: list[int], right: bool
             enc, torch.ones(1, enc.size(1), dtype=torch.bool), ys_in, torch.tensor([len(s) + 1])
         )
     lp = torch.log_softmax(logits[0], -1)
-    tgt = s + [sos]
+    tgt = s + [model.eos]
     return float(sum(lp[i, tok] for i, tok in enumerate(tgt)))
 
 
@@ -208,7 +208,7 @@ def test_decode_batch_all_modes(model: ASRModel) -> None:
         results[mode] = hyps
     for mode in ("ctc_greedy", "ctc_prefix_beam", "attention_rescoring"):
         assert all(0 not in h for h in results[mode]), mode  # no blanks
-    assert all(model.sos_eos not in h for h in results["attention"])
+    assert all(model.eos not in h for h in results["attention"])
     # rescoring with a dominating CTC weight returns the prefix-beam best
     dom = decode_batch(model, feats, lens, mode="attention_rescoring", beam=4, ctc_weight=1e6)
     assert dom == results["ctc_prefix_beam"]

@@ -29,7 +29,7 @@ def tok(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
 
 def test_layout(tok: Tokenizer) -> None:
     assert tok.id2token(0) == "<blank>" and tok.id2token(1) == "<unk>"
-    assert tok.id2token(tok.sos_eos) == "<sos/eos>" and tok.sos_eos == tok.vocab_size - 1
+    assert tok.id2token(tok.sos) == "<sos/eos>" and tok.sos == tok.eos == tok.vocab_size - 1
     assert tok.units.count("<unk>") == 1
     chars = [u for u in tok.units[2:] if len(u) == 1 and "\u4e00" <= u <= "\u9fff"]
     assert chars == sorted(chars) and tok.units[2 : 2 + len(chars)] == chars

@@ -111,3 +111,24 @@ def test_ddp_resume_with_freezing_phases_is_bit_exact(corpus: Path, tmp_path: Pa
     assert any(not torch.equal(w[4][k], w[5][k]) for k in block0)
     top = [k for k in w[2] if k.startswith("encoder.blocks.1.") and "weight" in k]
     assert any(not torch.equal(w[2][k], w[4][k]) for k in top)
+
+
+@pytest.mark.parametrize(
+    "weights,idle",
+    [(["model.reverse_weight=0"], "decoder.right."), (["model.ctc_weight=1"], "decoder.")],
+)
+def test_ddp_trains_when_a_decoder_branch_gets_no_loss(
+    corpus: Path, tmp_path: Path, weights: list[str], idle: str
+) -> None:
+    """A branch no loss reaches is not run (as in WeNet) and not trained: DDP used to stop at
+    the second step, waiting for gradients of the unused right-to-left decoder."""
+    extra = [a for w in weights for a in ("--set", w)]
+    rows = torchrun(tmp_path / "exp", corpus, 3, *extra)
+    info = rows[0]["info"]
+    assert info["steps"] == 3 and info["world_size"] == 2 and info["skipped_batches"] == 0
+    assert rows[0]["digest"] == rows[1]["digest"]
+    first = load_file(tmp_path / "exp" / "checkpoints" / "step-00000002" / "model.safetensors")
+    last = load_file(tmp_path / "exp" / "checkpoints" / "step-00000003" / "model.safetensors")
+    frozen = [k for k in first if k.startswith(idle)]
+    assert frozen and all(torch.equal(first[k], last[k]) for k in frozen)
+    assert any(not torch.equal(first[k], last[k]) for k in first if k.startswith("encoder."))

@@ -123,6 +123,10 @@ class ModelConfig:
     max_chunk: int = 25
     full_context_prob: float = 0.5
     dynamic_left_chunks: bool = True
+    # ids of <sos> (first decoder input) and <eos> (last decoder target); -1 = the last id
+    # (vocab_size - 1, where ume's tokenizer and older WeNet recipes put '<sos/eos>')
+    sos_id: int = -1
+    eos_id: int = -1
 
 
 @dataclass

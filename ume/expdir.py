@@ -88,7 +88,17 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def build_model(cfg: ExperimentConfig, tokenizer: Tokenizer) -> ASRModel:
-    return ASRModel(cfg.model, tokenizer.vocab_size)
+    """The model `cfg` describes, sized for `tokenizer`; its <sos>/<eos> ids must be the
+    tokenizer's (a decoder trained to start from id 2 must not be fed the last id)."""
+    model = ASRModel(cfg.model, tokenizer.vocab_size)
+    want = (getattr(tokenizer, "sos", model.sos), getattr(tokenizer, "eos", model.eos))
+    if (model.sos, model.eos) != want:
+        raise ExpDirError(
+            f"model.sos_id/eos_id give <sos> {model.sos}, <eos> {model.eos} but the tokenizer "
+            f"has <sos> {want[0]}, <eos> {want[1]}: set model.sos_id={want[0]} and "
+            f"model.eos_id={want[1]} in the config (as the imported model's config.yaml does)"
+        )
+    return model
 
 
 def load_experiment(

@@ -155,8 +155,9 @@ def measure_load(model, tokenizer, batches: list, by_lang: RoutingByLanguage | N
             ys = torch.nn.utils.rnn.pad_sequence(
                 [torch.tensor(s) for s in seqs], batch_first=True, padding_value=-1
             )
-            ys_in, _ = add_sos_eos(ys, ys_lens, model.sos_eos)
-            r_ys_in, _ = add_sos_eos(reverse_targets(ys, ys_lens), ys_lens, model.sos_eos)
+            ys_in, _ = add_sos_eos(ys, ys_lens, model.sos, model.eos)
+            r_ys = reverse_targets(ys, ys_lens)
+            r_ys_in, _ = add_sos_eos(r_ys, ys_lens, model.sos, model.eos)
             model.decoder(enc, valid, ys_in, ys_lens + 1, r_ys_in)
     finally:
         for m in layers:

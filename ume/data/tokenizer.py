@@ -85,7 +85,7 @@ class Tokenizer(UnitList):
                 )
         self._is_char = [len(u) == 1 and is_cjk(u) for u in self.units]
 
-    # -- ids (vocab_size, sos_eos, id2token: UnitList) -----------------------------------------
+    # -- ids (vocab_size, sos, eos, id2token: UnitList) -----------------------------------------
     def token2id(self, token: str) -> int:
         """Id of unit `token`, or UNK."""
         return self._unit2id.get(token, self.UNK)

@@ -1,12 +1,12 @@
 """The id <-> unit part that ume's two tokenizers share: an ordered unit list whose id 0 is
-'<blank>' and whose last id is '<sos/eos>' (WeNet's layout).
+'<blank>'; <sos> and <eos> are the last id unless the tokenizer says otherwise (`special`).
 
 Example:
     >>> class Units(UnitList):
     ...     def __init__(self, units): self.units = list(units)
     >>> u = Units(["<blank>", "a", "<sos/eos>"])
-    >>> u.vocab_size, u.sos_eos, u.id2token(1)
-    (3, 2, 'a')
+    >>> u.vocab_size, u.sos, u.eos, u.id2token(1)
+    (3, 2, 2, 'a')
 """
 
 from __future__ import annotations
@@ -22,9 +22,18 @@ class UnitList:
     def vocab_size(self) -> int:
         return len(self.units)
 
+    # {"sos": id, "eos": id} where they are not the last id (WeNet's special_tokens)
+    special: dict[str, int] = {}
+
     @property
-    def sos_eos(self) -> int:
-        return len(self.units) - 1
+    def sos(self) -> int:
+        """Id the attention decoder starts from."""
+        return self.special.get("sos", len(self.units) - 1)
+
+    @property
+    def eos(self) -> int:
+        """Id that ends a decoded sequence."""
+        return self.special.get("eos", len(self.units) - 1)
 
     def id2token(self, i: int) -> str:
         """Unit string of id `i`."""

@@ -6,10 +6,12 @@ Two kinds, as WeNet's own tokenizers split text:
   * "bpe": CJK characters are units, the other stretches are upper-cased and cut into pieces by
     a sentencepiece model; decode joins the pieces and turns '▁' back into spaces.
 Non-linguistic symbols ({NOISE}, <spk>, [laugh]) listed in `non_lang_syms` stay single units.
-Ids follow units.txt: 0 is '<blank>', the last id is '<sos/eos>' (WeNet's defaults).
+Ids follow units.txt: 0 is '<blank>'; <sos> and <eos> are the last id (older WeNet recipes,
+aishell) unless `special` names them ({"sos": 2, "eos": 2} for '<sos/eos> 2', as WeNet's
+BPE recipes write it and train.yaml's tokenizer_conf.special_tokens says).
 
 It has the interface ume's decoders and trainer use (`encode`, `decode`, `vocab_size`,
-`sos_eos`, `save`, `load`); `Tokenizer.load` returns one when the tokenizer dir holds
+`sos`, `eos`, `save`, `load`); `Tokenizer.load` returns one when the tokenizer dir holds
 `tokenizer.json` with "kind": "units".
 
 Example:
@@ -80,6 +82,7 @@ class UnitsTokenizer(UnitList):
         bpe_model: bytes | None = None,
         non_lang_syms: list[str] | None = None,
         split_with_space: bool = False,
+        special: dict[str, int] | None = None,
     ) -> None:
         if kind not in ("char", "bpe"):
             raise ValueError(f"units tokenizer kind {kind!r}: use 'char' or 'bpe'")
@@ -88,6 +91,12 @@ class UnitsTokenizer(UnitList):
         if len(units) < 2 or len(set(units)) != len(units):
             raise ValueError("units must be at least 2 distinct tokens ('<blank>' ... '<sos/eos>')")
         self.units = list(units)
+        self.special = dict(special or {})
+        for name, i in self.special.items():
+            if name not in ("sos", "eos") or not isinstance(i, int) or not 0 <= i < len(units):
+                raise ValueError(
+                    f"special token {name}={i!r}: expected sos/eos ids in 0..{len(units) - 1}"
+                )
         self.kind = kind
         self.split_with_space = split_with_space
         self.non_lang_syms = list(non_lang_syms or [])
@@ -100,7 +109,7 @@ class UnitsTokenizer(UnitList):
         self._unit2id = {u: i for i, u in enumerate(self.units)}
         self.unk = self._unit2id.get("<unk>")
 
-    # -- ids (vocab_size, sos_eos, id2token: UnitList) -----------------------------------------
+    # -- ids (vocab_size, sos, eos, id2token: UnitList) -----------------------------------------
     def token2id(self, token: str) -> int:
         """Id of `token`; <unk> (or blank when the list has none) for unknown tokens."""
         return self._unit2id.get(token, self.unk if self.unk is not None else self.BLANK)
@@ -139,14 +148,15 @@ class UnitsTokenizer(UnitList):
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Ids -> text as WeNet writes it; <blank> and <sos/eos> are dropped."""
+        """Ids -> text as WeNet writes it; <blank>, <sos> and <eos> are dropped."""
         n = len(self.units)
+        drop = (self.BLANK, self.sos, self.eos)
         toks = []
         for i in ids:
             i = int(i)
             if not 0 <= i < n:
                 raise IndexError(f"token id {i} out of range [0, {n})")
-            if i not in (self.BLANK, n - 1):
+            if i not in drop:
                 toks.append(self.units[i])
         text = "".join(toks)
         if self.kind == "bpe":
@@ -161,8 +171,10 @@ class UnitsTokenizer(UnitList):
         bpe_model_path: str | os.PathLike | None = None,
         non_lang_syms_path: str | os.PathLike | None = None,
         split_with_space: bool = False,
+        special: dict[str, int] | None = None,
     ) -> UnitsTokenizer:
-        """Read units.txt (+ the sentencepiece model for 'bpe', + non-linguistic symbols)."""
+        """Read units.txt (+ the sentencepiece model for 'bpe', + non-linguistic symbols);
+        `special`: {"sos": id, "eos": id} where they are not the last id."""
         units = read_units(units_path)
         bpe = None
         if bpe_model_path is not None:
@@ -177,7 +189,7 @@ class UnitsTokenizer(UnitList):
                 raise FileNotFoundError(f"non-linguistic symbol list {p} does not exist")
             syms = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
         kind = "bpe" if bpe is not None else "char"
-        return cls(units, kind, bpe, syms, split_with_space)
+        return cls(units, kind, bpe, syms, split_with_space, special)
 
     def write_units(self, path: str | os.PathLike) -> None:
         """Write units.txt ("token id" per line)."""
@@ -195,6 +207,7 @@ class UnitsTokenizer(UnitList):
             "bpe_model": "bpe.model" if self._bpe_model is not None else None,
             "non_lang_syms": self.non_lang_syms,
             "split_with_space": self.split_with_space,
+            "special": self.special,
             "units": self.units,
         }
         if self._bpe_model is not None:
@@ -214,7 +227,12 @@ class UnitsTokenizer(UnitList):
             if obj["bpe_model"]:
                 bpe = (d / obj["bpe_model"]).read_bytes()
             return cls(
-                obj["units"], obj["units_kind"], bpe, obj["non_lang_syms"], obj["split_with_space"]
+                obj["units"],
+                obj["units_kind"],
+                bpe,
+                obj["non_lang_syms"],
+                obj["split_with_space"],
+                obj.get("special", {}),  # absent in files written before it existed: last id
             )
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{jpath} is not a units tokenizer ({e}); re-import the model") from e

@@ -6,7 +6,7 @@ units, feature config and CMVN. `ume export` writes, next to OUT.onnx (full cont
                                          offset (1,) int64 encoder frames before the chunk
                                 outputs  encoder_out (1, c, D), ctc_log_probs (1, c, V),
                                          new_att_cache, new_cnn_cache
-    tokens.json       units (id order), which units are CJK characters, blank / unk / sos_eos
+    tokens.json       units (id order), which units are CJK characters, blank / unk / sos / eos
                       ids, the word-start mark: enough to turn ids into text
     units.txt         "unit id" per line (WeNet's format)
     features.json     fbank options (kaldi-native-fbank), sample rate, float16 rounding
@@ -94,14 +94,15 @@ def write_runtime_files(
     if stream:
         sp = export_streaming(model, d / f"{onnx_path.stem}_stream.onnx", chunk_size, left_chunks)
         files["stream"] = sp.name
-    n = tok.vocab_size
     is_char = [len(u) == 1 and is_cjk(u) for u in tok.units]  # as the Tokenizer decides
     tokens = {
         "units": tok.units,
         "is_char": is_char,
         "blank": 0,
         "unk": 1,
-        "sos_eos": n - 1,
+        "sos_eos": model.sos,  # <sos> (= <eos> unless both are given below)
+        "sos": model.sos,
+        "eos": model.eos,
         "word_start": WORD_START,
     }
     atomic_write_text(d / "tokens.json", json.dumps(tokens, ensure_ascii=False))

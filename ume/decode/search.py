@@ -98,7 +98,7 @@ def attention_beam(
     model: ASRModel, enc: torch.Tensor, valid: torch.Tensor, beam: int = 10, max_len: int = 0
 ) -> list[int]:
     """Left-to-right autoregressive beam search for one utterance. enc (1, T, D)."""
-    sos = eos = model.sos_eos
+    sos, eos = model.sos, model.eos
     n_frames = int(valid.sum())
     max_len = max_len or max(4, n_frames * 2)
     mem = enc[:, :n_frames]  # (1, T, D)
@@ -144,7 +144,7 @@ def rescore(
     rw = model.cfg.reverse_weight if reverse_weight is None else reverse_weight
     if model.decoder.right is None:
         rw = 0.0
-    sos = eos = model.sos_eos
+    sos, eos = model.sos, model.eos
     n = len(nbest)
     n_frames = int(valid.sum())
     mem = enc[:, :n_frames].expand(n, -1, -1)

@@ -223,10 +223,18 @@ def ume_to_wenet(sd: dict[str, torch.Tensor], cfg: ExperimentConfig) -> dict[str
 
 # ---- files -----------------------------------------------------------------------------------
 def _find(wdir: Path, named: str | None, fallback: str) -> Path | None:
-    """A file train.yaml names: in the WeNet dir by its base name, as written, or the fallback."""
-    cands = [wdir / fallback]
+    """A file train.yaml names, looked up in the WeNet model dir only: by the named path's base
+    name, then by the named path under the dir, then by `fallback`; last, the named path itself
+    when it is absolute. A relative path is never resolved against the current directory (a
+    recipe dir's data/dict/lang_char.txt must not replace the model's own units.txt)."""
+    cands = []
     if named:
-        cands = [wdir / Path(named).name, Path(named), wdir / named] + cands
+        cands += [wdir / Path(named).name]
+        if not Path(named).is_absolute():
+            cands.append(wdir / named)
+    cands.append(wdir / fallback)
+    if named and Path(named).is_absolute():
+        cands.append(Path(named))
     return next((c for c in cands if c.is_file()), None)
 
 
@@ -254,7 +262,9 @@ def write_json_cmvn(mean: torch.Tensor, istd: torch.Tensor, path: Path) -> None:
     atomic_write_text(path, json.dumps(obj))
 
 
-def _read_tokenizer(wdir: Path, info: dict):
+def _read_tokenizer(wdir: Path, info: dict, files: dict[str, str]):
+    """The model's units (+ BPE model, + non-linguistic symbols) from the WeNet dir; `files`
+    records which file each came from."""
     from ume.data.units_tokenizer import UnitsTokenizer
 
     tconf = info["tokenizer_conf"]
@@ -276,12 +286,19 @@ def _read_tokenizer(wdir: Path, info: dict):
             raise WeNetError(
                 f"{wdir}: non_lang_syms_path {tconf['non_lang_syms_path']!r} not found"
             )
+    vocab = info["vocab_size"]
+    special = {k: v for k, v in info["special"].items() if v != vocab - 1}
     try:
         tok = UnitsTokenizer.from_units_file(
-            units, bpe, syms, bool(tconf.get("split_with_space", False))
+            units, bpe, syms, bool(tconf.get("split_with_space", False)), special
         )
     except ValueError as e:
         raise WeNetError(str(e)) from e
+    files["units"] = str(units.resolve())
+    if bpe is not None:
+        files["bpe_model"] = str(bpe.resolve())
+    if syms is not None:
+        files["non_lang_syms"] = str(syms.resolve())
     if tok.vocab_size != info["vocab_size"]:
         raise WeNetError(
             f"{units} has {tok.vocab_size} units but train.yaml output_dim is {info['vocab_size']}"
@@ -309,7 +326,8 @@ def import_wenet(
         raise WeNetError(f"{ypath}: {e}") from e
     ckpt = Path(checkpoint) if checkpoint else wdir / "final.pt"
     sd = read_checkpoint(ckpt)
-    tok = _read_tokenizer(wdir, info)
+    files: dict[str, str] = {}
+    tok = _read_tokenizer(wdir, info, files)
     model = ASRModel(cfg.model, tok.vocab_size)
     try:
         usd, dropped = wenet_to_ume(sd, model.state_dict(), cfg, info)
@@ -324,11 +342,15 @@ def import_wenet(
         "dropped_unused": dropped,
         "vocab_size": tok.vocab_size,
         "tokenizer": info["tokenizer"],
+        "sos": model.sos,
+        "eos": model.eos,
+        "files": files,
         "moe_experts": cfg.model.moe.num_experts,
     }
     if info["cmvn"] == "global_cmvn":
         cpath = _find(wdir, info["cmvn_conf"].get("cmvn_file"), "global_cmvn")
         if cpath is not None and info["cmvn_conf"].get("is_json_cmvn", True):
+            files["global_cmvn"] = str(cpath.resolve())
             mean, istd = read_json_cmvn(cpath)
             diff = max(
                 float((mean - model.cmvn_mean).abs().max()),
@@ -358,7 +380,7 @@ def export_wenet(exp_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict
     sd = ume_to_wenet(model.state_dict(), cfg)
     out.mkdir(parents=True, exist_ok=True)
     units = list(tok.units)
-    special = {"<blank>": 0, "<sos>": len(units) - 1, "<eos>": len(units) - 1}
+    special = {"<blank>": 0, "<sos>": model.sos, "<eos>": model.eos}
     if "<unk>" in units:
         special["<unk>"] = units.index("<unk>")
     kind = getattr(tok, "kind", "bpe")  # ume's own tokenizer: CJK chars + English BPE pieces

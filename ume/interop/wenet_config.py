@@ -8,7 +8,9 @@ What ume can express of a WeNet model (anything else is a `WeNetError` naming th
            macaron or not; final_norm true (-> final_norm "both") or false ("block"); swish;
            mlp_type position_wise_feed_forward or moe (both encoder FFN slots of every block)
   decoder: bitransformer (r_num_blocks >= 1) or transformer; relu; mlp_type as above
-  model:   asr_model, ctc, global_cmvn (or none), blank 0 and sos = eos = vocab - 1
+  model:   asr_model, ctc, global_cmvn (or none), blank 0; <sos> and <eos> at any ids
+           (tokenizer_conf.special_tokens, each the last id when absent, as WeNet reads them:
+           '<sos/eos>' last in older char recipes, at id 2 in BPE recipes)
 Options that only shape training (dropout rates, gradient checkpointing, sdpa, dynamic chunks,
 loss weights) are carried over where ume has them and otherwise ignored.
 
@@ -195,14 +197,7 @@ def config_from_wenet(configs: dict) -> tuple[ExperimentConfig, dict]:
         raise WeNetError("train.yaml model_conf.apply_non_blank_embedding=true is not supported")
     vocab = int(configs["output_dim"])
     tconf = dict(configs.get("tokenizer_conf") or {})
-    special = tconf.get("special_tokens") or {}
-    want = {"<blank>": 0, "<sos>": vocab - 1, "<eos>": vocab - 1}
-    bad = {k: v for k, v in special.items() if k in want and v != want[k]}
-    if bad:
-        raise WeNetError(
-            f"train.yaml tokenizer_conf.special_tokens {bad}: ume needs <blank> 0 and "
-            f"<sos> = <eos> = output_dim - 1 = {vocab - 1}"
-        )
+    sos, eos = special_tokens(tconf.get("special_tokens"), vocab)
     tokenizer = _need(configs, "tokenizer", ("char", "bpe"), "char")
 
     moe = _moe_from_wenet(enc, dec, decoder)
@@ -241,6 +236,8 @@ def config_from_wenet(configs: dict) -> tuple[ExperimentConfig, dict]:
         dynamic_chunk=bool(enc["use_dynamic_chunk"]),
         max_chunk=max(1, 100 // rate),  # WeNet: up to 1 s of delay
         dynamic_left_chunks=bool(enc["use_dynamic_left_chunk"]),
+        sos_id=-1 if sos == vocab - 1 else sos,
+        eos_id=-1 if eos == vocab - 1 else eos,
     )
     cfg = ExperimentConfig(features=_features_from_wenet(configs), model=model)
     if cfg.features.num_mel_bins != encoder.input_dim:
@@ -255,9 +252,42 @@ def config_from_wenet(configs: dict) -> tuple[ExperimentConfig, dict]:
         "cmvn_conf": dict(configs.get("cmvn_conf") or {}),
         "tokenizer": tokenizer,
         "tokenizer_conf": tconf,
+        "special": {"sos": sos, "eos": eos},
         "final_norm": bool(enc["final_norm"]),
     }
     return cfg, info
+
+
+# special_tokens keys that make WeNet's search prepend Whisper-style task prompts
+_PROMPT_KEYS = ("sot", "eot", "transcribe", "translate", "no_timestamps")
+
+
+def special_tokens(special: Any, vocab: int) -> tuple[int, int]:
+    """(sos, eos) from train.yaml tokenizer_conf.special_tokens, read as WeNet's ASRModel reads
+    it: "<sos>" and "<eos>" default to the last id (vocab - 1), "<blank>" must be the CTC blank
+    (0), other entries ("<unk>") name units and change nothing the model computes."""
+    where = "train.yaml tokenizer_conf.special_tokens"
+    if special is None:
+        special = {}
+    if not isinstance(special, dict):
+        raise WeNetError(f"{where} must be a mapping such as {{<sos>: 2, <eos>: 2}}")
+    prompts = sorted(k for k in special if k in _PROMPT_KEYS)
+    if prompts:
+        raise WeNetError(
+            f"{where} has {prompts}: WeNet then decodes with Whisper-style task prompts, which "
+            "ume's U2++ search does not add; this model cannot be imported"
+        )
+    for key, value in special.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < vocab:
+            raise WeNetError(
+                f"{where} {key}: {value!r} is not an id of the vocabulary (0..{vocab - 1}, "
+                "output_dim)"
+            )
+    if special.get("<blank>", 0) != 0:
+        raise WeNetError(
+            f"{where} <blank>: {special['<blank>']}: ume's CTC blank is id 0 (ctc_blank_id 0)"
+        )
+    return int(special.get("<sos>", vocab - 1)), int(special.get("<eos>", vocab - 1))
 
 
 def _moe_from_wenet(enc: dict, dec: dict, decoder: str) -> MoEConfig:

@@ -20,6 +20,7 @@ from torch import nn
 from ume.config import ModelConfig
 from ume.model.conformer import ConformerEncoder
 from ume.model.decoder import BiTransformerDecoder
+from ume.model.frozen import hold_frozen_norms
 
 IGNORE_ID = -1
 
@@ -29,14 +30,30 @@ def pad_list(seqs: list[torch.Tensor], pad: int) -> torch.Tensor:
 
 
 def add_sos_eos(
-    ys: torch.Tensor, ys_lens: torch.Tensor, sos_eos: int
+    ys: torch.Tensor, ys_lens: torch.Tensor, sos: int, eos: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ys (B, L) padded with IGNORE_ID -> ys_in (B, L+1) '<sos> y', ys_out (B, L+1) 'y <eos>'."""
+    """ys (B, L) padded with IGNORE_ID -> ys_in (B, L+1) '<sos> y' padded with <eos>,
+    ys_out (B, L+1) 'y <eos>' padded with IGNORE_ID. eos defaults to sos (one '<sos/eos>')."""
+    eos = sos if eos is None else eos
     seqs = [ys[i, : ys_lens[i]] for i in range(ys.size(0))]
-    sos = ys.new_tensor([sos_eos])
-    ys_in = pad_list([torch.cat([sos, s]) for s in seqs], sos_eos)
-    ys_out = pad_list([torch.cat([s, sos]) for s in seqs], IGNORE_ID)
+    first, last = ys.new_tensor([sos]), ys.new_tensor([eos])
+    ys_in = pad_list([torch.cat([first, s]) for s in seqs], eos)
+    ys_out = pad_list([torch.cat([s, last]) for s in seqs], IGNORE_ID)
     return ys_in, ys_out
+
+
+def special_ids(cfg: ModelConfig, vocab_size: int) -> tuple[int, int]:
+    """(sos, eos) ids of a model: cfg.sos_id / cfg.eos_id, -1 meaning vocab_size - 1."""
+    out = []
+    for name in ("sos_id", "eos_id"):
+        value = getattr(cfg, name)
+        if not -1 <= value < vocab_size:
+            raise ValueError(
+                f"model.{name}={value} is outside the vocabulary (0..{vocab_size - 1}); use the "
+                "id units.txt gives the token, or -1 for the last id"
+            )
+        out.append(vocab_size - 1 if value == -1 else value)
+    return out[0], out[1]
 
 
 def reverse_targets(ys: torch.Tensor, ys_lens: torch.Tensor) -> torch.Tensor:
@@ -50,7 +67,7 @@ class ASRModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
-        self.sos_eos = vocab_size - 1
+        self.sos, self.eos = special_ids(cfg, vocab_size)
         d = cfg.encoder.d_model
         # global CMVN, filled from training statistics and saved with the weights
         self.register_buffer("cmvn_mean", torch.zeros(cfg.encoder.input_dim))
@@ -59,6 +76,14 @@ class ASRModel(nn.Module):
         self.ctc = nn.Linear(d, vocab_size)
         self.decoder = BiTransformerDecoder(vocab_size, d, cfg.decoder, cfg.moe)
         self.chunk_training = True  # the trainer turns dynamic chunks off during a curriculum
+
+    def train(self, mode: bool = True) -> ASRModel:
+        """Training mode for every module, except BatchNorms whose parameters are all frozen:
+        they stay in eval mode, so a frozen phase leaves their running statistics unchanged."""
+        super().train(mode)
+        if mode:
+            hold_frozen_norms(self)
+        return self
 
     def set_cmvn(self, mean: torch.Tensor, istd: torch.Tensor) -> None:
         self.cmvn_mean.copy_(mean)
@@ -115,9 +140,14 @@ class ASRModel(nn.Module):
         self, enc: torch.Tensor, valid: torch.Tensor, ys: torch.Tensor, ys_lens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (combined loss, l2r loss, token accuracy of l2r)."""
-        ys_in, ys_out = add_sos_eos(ys, ys_lens, self.sos_eos)
-        r_ys_in, r_ys_out = add_sos_eos(reverse_targets(ys, ys_lens), ys_lens, self.sos_eos)
+        ys_in, ys_out = add_sos_eos(ys, ys_lens, self.sos, self.eos)
         in_lens = ys_lens + 1
+        r_ys_in = r_ys_out = None
+        if self.decoder.right is not None and self.cfg.reverse_weight > 0:
+            r_ys = reverse_targets(ys, ys_lens)
+            r_ys_in, r_ys_out = add_sos_eos(r_ys, ys_lens, self.sos, self.eos)
+        # the right-to-left decoder runs only when its loss counts (an unused branch would
+        # leave DDP waiting for gradients that never come)
         l2r, r2l = self.decoder(enc, valid, ys_in, in_lens, r_ys_in)
         b = ys.size(0)
 
@@ -135,7 +165,7 @@ class ASRModel(nn.Module):
 
         loss_l2r = ce(l2r, ys_out)
         loss = loss_l2r
-        if r2l is not None and self.cfg.reverse_weight > 0:
+        if r2l is not None and r_ys_out is not None:
             rw = self.cfg.reverse_weight
             loss = (1 - rw) * loss_l2r + rw * ce(r2l, r_ys_out)
         mask = ys_out != IGNORE_ID
@@ -160,6 +190,9 @@ class ASRModel(nn.Module):
         ys_lens: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """feats (B, T, F), feat_lens (B,), ys (B, L) padded with -1, ys_lens (B,)."""
+        for m in self.modules():  # a layer that does not run now must add no stale terms
+            if getattr(m, "aux_losses", None):
+                m.aux_losses = {}
         chunk, left = self._train_chunk()
         enc, valid = self.encode(feats, feat_lens, chunk, left)
         lens = valid.sum(1)

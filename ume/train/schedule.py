@@ -2,7 +2,10 @@
 
 A freezing schedule is a list of phases, each `steps` long (the last may be 0 = open-ended),
 naming what is trainable. Parameters outside it get requires_grad=False (no gradient is computed)
-and are left out of the optimizer, so they stay bit-identical through the phase.
+and are left out of the optimizer, so they stay bit-identical through the phase; a BatchNorm whose
+parameters are all frozen is also held in eval mode (ASRModel.train, ume/model/frozen.py), so its
+running statistics stay bit-identical too. Branches that no loss reaches (loss_free_prefixes)
+are frozen in every phase.
 
 Example:
     >>> phases = [PhaseConfig(steps=300, trainable="moe"), PhaseConfig(steps=0, trainable="all")]
@@ -17,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from ume.config import PhaseConfig, TrainConfig
+from ume.config import ModelConfig, PhaseConfig, TrainConfig
 from ume.model.weight_decay import decay_rule
 
 
@@ -92,12 +95,30 @@ def trainable_predicate(spec: object, num_blocks: int) -> Callable[[str], bool]:
     )
 
 
-def apply_trainable(model: torch.nn.Module, spec: object, num_blocks: int) -> tuple[int, int]:
-    """Set requires_grad by the spec; returns (trainable, total) parameter counts."""
+def loss_free_prefixes(cfg: ModelConfig) -> tuple[str, ...]:
+    """Parameter-name prefixes of the branches no loss term reaches, which the model does not run
+    in training: the attention decoder at ctc_weight 1, its right-to-left half at
+    reverse_weight 0, the CTC head at ctc_weight 0. They stay frozen (as WeNet leaves them), so
+    DDP expects no gradient from them."""
+    out = []
+    if cfg.ctc_weight >= 1.0:
+        out.append("decoder.")
+    elif cfg.reverse_weight <= 0.0:
+        out.append("decoder.right.")
+    if cfg.ctc_weight <= 0.0:
+        out.append("ctc.")
+    return tuple(out)
+
+
+def apply_trainable(
+    model: torch.nn.Module, spec: object, num_blocks: int, exclude: tuple[str, ...] = ()
+) -> tuple[int, int]:
+    """Set requires_grad by the spec, False for names starting with an `exclude` prefix;
+    returns (trainable, total) parameter counts."""
     pred = trainable_predicate(spec, num_blocks)
     n_train = n_total = 0
     for name, p in model.named_parameters():
-        p.requires_grad_(pred(name))
+        p.requires_grad_(pred(name) and not name.startswith(exclude))
         n_total += p.numel()
         n_train += p.numel() if p.requires_grad else 0
     if n_train == 0:

@@ -64,7 +64,14 @@ from ume.train.distributed import (
     setup_distributed,
 )
 from ume.train.monitor import dev_score, log_train_scalars, record_dev_point
-from ume.train.schedule import apply_trainable, lr_lambda, param_groups, phase_at, set_lr
+from ume.train.schedule import (
+    apply_trainable,
+    loss_free_prefixes,
+    lr_lambda,
+    param_groups,
+    phase_at,
+    set_lr,
+)
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +222,10 @@ class Trainer:
         tc = self.cfg.train
         _, phase = phase_at(tc.phases, self.state.step)
         n_train, n_total = apply_trainable(
-            self.model, phase.trainable, self.cfg.model.encoder.num_blocks
+            self.model,
+            phase.trainable,
+            self.cfg.model.encoder.num_blocks,
+            loss_free_prefixes(self.cfg.model),
         )
         old = self.optimizer
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -63,9 +63,9 @@ def verify_upcycle(
         ys = torch.nn.utils.rnn.pad_sequence(
             [torch.tensor(s) for s in seqs], batch_first=True, padding_value=-1
         )
-        sos = dense_model.sos_eos
-        ys_in, _ = add_sos_eos(ys, ys_lens, sos)
-        r_ys_in, _ = add_sos_eos(reverse_targets(ys, ys_lens), ys_lens, sos)
+        sos, eos = dense_model.sos, dense_model.eos
+        ys_in, _ = add_sos_eos(ys, ys_lens, sos, eos)
+        r_ys_in, _ = add_sos_eos(reverse_targets(ys, ys_lens), ys_lens, sos, eos)
         in_lens = ys_lens + 1
         dev = feats.device
         ys_in, r_ys_in, in_lens = ys_in.to(dev), r_ys_in.to(dev), in_lens.to(dev)

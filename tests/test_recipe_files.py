@@ -1,0 +1,156 @@
+"""Runs as recipe files (ume/recipes/*.yaml): every shipped run makes exactly the upcycling and
+training calls the run names made before recipes were files (tests/data/experiment_run_calls.json,
+captured from that code), recipe files round-trip and are strict, and user recipes run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ume.config import PRESET_DIR, ConfigError, preset_config
+from ume.expdir import MODEL_FILE
+from ume.experiment import recipes
+from ume.experiment.plan import load_plan
+from ume.experiment.recipe import (
+    RECIPE_DIR,
+    Recipe,
+    load_recipe,
+    modifiers,
+    resolve_run,
+    shipped_recipes,
+)
+
+GOLDEN = Path(__file__).parent / "data" / "experiment_run_calls.json"
+
+
+def _rel(p: Path | str, w: Path) -> str:
+    p = Path(p)
+    return "preset:" + p.stem if p.is_relative_to(PRESET_DIR) else p.relative_to(w).as_posix()
+
+
+def _calls(name: str, preset: str, sets: list[str], w: Path, monkeypatch) -> list:
+    """What run_one passes to upcycle_experiment and _train for `name` in a fresh workdir w."""
+    import ume.upcycle
+
+    plan = load_plan(preset, sets)
+    dense = w / "runs" / "dense"
+    dense.mkdir(parents=True)
+    (dense / "config.yaml").write_text(preset_config(plan.model_config).read_text())
+    for base in ("dense_wide", "moe_scratch"):
+        (w / "runs" / base).mkdir(parents=True)
+        (w / "runs" / base / MODEL_FILE).write_bytes(b"x")
+        (w / "runs" / base / "train_info.json").write_text("{}")
+    calls: list = []
+
+    def upcycle(d, o, **kw):  # noqa: ANN001, ANN202
+        kw = {k: (_rel(v, w) if k == "router_data" else v) for k, v in kw.items()}
+        calls.append(["upcycle", _rel(d, w), _rel(o, w), kw])
+
+    def train(run_dir, data, config, ov, init, phases=None):  # noqa: ANN001, ANN202
+        init = _rel(init, w) if init else None
+        calls.append(["train", _rel(run_dir, w), _rel(config, w), list(ov), init, phases])
+
+    monkeypatch.setattr(ume.upcycle, "upcycle_experiment", upcycle)
+    monkeypatch.setattr(recipes, "_train", train)
+    recipes.run_one(name, plan, preset, w, dense)
+    return calls
+
+
+def test_every_run_makes_the_calls_its_name_made_before(tmp_path: Path, monkeypatch) -> None:
+    """All 300 (preset, --set, run) cases of the golden record, compared as canonical JSON
+    (0 and 0.0 differ there, as they do in a recorded recipe's fingerprint)."""
+    golden = json.loads(GOLDEN.read_text())
+    assert len(golden) == 300
+    for i, (key, want) in enumerate(sorted(golden.items())):
+        preset, sets, name = key.split("|")
+        got = _calls(name, preset, sets.split(), tmp_path / str(i), monkeypatch)
+        assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True), key
+    covered = {k.split("|")[2] for k in golden} | {"dense"}
+    assert set(shipped_recipes()) <= covered  # a new shipped recipe needs its own test
+
+
+def test_a_recipe_file_round_trips(tmp_path: Path) -> None:
+    plan = load_plan("small_6k", ["seed=3"])
+    for name in [*shipped_recipes(), "ume_kmeans_top1_no_freeze+fine+drop"]:
+        r = resolve_run(name, plan)
+        back = load_recipe(_write(tmp_path, r.to_yaml(), "any.yaml"), plan)
+        assert back == r, name
+        assert "${" not in r.to_yaml()
+
+
+def _write(tmp: Path, text: str, name: str = "mine.yaml") -> Path:
+    p = tmp / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("start: dense\nupcycel: {}\n", r"unknown key\(s\) \['upcycel'\]"),
+        ("upcycle:\n  expert: 4\n", r"mine.yaml.upcycle: unknown key\(s\) \['expert'\]"),
+        ("phases:\n  - {steps: 10, trainabel: moe}\n", r"phases\[0\]: unknown key"),
+        ("upcycle:\n  experts: four\n", r"upcycle.experts: expected an integer"),
+        ("steps: ${plan.extra_stepz}\n", r"extra_stepz\} is not a plan key"),
+        ("start: densee\n", r"start 'densee': use dense, scratch, given or run:NAME"),
+        ("start: scratch\nupcycle: {}\n", r"upcycle needs a trained start model"),
+        ("overrides: [train.lr]\n", r"must look like section.key=value"),
+        ("phases: moe\n", r"phases: expected a list"),
+        ("- a\n", r"expected a mapping"),
+    ],
+)
+def test_recipe_files_are_strict(tmp_path: Path, text: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        load_recipe(_write(tmp_path, text), load_plan("quick"))
+
+
+def test_plan_references_and_modifiers() -> None:
+    plan = load_plan("small_6k", ["fast_lr_scale_no_freeze=6", "fine_groups=4"])
+    r = resolve_run("ume_kmeans_fast_no_freeze+fine", plan)
+    assert r.phases[0].moe_lr_scale == 6.0 and r.upcycle.groups == 4
+    assert r.init_dir == "" and r.name == "ume_kmeans_fast_no_freeze+fine"
+    args = recipes.upcycle_args(r.upcycle, plan, Path("w/data"), 0)
+    assert args["experts"] == plan.experts * 4  # fine experts keep the total parameters
+    assert args["router_data"] == "w/data/train" and args["router_utts"] == plan.router_utts
+    # a modified shared-init recipe upcycles into its own dir, not the shared _init_ume
+    assert resolve_run("ume+noise", plan).init_dir == ""
+    with pytest.raises(ConfigError, match=r"\+drop sets \['drop_ratio'\]"):
+        resolve_run("ume_kmeans_drop_no_freeze+drop", plan)
+    for bad in ("ume_kmeans+drops", "ume_kmeans+drop+drop", "dense_continued+drop", "umee"):
+        with pytest.raises(ConfigError, match="unknown run"):
+            resolve_run(bad, plan)
+    assert modifiers() == ["drop", "fine", "noise", "router_noise"]
+
+
+def test_kmeans_breaker_recipes() -> None:
+    """What the k-means recipes upcycle with and train in (moved from the name rules)."""
+    plan = load_plan("small")
+    two = [{"steps": 250, "trainable": "moe"}, {"steps": 0, "trainable": "all"}]
+    data = Path("w/data")
+
+    def up_phases(name: str) -> tuple[dict, list[dict] | None]:
+        r = resolve_run(name, plan)
+        return recipes.upcycle_args(r.upcycle, plan, data, 0), [p.as_dict() for p in r.phases]
+
+    up, phases = up_phases("ume_kmeans")
+    assert (up["router_init"], up["router_data"], up["router_utts"], phases) == (
+        "kmeans", "w/data/train", 200, two,
+    )  # fmt: skip
+    up, phases = up_phases("ume_kmeans_fast")
+    assert up["router_init"] == "kmeans" and phases[0]["moe_lr_scale"] == plan.fast_lr_scale
+    up, _ = up_phases("ume_all")
+    assert up["router_init"] == plan.router_init  # ume_all's recipe is the one measured
+    up, phases = up_phases("ume_kmeans_drop_no_freeze")
+    assert up["drop_ratio"] == plan.drop_small and phases == []
+    up, phases = up_phases("ume_kmeans_top1_fast_no_freeze")
+    assert (up["top_k"], up["layers"]) == (1, "every_other")
+    assert phases == [{"steps": 0, "trainable": "all", "moe_lr_scale": 3.0}]
+
+
+def test_every_shipped_recipe_says_what_it_is() -> None:
+    for name in shipped_recipes():
+        r = load_recipe(RECIPE_DIR / f"{name}.yaml", load_plan("quick"))
+        assert len(r.description) > 20, name
+    assert Recipe().start == "dense"

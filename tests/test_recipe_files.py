@@ -154,3 +154,108 @@ def test_every_shipped_recipe_says_what_it_is() -> None:
         r = load_recipe(RECIPE_DIR / f"{name}.yaml", load_plan("quick"))
         assert len(r.description) > 20, name
     assert Recipe().start == "dense"
+
+
+MINE = """\
+description: my recipe - 4 experts, top-1, a short frozen phase, my own steps and seed
+start: dense
+upcycle:
+  experts: 4
+  top_k: 1
+  router_init: zeros
+phases:
+  - {steps: 20, trainable: moe, moe_lr_scale: 2}
+  - {steps: 0, trainable: all}
+steps: 50
+seed: 3
+overrides: [train.grad_clip=1.0]
+"""
+
+
+def test_a_user_recipe_upcycles_and_trains_as_written(tmp_path: Path, monkeypatch) -> None:
+    import ume.upcycle
+
+    upcycled, trained = [], []
+    monkeypatch.setattr(ume.upcycle, "upcycle_experiment", lambda d, o, **kw: upcycled.append(kw))
+    monkeypatch.setattr(recipes, "_train", lambda *a: trained.append(a))
+    plan = load_plan("quick")
+    user = {"mine": _write(tmp_path, MINE)}
+    recipes.run_one("mine", plan, "quick", tmp_path, tmp_path / "runs" / "dense", user)
+    up = upcycled[0]
+    assert (up["experts"], up["top_k"], up["router_init"], up["seed"]) == (4, 1, "zeros", 3)
+    assert up["slots"] == plan.slots and up["balance_coef"] == plan.balance_coef  # the plan's
+    run_dir, _, config, ov, init, phases = trained[0]
+    assert run_dir.name == "mine" and init.name == "_init_mine"
+    assert "train.max_steps=50" in ov and "train.seed=3" in ov and ov[-1] == "train.grad_clip=1.0"
+    assert phases == [
+        {"steps": 20, "trainable": "moe", "moe_lr_scale": 2.0},
+        {"steps": 0, "trainable": "all"},
+    ]
+
+
+def test_experiment_runs_recipe_files_and_refuses_taken_names(tmp_path: Path, monkeypatch) -> None:
+    """`ume experiment --recipe FILE`: the file's run (named after the file) is done after the
+    dense model it continues, and scored in results.json; a file named like a shipped recipe
+    is refused, and so is a misspelt key in it."""
+    from ume.experiment import runner
+
+    done = []
+    monkeypatch.setattr(runner, "synthesize", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "run_one", lambda name, *a: done.append((name, a[-1])))
+    monkeypatch.setattr(runner, "evaluate_run", lambda *a: {"test_mer": 50.0})
+    monkeypatch.setattr(runner, "plot_curves", lambda *a: None)
+    w = tmp_path / "w"
+    dense = w / "runs" / "dense"
+    dense.mkdir(parents=True)
+    (dense / MODEL_FILE).write_bytes(b"dense")
+    (dense / "train_info.json").write_text("{}")
+    mine = _write(tmp_path, MINE)
+    res = runner.run_experiment("quick", w, recipe_files=[mine])
+    assert [n for n, _ in done] == ["mine"] and done[0][1] == {"mine": mine}
+    assert set(res["runs"]) == {"dense", "mine"} and res["runs"]["mine"]["start"] == "dense"
+    for name, text, error in (
+        ("ume.yaml", MINE, "run name 'ume' is taken"),
+        ("typo.yaml", "start: dense\nstep: 5\n", r"unknown key\(s\) \['step'\]"),
+    ):
+        with pytest.raises(ConfigError, match=error):
+            runner.run_experiment("quick", w, recipe_files=[_write(tmp_path, text, name)])
+
+
+def test_a_results_row_is_rescored_when_its_runs_weights_change(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A retrained dense model (same recipe, new weights) gets a new results row; a row
+    recorded before rows named their weights learns them without a re-evaluation."""
+    from ume.experiment import runner
+
+    scored = []
+    monkeypatch.setattr(runner, "synthesize", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "evaluate_run", lambda d, _: scored.append(d.name) or {})
+    monkeypatch.setattr(runner, "train_subset_mer", lambda *a: 1.0)
+    monkeypatch.setattr(runner, "plot_curves", lambda *a: None)
+    w = tmp_path / "w"
+    dense = w / "runs" / "dense"
+    dense.mkdir(parents=True)
+    (dense / MODEL_FILE).write_bytes(b"dense")
+    (dense / "train_info.json").write_text("{}")
+    runner.run_experiment("quick", w, runs=["dense"])
+    runner.run_experiment("quick", w, runs=["dense"])
+    assert scored == ["dense"]
+    results = json.loads((w / "results.json").read_text())
+    del results["runs"]["dense"]["weights"]  # a row from before the column
+    (w / "results.json").write_text(json.dumps(results))
+    runner.run_experiment("quick", w, runs=["dense"])
+    assert scored == ["dense"]
+    assert json.loads((w / "results.json").read_text())["runs"]["dense"]["weights"]
+    (dense / MODEL_FILE).write_bytes(b"dense, retrained")
+    runner.run_experiment("quick", w, runs=["dense"])
+    assert scored == ["dense", "dense"]
+
+
+def test_the_cli_takes_recipe_files() -> None:
+    from ume.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["experiment", "--workdir", "w", "--recipe", "a.yaml", "--recipe", "b.yaml"]
+    )
+    assert args.recipe == ["a.yaml", "b.yaml"] and args.runs is None

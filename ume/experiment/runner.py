@@ -65,7 +65,8 @@ def run_experiment(
     workdirs whose finished runs are copied in first (see `merge_runs`). `plan_set`: `key=value`
     changes to the preset's plan (`--set`), recorded in results.json; a workdir keeps the ones
     it was made with (another set is refused: use a new workdir). `recipe_files`: your own
-    recipes (`--recipe`), run after `runs` (default with them: dense and the recipes)."""
+    recipes (`--recipe`), run after `runs` (default with them: the recipes, after dense when
+    one continues it)."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     plan = load_plan(preset, plan_set)
@@ -78,8 +79,8 @@ def run_experiment(
     todo = list(runs or ([] if user else plan.runs))
     check_runs(todo, "--runs", user)
     todo += [n for n in user if n not in todo]
-    if user and not runs:
-        todo.insert(0, "dense")
+    if user and not runs and any(run_start(n, user) == "dense" for n in user):
+        todo.insert(0, "dense")  # the baseline row of runs that continue it
     # moe_scratch alone needs no dense model (a second workdir can run it beside the first)
     needs_dense = any(run_start(r, user) in ("given", "dense") for r in todo)
     if needs_dense and not _finished(dense):

@@ -259,3 +259,30 @@ def test_the_cli_takes_recipe_files() -> None:
         ["experiment", "--workdir", "w", "--recipe", "a.yaml", "--recipe", "b.yaml"]
     )
     assert args.recipe == ["a.yaml", "b.yaml"] and args.runs is None
+
+
+def test_the_example_recipe_loads_under_every_preset() -> None:
+    from ume.config import experiment_presets
+
+    example = Path(__file__).parents[1] / "examples" / "recipe_top1_short.yaml"
+    for preset in experiment_presets():
+        plan = load_plan(preset)
+        r = load_recipe(example, plan)
+        assert (r.name, r.upcycle.top_k, r.steps) == ("recipe_top1_short", 1, plan.extra_steps)
+
+
+def test_recipe_files_are_package_data() -> None:
+    """An installed ume (not the checkout) must find its recipes: every file in ume/recipes/
+    matches a package-data glob of pyproject.toml."""
+    import re
+    import tomllib
+
+    root = Path(__file__).parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["ume"]
+    files = [p.relative_to(root / "ume").as_posix() for p in RECIPE_DIR.rglob("*.yaml")]
+    assert len(files) == len(shipped_recipes()) + len(modifiers())
+    pats = [re.escape(g).replace(r"\*", "[^/]*") for g in globs]  # `*` stays in its folder
+    missing = [f for f in files if not any(re.fullmatch(p, f) for p in pats)]
+    assert not missing, f"add to [tool.setuptools.package-data] in pyproject.toml: {missing}"

@@ -88,7 +88,7 @@ def load_plan(preset: str, overrides: list[str] | None = None) -> ExperimentPlan
 def check_runs(names: list[str], where: str, user: dict[str, Path] | None = None) -> None:
     """Refuse a run name that is no recipe: a shipped or --recipe (`user`) one, optionally
     with distinct known "+MOD" modifiers when it upcycles."""
-    from ume.experiment.recipe import _unknown, modifiers, raw_recipe
+    from ume.experiment.recipe import modifiers, raw_recipe, unknown_run_error
 
     for name in names:
         base, *mods = name.split("+")
@@ -98,4 +98,4 @@ def check_runs(names: list[str], where: str, user: dict[str, Path] | None = None
             known = len(set(mods)) == len(mods) and set(mods) <= set(modifiers())
             ok = known and raw.get("upcycle") is not None
         if not ok:
-            raise _unknown(name, where, user or {})
+            raise unknown_run_error(name, where, user or {})

@@ -236,7 +236,8 @@ def modifiers() -> list[str]:
     return sorted(p.stem for p in MODIFIER_DIR.glob("*.yaml"))
 
 
-def _unknown(name: str, where: str, user: dict[str, Path]) -> ConfigError:
+def unknown_run_error(name: str, where: str, user: dict[str, Path]) -> ConfigError:
+    """The error for a run name that is no recipe: what the known runs and modifiers are."""
     return ConfigError(
         f"{where}: unknown run {name!r}; runs are the shipped recipes {shipped_recipes()}"
         + (f", the --recipe runs {sorted(user)}" if user else "")
@@ -258,15 +259,15 @@ def resolve_run(
     elif base in shipped_recipes():
         recipe = load_recipe(RECIPE_DIR / f"{base}.yaml", plan)
     else:
-        raise _unknown(name, where, user)
+        raise unknown_run_error(name, where, user)
     if not mods:
         return recipe
     if recipe.upcycle is None or len(set(mods)) != len(mods):
-        raise _unknown(name, where, user)
+        raise unknown_run_error(name, where, user)
     up = dataclasses.asdict(recipe.upcycle)
     for mod in mods:
         if mod not in modifiers():
-            raise _unknown(name, where, user)
+            raise unknown_run_error(name, where, user)
         frag = load_recipe(MODIFIER_DIR / f"{mod}.yaml", plan)
         bare = dataclasses.replace(frag, upcycle=None, name="", description="")
         if frag.upcycle is None or bare != Recipe():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 13: the symmetry-breaker comparison (configs/experiment_breakers.yaml) as run for
-# docs/RESULTS.md: two one-thread processes side by side, one per core, merged at the end.
+# docs/history/RESULTS_log.md: two one-thread processes side by side, one per core, merged at the end.
 #   core 1: dense (the bundled model, scored) -> dense_continued, ume, ume_fast
 #   core 2: ume_all, ume_noise
 #   then, side by side: ume_fine (core 1) and ume_router_noise (core 2)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The `large` preset comparison as run for docs/RESULTS.md ("UME, large preset"): two one-thread
+# The `large` preset comparison as run for docs/history/RESULTS_log.md ("UME, large preset"): two one-thread
 # processes side by side, one per core, merged into one table at the end.
 #   core 1: dense from scratch (55 min) -> ume
 #   core 2: moe_scratch (95 min) -> dense_continued (from core 1's dense model)

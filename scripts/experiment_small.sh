@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13: the `small` preset comparison as run for docs/RESULTS.md ("small regime"): two
+# Issue 13: the `small` preset comparison as run for docs/history/RESULTS_log.md ("small regime"): two
 # one-thread processes side by side, one per core, merged into one table at the end.
 #   core 1: dense from scratch -> dense_continued, ume, ume_all, ablations
 #   core 2: dense_wide (capacity control) -> (once dense is done) ume_fast, ume_noise, ume_fine,

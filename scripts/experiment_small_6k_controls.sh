@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13: the controls of the `small_6k` comparison (docs/RESULTS.md, "A 6x longer
+# Issue 13: the controls of the `small_6k` comparison (docs/history/RESULTS_log.md, "A 6x longer
 # continuation"), two one-thread lanes at a time, each lane its own workdir sharing one corpus:
 #   c: dense_continued_frozen   (dense_continued with UME's freezing phases)
 #   d: ume_kmeans_no_freeze     (UME with k-means routers, no freezing phase)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 13: the `small` regime's continuation at the dense model's peak learning rate (1e-3),
-# from the same dense model as `small` (docs/RESULTS.md, "small regime, hot continuation").
+# from the same dense model as `small` (docs/history/RESULTS_log.md, "small regime, hot continuation").
 # Usage: bash scripts/experiment_small_hot.sh [WORKDIR] [DENSE_EXPDIR]   (resumable)
 # Needs the `small` dense model: bash scripts/experiment_small.sh trains it (work_small/runs/dense).
 # One thread per process; RUNS picks the runs (recipes are chosen on dev MER only).

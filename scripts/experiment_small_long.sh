@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13: the `small` regime with a 3x longer continuation at the dense peak lr (3,000 steps
 # at 1e-3), dense_continued and ume_kmeans side by side, one thread each, merged at the end
-# (docs/RESULTS.md, "small regime"). PRESET=small_6k runs the 6,000-step version. Usage (resumable):
+# (docs/history/RESULTS_log.md, "small regime"). PRESET=small_6k runs the 6,000-step version. Usage (resumable):
 #   [PRESET=small_long|small_6k] bash scripts/experiment_small_long.sh [WORKDIR] [DENSE_EXPDIR]
 # Needs the `small` dense model: bash scripts/experiment_small.sh trains it (work_small/runs/dense).
 set -euo pipefail

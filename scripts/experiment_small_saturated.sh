@@ -7,7 +7,7 @@
 #   lane b: ume_kmeans_no_freeze  (the recipe that beat dense_continued in small_6k, chosen on dev)
 #           or the UME runs in $LANE_B (comma-separated, one after another)
 # Two one-thread processes side by side, each its own workdir sharing one corpus; paired
-# comparisons with `ume score --vs` (docs/RESULTS.md, "A saturated dense model").
+# comparisons with `ume score --vs` (docs/history/RESULTS_log.md, "A saturated dense model").
 # Usage (resumable; finished runs are kept):
 #   [LANE_B=run,run] [LANE_A=run,run] [VS=HYP_DIR] bash scripts/experiment_small_saturated.sh \
 #     [WORKDIR] [DENSE_EXPDIR]

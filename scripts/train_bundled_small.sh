@@ -2,7 +2,7 @@
 # Issue 13: retrain the bundled `dense_small` model (ume/models/dense_small) from scratch: the
 # `small` dense (configs/small.yaml, 8,000 steps, cosine to 0) continued 6,000 steps at 1e-3
 # (small_6k's dense_continued): the nearly saturated, capacity-bound dense model that the
-# saturated comparison starts from (docs/RESULTS.md, "A (nearly) saturated dense model").
+# saturated comparison starts from (docs/history/RESULTS_log.md, "A (nearly) saturated dense model").
 # Shipped in float32, so runs started from the bundle equal runs started from the trained dir.
 # One thread, as the recorded runs: ~50 + ~45 min of training on an idle core, plus scoring.
 # Usage (resumable; finished runs are kept): bash scripts/train_bundled_small.sh [WORKDIR]

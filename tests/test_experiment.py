@@ -190,7 +190,7 @@ def test_merge_runs_copies_finished_runs_and_refuses_mismatches(tmp_path: Path) 
         "u1 你好\n",
     )
     (b / "runs" / "ume_drop").mkdir()  # unfinished: no weights, never copied
-    assert merge_runs(b, a) == ["ume_no_balance", "moe_scratch"]
+    assert merge_runs(b, a) == ["moe_scratch", "ume_no_balance"]
     rows = json.loads((a / "results.json").read_text())["runs"]
     assert rows["moe_scratch"]["test_mer"] == 41.0 and rows["ume_no_balance"]["test_mer"] == 42.0
     assert rows["ume"]["test_mer"] == 39.0  # a run this workdir finished is kept
@@ -355,9 +355,10 @@ def test_breaker_modifiers_add_one_breaker_to_a_recipe(tmp_path: Path, monkeypat
     recipes.run_one("ume_kmeans_no_freeze+fine", plan, "small_6k", tmp_path, tmp_path / "dense")
     assert upcycled[1]["groups"] == plan.fine_groups
     assert upcycled[1]["experts"] == plan.experts * plan.fine_groups
-    for bad in ("ume_kmeans+drops", "ume_kmeans+drop+drop", "dense_continued+drop", "ume+noise"):
+    for bad in ("ume_kmeans+drops", "ume_kmeans+drop+drop", "dense_continued+drop"):
         with pytest.raises(experiment.ConfigError, match="unknown run"):
             experiment.check_runs([bad], "test")
+    experiment.check_runs(["ume+noise"], "test")  # any upcycling recipe takes modifiers
     with pytest.raises(experiment.ConfigError, match=r"\+drop sets \['drop_ratio'\]"):
         recipes.run_one("ume_kmeans_drop_no_freeze+drop", plan, "small_6k", tmp_path, tmp_path)
 

@@ -263,3 +263,124 @@ def test_dense_continued_frozen_recipe(tmp_path: Path, fakes: dict, monkeypatch)
     assert "encoder.blocks.0.ffn_macaron." in phases[0]["trainable"]
     assert phases[1] == {"steps": 0, "trainable": "all"}
     assert fakes["trained"] == ["dense_continued_frozen"]
+
+
+def test_a_retrained_dense_model_invalidates_what_was_made_from_its_old_weights(
+    tmp_path: Path, fakes: dict
+) -> None:
+    """A dense model the experiment trained (so it has a recipe of its own) retrained with the
+    same recipe has new weights: the upcycled dir and the runs made from the old weights are
+    refused, not reused (the start model is named by its weights, not by its recipe)."""
+    from ume.config import preset_config
+
+    plan = load_plan("quick")
+    w = tmp_path
+    dense = w / "runs" / "dense"
+    (dense / MODEL_FILE).unlink()
+    recipes._train(dense, w / "data", preset_config("quick"), [], None)  # from scratch
+    assert read_recipe(dense) is not None
+    for run in ("ume", "dense_continued"):
+        recipes.run_one(run, plan, "quick", w, dense)
+    (dense / MODEL_FILE).write_bytes(b"retrained: same recipe, other weights")
+    with pytest.raises(ConfigError, match=r"(?s)_init_ume was made by another plan.*dense: "):
+        recipes.run_one("ume", plan, "quick", w, dense)
+    with pytest.raises(ConfigError, match=r"(?s)dense_continued was made by another.*init: "):
+        recipes.run_one("dense_continued", plan, "quick", w, dense)
+    assert fakes["trained"] == ["dense", "ume", "dense_continued"]
+
+
+def test_an_older_record_learns_its_start_weights_and_then_refuses_a_retrained_start(
+    tmp_path: Path, fakes: dict
+) -> None:
+    """A record made before start models were named by weights (the dense model named by its
+    recipe fingerprint) is reused as it is, and keeps its fingerprint; the first reuse adds the
+    start model's weights identity, so a later retrain of the dense model is refused."""
+    from ume.config import preset_config
+    from ume.experiment.fingerprint import fingerprint, model_fingerprint
+
+    plan = load_plan("quick")
+    dense = tmp_path / "runs" / "dense"
+    (dense / MODEL_FILE).unlink()
+    recipes._train(dense, tmp_path / "data", preset_config("quick"), [], None)
+    recipes.run_one("ume", plan, "quick", tmp_path, dense)
+    init = tmp_path / "runs" / "_init_ume"
+    old = dict(read_recipe(init)["recipe"], dense=model_fingerprint(dense))  # the older form
+    (init / RECIPE_FILE).write_text(json.dumps({"fingerprint": fingerprint(old), "recipe": old}))
+    recipes.run_one("ume", plan, "quick", tmp_path, dense)  # reused
+    rec = read_recipe(init)
+    assert rec["fingerprint"] == fingerprint(old) and rec["start_weights"].startswith("weights:")
+    assert len(fakes["upcycled"]) == 1 and fakes["trained"] == ["dense", "ume"]
+    (dense / MODEL_FILE).write_bytes(b"retrained")
+    with pytest.raises(ConfigError, match="weights have changed since"):
+        recipes.run_one("ume", plan, "quick", tmp_path, dense)
+
+
+# Runs recorded in docs/experiment_small (the saturated series: started from the bundled
+# dense_small, whose weights are in the repo), with the plan changes each was made with.
+RECORDED = [
+    ("results_sat_rerun", "dense_continued"),
+    ("results_sat_dense_continued_seed2", "dense_continued"),
+    ("results_sat_dense_continued_12k", "dense_continued"),
+    ("results_sat_fast_no_freeze", "ume_kmeans_fast_no_freeze"),
+    ("results_sat_fast_e16", "ume_kmeans_fast_no_freeze"),
+    ("results_sat_fast_seed3", "ume_kmeans_fast_no_freeze"),
+    ("results_sat_fast3_freeze", "ume_kmeans_fast"),
+    ("results_sat_plus_fine", "ume_kmeans_fast_no_freeze+fine"),
+    ("results_sat_plus_drop", "ume_kmeans_fast_no_freeze+drop"),
+    ("results_sat_plus_noise", "ume_kmeans_fast_no_freeze+noise"),
+    ("results_sat_plus_router_noise", "ume_kmeans_fast_no_freeze+router_noise"),
+    ("results_sat_top1_no_freeze", "ume_kmeans_top1_no_freeze"),
+    ("results_sat_top1_fast_no_freeze", "ume_kmeans_top1_fast_no_freeze"),
+]
+
+
+@pytest.mark.parametrize(("results", "run"), RECORDED)
+def test_recorded_runs_resume_under_their_recorded_fingerprint(
+    tmp_path: Path, monkeypatch, results: str, run: str
+) -> None:
+    """The recipe files rebuild each recorded run's recipe exactly: written in the form the
+    run was recorded in (the start model named by its record), it has the fingerprint in the
+    recorded results.json; a workdir holding that record resumes without retraining, and the
+    run is still scored under that fingerprint. Upcycling is real (k-means clustering stubbed:
+    it does not enter the recipe), training is faked."""
+    import shutil
+
+    import ume.train.trainer
+    import ume.upcycle.convert
+    from ume.bundled import MODELS_DIR
+    from ume.experiment.fingerprint import fingerprint, model_fingerprint
+
+    doc = json.loads(
+        (Path(__file__).parents[1] / f"docs/experiment_small/{results}.json").read_text()
+    )
+    want = doc["runs"][run]["recipe"]
+    monkeypatch.setattr(ume.upcycle.convert, "_kmeans_routers", lambda *a, **k: {"layers": []})
+    trained = []
+
+    class FakeTrainer:
+        def __init__(self, cfg, run_dir, *a, **kw) -> None:  # noqa: ANN001
+            self.run_dir = Path(run_dir)
+
+        def run(self) -> None:
+            (self.run_dir / MODEL_FILE).write_bytes(b"trained")
+            (self.run_dir / "train_info.json").write_text("{}")
+            trained.append(self.run_dir.name)
+
+    monkeypatch.setattr(ume.train.trainer, "Trainer", FakeTrainer)
+    dense = tmp_path / "runs" / "dense"
+    shutil.copytree(MODELS_DIR / "dense_small", dense)
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    plan = load_plan("small_6k", doc.get("plan_set"))
+    recipes.run_one(run, plan, "small_6k", tmp_path, dense)
+    run_dir = tmp_path / "runs" / run
+    rec = read_recipe(run_dir)["recipe"]
+    start = next(
+        d
+        for d in (dense, *(tmp_path / "runs").glob("_init_*"))
+        if (d / MODEL_FILE).is_file() and f"weights:{file_sha256(d / MODEL_FILE)}" == rec["init"]
+    )
+    old = dict(rec, init=model_fingerprint(start))
+    assert fingerprint(old) == want
+    (run_dir / RECIPE_FILE).write_text(json.dumps({"fingerprint": want, "recipe": old}))
+    recipes.run_one(run, plan, "small_6k", tmp_path, dense)
+    assert trained == [run] and model_fingerprint(run_dir) == want

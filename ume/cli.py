@@ -349,8 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="dense experiment dir to start from (default: bundled)")
     p.add_argument(
         "--runs",
-        help="comma list of runs to do (default: the preset's); a breaker recipe takes modifiers, "
-        "e.g. ume_kmeans_fast_no_freeze+drop (+noise, +router_noise, +fine)",
+        help="comma list of runs to do (default: the preset's), each a recipe of ume/recipes/; "
+        "an upcycling recipe takes modifiers, e.g. ume_kmeans_fast_no_freeze+drop (+noise, "
+        "+router_noise, +fine)",
+    )
+    p.add_argument(
+        "--recipe",
+        action="append",
+        metavar="FILE",
+        help="your own run: a recipe YAML file (docs/recipes.md), run under its file name after "
+        "--runs (without --runs: dense and the recipes); repeatable",
     )
     p.add_argument(
         "--merge-from",

@@ -1,12 +1,18 @@
 """Run recipes: what each run of `ume experiment` was made from, stored in the run dir, so that a
 finished run (or an `_init_*` upcycled model) is reused only by the plan that made it.
 
-A recipe is a JSON dict: for an upcycled init dir the dense model's hash and the upcycling
-arguments (experts, top_k, slots, ...); for a trained run the hash of the config's parsed
-content (`config_sha256`: editing a comment changes nothing), the overrides,
-the freezing phases and the fingerprint of the model it starts from. RUN_DIR/recipe.json holds
-the recipe and its fingerprint (sha256 of the canonical JSON). Reusing a run whose recipe differs
-from the current plan's raises `RecipeMismatch`, naming the run, the fields and the fix.
+A recipe is a JSON dict: for an upcycled init dir the dense model's weights identity and the
+upcycling arguments (experts, top_k, slots, ...); for a trained run the hash of the config's
+parsed content (`config_sha256`: editing a comment changes nothing), the overrides, the
+freezing phases and the weights identity of the model it starts from. A start model is named
+by the sha256 of its weights file, so retraining it (even with the same recipe) makes every
+run derived from it a different run. RUN_DIR/recipe.json holds the recipe and its
+fingerprint (sha256 of the canonical JSON). Reusing a run whose recipe differs from the
+current plan's raises `RecipeMismatch`, naming the run, the fields and the fix.
+
+Runs recorded in an older form (the start model named by its own recipe fingerprint, the
+config hashed as bytes, ...) are accepted as they are; their start model's weights identity
+is added to the record the first time (`start_weights`) and checked from then on.
 
 Example:
     >>> fp = check_or_record(Path("work/runs/_init_ume"), {"kind": "upcycle", "experts": 8})
@@ -82,9 +88,16 @@ def read_recipe(run_dir: Path) -> dict | None:
     return data
 
 
+def weights_identity(exp_dir: Path) -> str | None:
+    """ "weights:<sha256 of exp_dir's weights file>", None if it has none: what a run starting
+    from exp_dir starts from."""
+    sha = file_sha256(Path(exp_dir) / MODEL_FILE)
+    return f"weights:{sha}" if sha else None
+
+
 def model_fingerprint(exp_dir: Path) -> str | None:
-    """What a run starting from exp_dir starts from: exp_dir's recipe fingerprint if it was made
-    by the experiment, else the hash of its weights (e.g. the dense model)."""
+    """exp_dir's recorded recipe fingerprint if the experiment made it, else its weights
+    identity: what its results row is scored under, and how older records name a start model."""
     rec = read_recipe(exp_dir)
     if rec is not None:
         return rec["fingerprint"]
@@ -100,13 +113,19 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 
 def check_or_record(
-    run_dir: Path, recipe: dict, has_output: bool | None = None, legacy: dict | None = None
+    run_dir: Path,
+    recipe: dict,
+    has_output: bool | None = None,
+    legacy: list[dict] | None = None,
+    start_weights: str | None = None,
 ) -> str:
     """Return the recipe's fingerprint after making sure run_dir belongs to it.
 
-    `legacy` is the same recipe in an older form (e.g. the config hashed as file bytes, before
-    `config_sha256`): a run recorded under it is the same run; its record is kept as it is
-    (runs made from it name its fingerprint) and that fingerprint is returned.
+    `legacy`: the same recipe in older forms (e.g. the config hashed as file bytes, before
+    `config_sha256`): a run recorded under one is the same run; its record is kept (runs made
+    from it name its fingerprint) and that fingerprint is returned. `start_weights`: the
+    weights identity of the model the run starts from; a legacy record gets it added the first
+    time and is refused when it differs later (the start model was remade).
 
     - run_dir has a recipe: equal -> fine; different -> RecipeMismatch if run_dir holds output
       (weights or checkpoints), else the stale recipe is replaced (nothing was made from it).
@@ -122,10 +141,22 @@ def check_or_record(
     old = read_recipe(run_dir)
     if old is not None and old.get("fingerprint") == fp:
         return fp
-    if old is not None and legacy is not None and old.get("fingerprint") == fingerprint(legacy):
+    older = {fingerprint(f): f for f in legacy or []}
+    if old is not None and old.get("fingerprint") in older:
+        seen = old.get("start_weights")
+        if seen is not None and start_weights is not None and seen != start_weights:
+            raise RecipeMismatch(
+                f"{run_dir} was made from a start model whose weights have changed since "
+                f"({seen} then, {start_weights} now), so it cannot be reused.\nDelete "
+                f"{run_dir} (and the runs made from it) to redo it, or use another --workdir."
+            )
+        if seen is None and start_weights is not None:
+            atomic_write_json(dict(old, start_weights=start_weights), run_dir / RECIPE_FILE)
         return old["fingerprint"]
     if old is not None and has_output:
-        diff = _differences(old["recipe"], recipe)
+        # name the differences from the closest form the run could have been recorded in
+        diffs = [_differences(old["recipe"], r) for r in (recipe, *older.values())]
+        diff = min(diffs, key=len)
         raise RecipeMismatch(
             f"{run_dir} was made by another plan than the current one, so it cannot be reused:\n  "
             + "\n  ".join(diff or ["(recipe fingerprints differ)"])

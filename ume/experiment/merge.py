@@ -16,24 +16,34 @@ from ume.config import ConfigError
 from ume.expdir import MODEL_FILE
 from ume.experiment.evaluate import update_results
 from ume.experiment.fingerprint import file_sha256
-from ume.experiment.plan import (
-    ALL_RUNS,
-    CONTINUES_SCRATCH,
-    is_modified_breaker,
-    starts_from_dense,
-)
+from ume.experiment.plan import check_runs
+from ume.experiment.recipe import run_start
 from ume.experiment.recipes import _finished
 
 log = logging.getLogger(__name__)
 
 
-def merge_runs(src: Path, work: Path, plan_set: list[str] | None = None) -> list[str]:
+def _is_run(name: str, user: dict[str, Path] | None) -> bool:
+    try:
+        check_runs([name], "merge", user)
+    except ConfigError:
+        return False
+    return True
+
+
+def merge_runs(
+    src: Path,
+    work: Path,
+    plan_set: list[str] | None = None,
+    user: dict[str, Path] | None = None,
+) -> list[str]:
     """Copy the finished runs of workdir `src` (run dirs and evaluated results rows) into `work`,
     so runs trained side by side in two workdirs (one per core) are compared in one table.
     Refuses when the two test sets differ, when `src` was made with other plan changes
     (`--set`) than `plan_set`, or when a run that continues the dense model started from a
-    different dense model than `work`'s. Runs `work` already finished are kept.
-    Returns the names copied.
+    different dense model than `work`'s. Runs `work` already finished are kept; dirs that are
+    no run of a recipe (shipped, composed, or `user`'s --recipe files) are left alone.
+    Returns the names copied, sorted.
 
     Example:
         ume experiment --preset large --workdir work_b --runs moe_scratch   # beside work_a
@@ -62,11 +72,12 @@ def merge_runs(src: Path, work: Path, plan_set: list[str] | None = None) -> list
     mine, theirs = runs_dir / "dense" / MODEL_FILE, src_runs / "dense" / MODEL_FILE
     same_dense = None  # hashed on first need
     copied = []
-    modified = sorted(p.name for p in src_runs.iterdir() if is_modified_breaker(p.name))
-    for name in (*ALL_RUNS, *modified):
+    names = sorted(p.name for p in src_runs.iterdir() if _is_run(p.name, user))
+    for name in names:
         if name == "dense" or not _finished(src_runs / name) or _finished(runs_dir / name):
             continue
-        if starts_from_dense(name):
+        start = run_start(name, user)
+        if start == "dense":
             if same_dense is None:
                 same_dense = (
                     mine.is_file() and theirs.is_file() and file_sha256(mine) == file_sha256(theirs)
@@ -76,7 +87,7 @@ def merge_runs(src: Path, work: Path, plan_set: list[str] | None = None) -> list
                     f"--merge-from {src}: run {name!r} continues {theirs}, which is not this "
                     f"workdir's dense model {mine}; train it with --model {runs_dir / 'dense'}"
                 )
-        base = CONTINUES_SCRATCH.get(name)
+        base = start.removeprefix("run:") if start.startswith("run:") else None
         if base and _finished(runs_dir / base):
             a, b = runs_dir / base / MODEL_FILE, src_runs / base / MODEL_FILE
             if not b.is_file() or file_sha256(a) != file_sha256(b):

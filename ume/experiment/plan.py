@@ -1,5 +1,5 @@
-"""The experiment's plan: which runs exist, and the strict per-preset settings
-(configs/experiment_<preset>.yaml) that every run is made from.
+"""The experiment's plan: the strict per-preset settings (configs/experiment_<preset>.yaml)
+that every run's recipe (ume/recipes/NAME.yaml) refers to as ${plan.KEY}.
 
 Example:
     >>> plan = load_plan("quick")
@@ -13,56 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ume.bundled import DEFAULT, MODELS_DIR
-from ume.config import ConfigError, apply_override, from_dict, preset_config
+from ume.config import apply_override, from_dict, preset_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 BUNDLED = MODELS_DIR / DEFAULT  # package data (ume.bundled_model())
-# UME with one symmetry breaker each, then all of them (issue 13; recipes.breaker_recipe)
-BREAKER_RUNS = (
-    "ume_noise",
-    "ume_drop_small",
-    "ume_fast",
-    "ume_router_noise",
-    "ume_fine",
-    "ume_all",
-    "ume_kmeans",  # content-aware (k-means) routers; ume_all predates it and leaves it out
-    "ume_kmeans_fast",  # k-means routers + the fast phase-1 learning rate
-    "ume_kmeans_no_freeze",  # ablation of ume_kmeans: no freezing phase
-    "ume_kmeans_drop_no_freeze",  # ... plus Drop-Upcycling at drop_small: more diverse experts
-    "ume_kmeans_fast_no_freeze",  # ume_kmeans_no_freeze with experts + routers at a higher lr
-    # ume_kmeans_no_freeze in the cheap shape of finding 3 (RTF): top-1, every other block
-    "ume_kmeans_top1_no_freeze",
-    "ume_kmeans_top1_fast_no_freeze",  # ... with experts + routers at the higher lr
-)
-ALL_RUNS = (
-    "dense",
-    "dense_continued",
-    "dense_continued_frozen",  # dense_continued with UME's freezing phases (issue 13 control)
-    "ume",
-    "ume_no_freeze",
-    "ume_no_balance",
-    "ume_drop",
-    "moe_scratch",
-    "ume_top1",
-    "ume_one_slot",
-    # issue 13: the capacity control and UME with one symmetry breaker each, then all of them
-    "dense_wide",
-    *BREAKER_RUNS,
-    # issue 13: are the capacity controls still better than dense once both are trained as long
-    # as dense_continued? Each continues the workdir's finished from-scratch run like
-    # dense_continued continues dense (same extra steps, lr and schedule).
-    "dense_wide_continued",
-    "moe_scratch_continued",
-)
-# One symmetry breaker each, to add to any BREAKER_RUNS recipe as "+name" (several allowed,
-# each once): "ume_kmeans_fast_no_freeze+drop" is the chosen recipe plus Drop-Upcycling at
-# drop_small, so the issue's ablations on a winning recipe need no new run name (issue 13)
-BREAKER_MODIFIERS = ("drop", "noise", "router_noise", "fine")
-# run -> the from-scratch run of the same workdir it continues
-CONTINUES_SCRATCH = {"dense_wide_continued": "dense_wide", "moe_scratch_continued": "moe_scratch"}
-STARTS_FROM_DENSE = tuple(
-    r for r in ALL_RUNS if r not in ("dense", "moe_scratch", "dense_wide", *CONTINUES_SCRATCH)
-)
 
 
 @dataclass
@@ -86,8 +40,8 @@ class ExperimentPlan:
     z_loss_coef: float = 0.001
     jitter: float = 0.0
     drop_upcycling: float = 0.5
-    # symmetry breakers (issue 13), each used by its own run (ume_noise, ...) and all together
-    # (except Drop-Upcycling) by ume_all; the plain `ume` run uses none of them
+    # symmetry breakers, each used by its own recipe (ume_noise, ...) and all together (except
+    # Drop-Upcycling) by ume_all; the plain `ume` run uses none of them
     noise_upcycling: float = 0.1  # ume_noise: noise std, x each weight tensor's std
     noise_frac: float = 0.25  # ... on this fraction of each expert's hidden units
     drop_small: float = 0.15  # ume_drop_small: Drop-Upcycling ratio
@@ -108,8 +62,8 @@ class ExperimentPlan:
     corpus: str = ""  # synthetic corpus preset (`ume data synth`); "" = the experiment's name
     model_config: str = ""  # config preset of from-scratch runs; "" = the experiment's name
     bundled_dense: bool = True  # False: the corpus differs from the bundled model's
-    # a repeat of the same recipe with other randomness (issue 13: how much of a difference is
-    # training noise?): seeds the upcycling (k-means, Drop-Upcycling, noise) and the continued
+    # a repeat of the same recipe with other randomness (how much of a difference is training
+    # noise?): seeds the upcycling (k-means, Drop-Upcycling, noise) and the continued
     # runs' training (data order, augmentation); 0 = upcycle seed 0, the model config's seed
     seed: int = 0
 
@@ -131,34 +85,17 @@ def load_plan(preset: str, overrides: list[str] | None = None) -> ExperimentPlan
     return plan
 
 
-def split_run(name: str) -> tuple[str, list[str]]:
-    """A run name's base and its breaker modifiers: "ume_kmeans+drop+fine" ->
-    ("ume_kmeans", ["drop", "fine"]); a plain name has none."""
-    base, *mods = name.split("+")
-    return base, mods
+def check_runs(names: list[str], where: str, user: dict[str, Path] | None = None) -> None:
+    """Refuse a run name that is no recipe: a shipped or --recipe (`user`) one, optionally
+    with distinct known "+MOD" modifiers when it upcycles."""
+    from ume.experiment.recipe import modifiers, raw_recipe, unknown_run_error
 
-
-def is_modified_breaker(name: str) -> bool:
-    """Whether name is a BREAKER_RUNS recipe plus one or more distinct BREAKER_MODIFIERS."""
-    base, mods = split_run(name)
-    return (
-        base in BREAKER_RUNS
-        and bool(mods)
-        and all(m in BREAKER_MODIFIERS for m in mods)
-        and len(set(mods)) == len(mods)
-    )
-
-
-def starts_from_dense(name: str) -> bool:
-    """Whether the run continues the workdir's dense model (every UME run does)."""
-    return name in STARTS_FROM_DENSE or is_modified_breaker(name)
-
-
-def check_runs(names: list[str], where: str) -> None:
-    bad = [r for r in names if r not in ALL_RUNS and not is_modified_breaker(r)]
-    if bad:
-        raise ConfigError(
-            f"{where}: unknown run(s) {bad}; known runs: {list(ALL_RUNS)}, and any of "
-            f"{list(BREAKER_RUNS)} plus one or more distinct '+MOD' from "
-            f"{list(BREAKER_MODIFIERS)} (e.g. ume_kmeans_fast_no_freeze+drop)"
-        )
+    for name in names:
+        base, *mods = name.split("+")
+        raw = raw_recipe(base, user)
+        ok = raw is not None
+        if ok and mods:
+            known = len(set(mods)) == len(mods) and set(mods) <= set(modifiers())
+            ok = known and raw.get("upcycle") is not None
+        if not ok:
+            raise unknown_run_error(name, where, user or {})

@@ -1,6 +1,7 @@
-"""Recipes: how each run of the experiment is made (which starting model, which overrides,
-which freezing phases), and the training/upcycling calls that make it. A run is one complete
-experiment dir WORKDIR/runs/<run>/; a finished run is skipped, an interrupted one resumes.
+"""Making a run from its recipe (ume/experiment/recipe.py): the upcycling and training calls,
+each recorded in its dir (fingerprint.py) so a finished run is reused only by the recipe and
+start model that made it. A run is one complete experiment dir WORKDIR/runs/<run>/; a
+finished run is skipped, an interrupted one resumes.
 
 Example:
     >>> run_one("ume", load_plan("quick"), "quick", Path("work"), Path("work/runs/dense"))
@@ -8,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -20,14 +20,10 @@ from ume.experiment.fingerprint import (
     config_sha256,
     file_sha256,
     model_fingerprint,
+    weights_identity,
 )
-from ume.experiment.plan import (
-    BREAKER_RUNS,
-    CONTINUES_SCRATCH,
-    ExperimentPlan,
-    is_modified_breaker,
-    split_run,
-)
+from ume.experiment.plan import ExperimentPlan
+from ume.experiment.recipe import UPCYCLED_FFNS, Recipe, UpcycleOptions, resolve_run
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +32,20 @@ def _finished(run_dir: Path) -> bool:
     return (run_dir / MODEL_FILE).is_file() and (run_dir / "train_info.json").is_file()
 
 
-def _continue_overrides(plan: ExperimentPlan, extra: list[str] | None = None) -> list[str]:
-    """Train overrides of every run that continues a trained model. The from-scratch warm-up
-    curriculum (shortest-first first epoch, no SpecAugment or chunk training for
-    curriculum_steps) is switched off: on a converged model it is a distribution shift that
-    undid the dense model's progress for the first 2,000 steps (docs/RESULTS.md)."""
+def _continue_overrides(
+    plan: ExperimentPlan, steps: int | None = None, seed: int | None = None
+) -> list[str]:
+    """Train overrides of every run that continues a trained model: the plan's extra steps
+    (or `steps`), lr, schedule and evaluation, the plan's seed (or `seed`; 0 = the config's).
+    The from-scratch warm-up curriculum (shortest-first first epoch, no SpecAugment or chunk
+    training for curriculum_steps) is switched off: on a converged model it is a distribution
+    shift that undoes the dense model's progress for the first steps."""
+    steps = plan.extra_steps if steps is None else steps
+    seed = plan.seed if seed is None else seed
     return [
         "train.sortagrad=false",
         "train.curriculum_steps=0",
-        f"train.max_steps={plan.extra_steps}",
+        f"train.max_steps={steps}",
         f"train.max_minutes={plan.extra_minutes}",
         f"train.lr={plan.lr}",
         f"train.warmup_steps={plan.warmup_steps}",
@@ -52,9 +53,20 @@ def _continue_overrides(plan: ExperimentPlan, extra: list[str] | None = None) ->
         f"train.eval_every={plan.eval_every}",
         f"train.eval_max_utts={plan.eval_max_utts}",
         f"train.checkpoint_every={plan.eval_every}",
-        *([f"train.seed={plan.seed}"] if plan.seed else []),
-        *(extra or []),
+        *([f"train.seed={seed}"] if seed else []),
     ]
+
+
+def _forms(recipe: dict, key: str, start: Path | None, alternatives: dict) -> list[dict]:
+    """The older forms of `recipe` a run made before may have recorded: its start model (at
+    `key`) named by its recorded fingerprint instead of its weights, times each alternative
+    value of the other fields (`alternatives`: field -> older value)."""
+    starts = [recipe[key]]
+    if start is not None and model_fingerprint(start) != recipe[key]:
+        starts.append(model_fingerprint(start))
+    variants = [{}] + [{k: v} for k, v in alternatives.items() if v != recipe.get(k)]
+    forms = [dict(recipe, **{key: s}, **v) for s in starts for v in variants]
+    return [f for f in forms if f != recipe]
 
 
 def _train(
@@ -72,11 +84,13 @@ def _train(
         "kind": "train",
         "config": config_sha256(config),
         "overrides": list(overrides),
-        "init": model_fingerprint(init) if init else None,
+        "init": weights_identity(init) if init else None,
         "phases": phases,
     }
-    legacy = dict(recipe, config=file_sha256(config))  # recorded before config_sha256
-    check_or_record(run_dir, recipe, legacy=legacy)  # another plan's run is refused, not reused
+    # recorded before: the config hashed as file bytes; the start model named by its record
+    legacy = _forms(recipe, "init", init, {"config": file_sha256(config)})
+    start_weights = recipe["init"]
+    check_or_record(run_dir, recipe, legacy=legacy, start_weights=start_weights)
     if _finished(run_dir):
         log.info("%s already finished; skipping", run_dir.name)
         return
@@ -108,100 +122,49 @@ def upcycle_recipe(dense_fingerprint: str | None, out: Path, args: dict) -> dict
     return rec
 
 
-def _upcycled(plan: ExperimentPlan, dense: Path, out: Path, **kw) -> Path:
+def upcycle_args(up: UpcycleOptions, plan: ExperimentPlan, data: Path, seed: int) -> dict:
+    """`upcycle_experiment`'s arguments for a recipe's upcycle options: the plan's MoE where
+    an option is left out, the symmetry breakers only where set, k-means routers clustering
+    the workdir's training set unless router_data says otherwise."""
+
+    def pick(value, default):  # noqa: ANN001, ANN202
+        return default if value is None else value
+
+    experts = pick(up.experts, plan.experts * (up.groups or 1))
+    args = dict(
+        experts=experts,
+        top_k=pick(up.top_k, plan.top_k),
+        slots=list(pick(up.slots, plan.slots)),
+        layers=pick(up.layers, plan.layers),
+        drop_ratio=pick(up.drop_ratio, 0.0),
+        router_init=pick(up.router_init, plan.router_init),
+        balance_coef=pick(up.balance_coef, plan.balance_coef),
+        z_loss_coef=pick(up.z_loss_coef, plan.z_loss_coef),
+    )
+    if seed:  # only when set: a recipe recorded before `seed` existed stays the same
+        args["seed"] = seed
+    for key in ("noise_std", "noise_frac", "router_noise", "groups"):
+        if getattr(up, key) is not None:
+            args[key] = getattr(up, key)
+    if args["router_init"] == "kmeans":
+        args["router_data"] = up.router_data or str(data / "train")
+        args["router_utts"] = pick(up.router_utts, plan.router_utts)
+    elif up.router_data is not None or up.router_utts is not None:
+        raise ConfigError("router_data / router_utts are only used by router_init: kmeans")
+    return args
+
+
+def _upcycled(dense: Path, out: Path, args: dict) -> Path:
     from ume.upcycle import upcycle_experiment
 
-    args = dict(
-        experts=plan.experts,
-        top_k=plan.top_k,
-        slots=plan.slots,
-        layers=plan.layers,
-        drop_ratio=0.0,
-        router_init=plan.router_init,
-        balance_coef=plan.balance_coef,
-        z_loss_coef=plan.z_loss_coef,
-    )
-    if plan.seed:  # only when set: a recipe recorded before `seed` existed stays the same
-        args["seed"] = plan.seed
-    args.update(kw)
-    dense_fp = model_fingerprint(dense)
-    recipe = upcycle_recipe(dense_fp, out, args)
-    legacy = {"kind": "upcycle", "dense": dense_fp, **args}  # router_data as given: before the
-    # workdir-relative form, an _init_* dir recorded the path it was passed
+    recipe = upcycle_recipe(weights_identity(dense), out, args)
+    # recorded before: router_data as given (not workdir-relative); the dense model named by
+    # its record
+    legacy = _forms(recipe, "dense", dense, {"router_data": args.get("router_data")})
     done = (out / MODEL_FILE).is_file()
-    check_or_record(out, recipe, has_output=done, legacy=legacy)  # refuses another plan's dir
+    check_or_record(out, recipe, has_output=done, legacy=legacy, start_weights=recipe["dense"])
     if not done:
         upcycle_experiment(dense, out, overwrite=True, **args)
-    return out
-
-
-def breaker_recipe(
-    name: str, plan: ExperimentPlan, two_phase: list[dict], router_data: Path | None = None
-) -> tuple[dict, list[dict]]:
-    """Upcycling arguments and freezing phases of a symmetry-breaker run (issue 13): the ume
-    recipe plus one breaker (ume_all: every breaker but Drop-Upcycling and k-means routers;
-    ume_kmeans_fast: k-means routers + the fast phase-1 learning rate; ume_kmeans_no_freeze:
-    k-means routers without the freezing phase; ume_kmeans_drop_no_freeze: the same plus
-    Drop-Upcycling at drop_small; ume_kmeans_fast_no_freeze: one unfrozen phase whose experts
-    and routers learn fast_lr_scale_no_freeze x faster; ume_kmeans_top1_no_freeze: the no-freeze
-    recipe with top-1 routing in every other block, the shape whose batch-1 RTF was 1.10x
-    dense; ume_kmeans_top1_fast_no_freeze: that shape at the fast recipe's lr). router_data: the
-    utterances k-means routers cluster (the training set)."""
-    every = name == "ume_all"
-    up: dict = {}
-    phases = [dict(p) for p in two_phase]
-    if name == "ume_noise" or every:
-        up.update(breaker_args("noise", plan))
-    if name in ("ume_drop_small", "ume_kmeans_drop_no_freeze"):
-        up.update(breaker_args("drop", plan))
-    if name.startswith("ume_kmeans"):
-        if router_data is None:
-            raise ConfigError(f"{name}: k-means routers need the training data dir")
-        up.update(router_init="kmeans", router_data=str(router_data), router_utts=plan.router_utts)
-    if name.endswith("_no_freeze"):
-        phases = []
-    if name.endswith("_fast_no_freeze"):  # updates drive copies apart: make them larger
-        phases = [{"steps": 0, "trainable": "all", "moe_lr_scale": plan.fast_lr_scale_no_freeze}]
-    if name.startswith("ume_kmeans_top1"):
-        up.update(top_k=1, layers="every_other")
-    if name in ("ume_fast", "ume_kmeans_fast") or every:
-        phases[0]["moe_lr_scale"] = plan.fast_lr_scale
-        phases[1]["moe_lr_scale"] = plan.fast_lr_scale_phase2
-    if name == "ume_router_noise" or every:
-        up.update(breaker_args("router_noise", plan))
-    if name == "ume_fine" or every:
-        up.update(breaker_args("fine", plan))
-    return up, phases
-
-
-def breaker_args(breaker: str, plan: ExperimentPlan) -> dict:
-    """Upcycling arguments of one symmetry breaker (a BREAKER_MODIFIERS name) at the plan's
-    value: what both the breaker runs and a "+breaker" modifier add."""
-    return {
-        "drop": {"drop_ratio": plan.drop_small},
-        "noise": {"noise_std": plan.noise_upcycling, "noise_frac": plan.noise_frac},
-        "router_noise": {"router_noise": plan.router_noise},
-        "fine": {"groups": plan.fine_groups, "experts": plan.experts * plan.fine_groups},
-    }[breaker]
-
-
-def modifier_args(name: str, plan: ExperimentPlan, up: dict) -> dict:
-    """The upcycling arguments of a modified breaker run ("BASE+MOD+..."): the base recipe's
-    `up` plus one symmetry breaker per modifier, at the plan's value for it. A modifier that
-    would change what the base recipe already sets is refused (say it once, in the base).
-
-    Example:
-        >>> modifier_args("ume_kmeans_fast_no_freeze+drop", load_plan("small_6k"), {})
-        {'drop_ratio': 0.15}
-    """
-    _, mods = split_run(name)
-    out = dict(up)
-    for mod in mods:
-        add = breaker_args(mod, plan)
-        clash = sorted(k for k in add if k in out)
-        if clash:
-            raise ConfigError(f"run {name!r}: +{mod} sets {clash}, which its recipe already sets")
-        out.update(add)
     return out
 
 
@@ -227,73 +190,51 @@ def dense_ffn_prefixes(plan: ExperimentPlan, cfg: ExperimentConfig) -> list[str]
     return [n + "." for n in names]
 
 
-def run_one(name: str, plan: ExperimentPlan, preset: str, work: Path, dense: Path) -> None:
+def _start_dir(recipe: Recipe, runs: Path, dense: Path) -> Path | None:
+    """The trained model a run starts from (None: from scratch)."""
+    if recipe.start == "scratch":
+        return None
+    if recipe.start == "dense":
+        return dense
+    base = runs / recipe.start.removeprefix("run:")
+    if not _finished(base):
+        raise ConfigError(
+            f"{recipe.name} continues {base}, which is not a finished run: run "
+            f"{base.name} first (list it before {recipe.name} in --runs), or --merge-from the "
+            "workdir that has it"
+        )
+    return base
+
+
+def run_one(
+    name: str,
+    plan: ExperimentPlan,
+    preset: str,
+    work: Path,
+    dense: Path,
+    user: dict[str, Path] | None = None,
+) -> None:
+    """Make (or resume, or reuse) run `name` of the workdir: its recipe (shipped, composed
+    with modifiers, or a --recipe file in `user`) resolved against `plan`."""
+    recipe = resolve_run(name, plan, user)
+    if recipe.start == "given":
+        raise ConfigError(f"{name} is the starting model itself: nothing to train")
     data, runs = work / "data", work / "runs"
-    run_dir = runs / name
-    ov = _continue_overrides(plan)
-    two_phase = [
-        {"steps": plan.freeze_steps, "trainable": plan.phase1_trainable},
-        {"steps": 0, "trainable": "all"},
-    ]
-    jitter = [f"model.moe.jitter={plan.jitter}"]
-    if name == "dense_continued":
-        _train(run_dir, data, dense / "config.yaml", ov, dense)
-    elif name == "dense_continued_frozen":
-        ffns = dense_ffn_prefixes(plan, load_config(dense / "config.yaml"))
-        frozen = [{"steps": plan.freeze_steps, "trainable": ffns}, two_phase[1]]
-        _train(run_dir, data, dense / "config.yaml", ov, dense, frozen)
-    elif name == "ume":
-        init = _upcycled(plan, dense, runs / "_init_ume")
-        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
-    elif name == "ume_no_freeze":
-        init = _upcycled(plan, dense, runs / "_init_ume")
-        _train(run_dir, data, init / "config.yaml", ov + jitter, init, [])
-    elif name == "ume_no_balance":
-        init = _upcycled(plan, dense, runs / "_init_ume_nobal", balance_coef=0.0, z_loss_coef=0.0)
-        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
-    elif name == "ume_drop":
-        init = _upcycled(plan, dense, runs / "_init_ume_drop", drop_ratio=plan.drop_upcycling)
-        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
-    elif name == "ume_top1":  # the shapes that are fast enough at batch 16 (PERFORMANCE.md)
-        init = _upcycled(plan, dense, runs / "_init_ume_top1", top_k=1)
-        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
-    elif name == "ume_one_slot":
-        init = _upcycled(plan, dense, runs / "_init_ume_one_slot", slots=["encoder_ffn"])
-        _train(run_dir, data, init / "config.yaml", ov + jitter, init, two_phase)
-    elif name in BREAKER_RUNS or is_modified_breaker(name):
-        up, phases = breaker_recipe(split_run(name)[0], plan, two_phase, data / "train")
-        up = modifier_args(name, plan, up)
-        init = _upcycled(plan, dense, runs / f"_init_{name}", **up)
-        _train(run_dir, data, init / "config.yaml", ov + jitter, init, phases)
-    elif name in CONTINUES_SCRATCH:  # a capacity control trained as long as dense_continued
-        base = runs / CONTINUES_SCRATCH[name]
-        if not _finished(base):
-            raise ConfigError(
-                f"{name} continues {base}, which is not a finished run: run "
-                f"{base.name} first (list it before {name} in --runs), or --merge-from the "
-                "workdir that has it"
-            )
-        _train(run_dir, data, base / "config.yaml", ov, base)
-    elif name == "dense_wide":  # capacity control: the MoE's total FFN size, dense, from scratch
-        cfg = load_config(preset_config(plan.model_config))
-        wide = plan.wide_d_ff or plan.experts * cfg.model.encoder.d_ff
-        wide_ov = [f"model.encoder.d_ff={wide}"]
-        _train(run_dir, data, preset_config(plan.model_config), wide_ov, None)
-    elif name == "moe_scratch":
-        steps = plan.scratch_steps or load_config(preset_config(plan.model_config)).train.max_steps
-        moe = [
-            f"model.moe.num_experts={plan.experts}",
-            f"model.moe.top_k={plan.top_k}",
-            f"model.moe.slots={json.dumps(plan.slots)}",
-            f"model.moe.layers={plan.layers}",
-            f"model.moe.router_init={plan.router_init}",
-            f"model.moe.balance_coef={plan.balance_coef}",
-            f"model.moe.z_loss_coef={plan.z_loss_coef}",
-            f"train.max_steps={steps}",
-            f"train.max_minutes={plan.scratch_minutes}",
-            f"train.eval_every={plan.eval_every}",
-            f"train.checkpoint_every={plan.eval_every}",
-        ]
-        _train(run_dir, data, preset_config(plan.model_config), moe, None)
-    else:
-        raise ConfigError(f"unknown run {name!r}")
+    start = _start_dir(recipe, runs, dense)
+    phases = None if recipe.phases is None else [p.as_dict() for p in recipe.phases]
+    if start is None:  # from scratch: the plan's model config and the recipe's overrides
+        ov = list(recipe.overrides)
+        ov += [f"train.max_steps={recipe.steps}"] if recipe.steps is not None else []
+        ov += [f"train.seed={recipe.seed}"] if recipe.seed else []
+        _train(runs / name, data, preset_config(plan.model_config), ov, None, phases)
+        return
+    ov = _continue_overrides(plan, recipe.steps, recipe.seed)
+    if recipe.upcycle is not None:
+        seed = plan.seed if recipe.seed is None else recipe.seed
+        args = upcycle_args(recipe.upcycle, plan, data, seed)
+        start = _upcycled(start, runs / (recipe.init_dir or f"_init_{name}"), args)
+        ov.append(f"model.moe.jitter={plan.jitter}")
+    if phases and any(p["trainable"] == UPCYCLED_FFNS for p in phases):
+        ffns = dense_ffn_prefixes(plan, load_config(start / "config.yaml"))
+        phases = [dict(p, trainable=ffns) if p["trainable"] == UPCYCLED_FFNS else p for p in phases]
+    _train(runs / name, data, start / "config.yaml", ov + recipe.overrides, start, phases)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ume.experiment.plan import CONTINUES_SCRATCH, starts_from_dense
+from ume.experiment.recipe import run_start
 
 
 def _curve(run_dir: Path) -> list[dict]:
@@ -132,10 +132,11 @@ def plot_curves(results: dict, path: Path) -> None:
             if not c:
                 continue
             shift = 0.0
-            if cumulative and starts_from_dense(name):
+            start = row.get("start") or run_start(name) or "scratch"
+            if cumulative and start == "dense":
                 shift = offset
-            elif cumulative and name in CONTINUES_SCRATCH:
-                base = results["runs"].get(CONTINUES_SCRATCH[name], {})
+            elif cumulative and start.startswith("run:"):
+                base = results["runs"].get(start.removeprefix("run:"), {})
                 shift = (base.get("train_seconds") or 0.0) / 60
             xs = [p["minutes"] + shift for p in c]
             ax.plot(xs, [p["dev_mer"] for p in c], marker=".", label=name)

@@ -1,21 +1,15 @@
 """`ume experiment`: the UME paper's comparison in one resumable command.
 
-Runs (each a complete experiment dir WORKDIR/runs/<run>/, skipped when already finished,
-resumed from its last checkpoint when interrupted):
-    dense            the starting dense model (bundled, fine-tuned by the demo, or --from-scratch)
+Each run is a recipe (ume/recipes/NAME.yaml, or your own file passed with --recipe; the
+format: docs/recipes.md) made into a complete experiment dir WORKDIR/runs/<run>/, skipped when
+already finished, resumed from its last checkpoint when interrupted. The preset's plan
+(configs/experiment_PRESET.yaml) says which runs, and the numbers the recipes refer to.
+The main runs:
+    dense            the starting dense model (bundled, --model DIR, or --from-scratch)
     dense_continued  the dense model trained for the same extra steps UME gets
-    dense_continued_frozen  the same with UME's phases: phase 1 trains only the dense FFNs that
-                     UME turns into MoE layers (control: is it the frozen backbone or the experts?)
-    ume              upcycle -> phase 1 (experts + routers only) -> phase 2 (all), balancing on
-    ume_no_freeze    ablation: no freezing phase
-    ume_no_balance   ablation: balance and z-loss coefficients 0
-    ume_drop         ablation: Drop-Upcycling (re-initialise a fraction of expert hidden units)
+    ume              upcycle -> phase 1 (experts + routers only) -> phase 2 (all)
     moe_scratch      the same MoE shape trained from random initialisation
-    ume_top1         speed variant: UME with top-1 routing (×1.0 dense FLOPs; docs/PERFORMANCE.md)
-    ume_one_slot     speed variant: UME with MoE in the second encoder FFN only (6 MoE layers)
-    dense_wide       capacity control: dense with the MoE's total FFN size, from scratch
-    dense_wide_continued / moe_scratch_continued  dense_wide / moe_scratch trained for the
-                     same extra steps as dense_continued (capacity at equal training)
+and ablations, capacity controls and symmetry breakers (one file each in ume/recipes/).
 
 Writes WORKDIR/results.json, WORKDIR/results.md and PNG plots (dev MER vs training minutes,
 expert load of the UME model).
@@ -23,6 +17,7 @@ expert load of the UME model).
 Example:
     ume experiment --preset quick --workdir work
     ume experiment --preset paper --workdir work_paper --runs dense,dense_continued,ume
+    ume experiment --preset quick --workdir work --recipe my_recipe.yaml
 """
 
 from __future__ import annotations
@@ -38,16 +33,10 @@ from ume.config import ConfigError, preset_config
 from ume.data.synth import synthesize
 from ume.expdir import MODEL_FILE, atomic_write_json
 from ume.experiment.evaluate import evaluate_run, format_results, train_subset_mer, update_results
-from ume.experiment.fingerprint import model_fingerprint
+from ume.experiment.fingerprint import model_fingerprint, weights_identity
 from ume.experiment.merge import merge_runs
-from ume.experiment.plan import (
-    ALL_RUNS,
-    BUNDLED,
-    ExperimentPlan,
-    check_runs,
-    load_plan,
-    starts_from_dense,
-)
+from ume.experiment.plan import BUNDLED, ExperimentPlan, check_runs, load_plan
+from ume.experiment.recipe import run_start, shipped_recipes, user_recipes
 from ume.experiment.recipes import _finished, _train, run_one
 from ume.experiment.report import (
     _curve,
@@ -70,11 +59,14 @@ def run_experiment(
     from_scratch: bool = False,
     merge_from: list[str | Path] | None = None,
     plan_set: list[str] | None = None,
+    recipe_files: list[str | Path] | None = None,
 ) -> dict:
     """Run (or resume) the preset's runs; returns the merged results dict. `merge_from`:
     workdirs whose finished runs are copied in first (see `merge_runs`). `plan_set`: `key=value`
     changes to the preset's plan (`--set`), recorded in results.json; a workdir keeps the ones
-    it was made with (another set is refused: use a new workdir)."""
+    it was made with (another set is refused: use a new workdir). `recipe_files`: your own
+    recipes (`--recipe`), run after `runs` (default with them: the recipes, after dense when
+    one continues it)."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     plan = load_plan(preset, plan_set)
@@ -83,10 +75,14 @@ def run_experiment(
     synthesize(plan.corpus, data, seed=0)
     runs_dir = work / "runs"
     dense = runs_dir / "dense"
-    todo = runs or plan.runs
-    check_runs(todo, "--runs")
+    user = user_recipes(recipe_files, plan)
+    todo = list(runs or ([] if user else plan.runs))
+    check_runs(todo, "--runs", user)
+    todo += [n for n in user if n not in todo]
+    if user and not runs and any(run_start(n, user) == "dense" for n in user):
+        todo.insert(0, "dense")  # the baseline row of runs that continue it
     # moe_scratch alone needs no dense model (a second workdir can run it beside the first)
-    needs_dense = any(r == "dense" or starts_from_dense(r) for r in todo)
+    needs_dense = any(run_start(r, user) in ("given", "dense") for r in todo)
     if needs_dense and not _finished(dense):
         src = Path(dense_dir) if dense_dir else BUNDLED
         if not (from_scratch or dense_dir or plan.bundled_dense):
@@ -129,25 +125,30 @@ def run_experiment(
         results["plan_set"] = plan_set
         atomic_write_json(results, results_path)
     for other in merge_from or []:
-        merge_runs(Path(other), work, plan_set)
+        merge_runs(Path(other), work, plan_set, user)
     if merge_from and results_path.is_file():  # merged rows were written to results.json
         results = json.loads(results_path.read_text())
     for name in todo:
         t0 = time.time()
-        if name != "dense":
-            run_one(name, plan, preset, work, dense)
+        if run_start(name, user) != "given":
+            run_one(name, plan, preset, work, dense, user)
         made_by = model_fingerprint(runs_dir / name)  # a row scores the run dir that made it
+        weights = weights_identity(runs_dir / name)  # ... and the weights it holds
         old = results["runs"].get(name, {})
-        if not old.get("evaluated") or old.get("recipe") != made_by:
+        stale = old.get("recipe") != made_by or old.get("weights", weights) != weights
+        if not old.get("evaluated") or stale:
             row = evaluate_run(runs_dir / name, data)
             row["curve"] = _curve(runs_dir / name)
             row["evaluated"] = True
             row["recipe"] = made_by
+            row["weights"] = weights
+            row["start"] = run_start(name, user)
             row["wall_seconds_this_session"] = round(time.time() - t0, 1)
             results = update_results(results_path, name, row)
-        elif "train_subset_mer" not in results["runs"][name]:  # rows from before the column
-            row = dict(results["runs"][name])
-            row["train_subset_mer"] = train_subset_mer(runs_dir / name, data)
+        elif "weights" not in old or "train_subset_mer" not in old:  # rows from before those
+            row = dict(old, weights=weights)  # the weights the row scored: the run's own
+            if "train_subset_mer" not in row:
+                row["train_subset_mer"] = train_subset_mer(runs_dir / name, data)
             results = update_results(results_path, name, row)
     results = add_significance(add_comparisons(results), runs_dir, data)
     atomic_write_json(results, results_path)
@@ -176,13 +177,13 @@ def main_experiment(args: argparse.Namespace) -> int:
         from_scratch=args.from_scratch,
         merge_from=args.merge_from,
         plan_set=args.set,
+        recipe_files=getattr(args, "recipe", None),
     )
     print(format_results(results))
     return 0
 
 
 __all__ = [
-    "ALL_RUNS",
     "ExperimentPlan",
     "add_comparisons",
     "best_trained",
@@ -192,4 +193,5 @@ __all__ = [
     "minutes_to_reach",
     "run_experiment",
     "run_one",
+    "shipped_recipes",
 ]

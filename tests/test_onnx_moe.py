@@ -106,7 +106,7 @@ def test_fused_full_and_streaming_graphs_equal_eager(tmp_path: Path) -> None:
 
     model = tiny_moe_model()
     n_moe = sum(isinstance(m, MoEFeedForward) for m in model.modules())
-    full = export_encoder(model, tmp_path / "enc.onnx", example_frames=120)  # default: fused
+    full = export_encoder(model, tmp_path / "enc.onnx", example_frames=120, moe_op="fused")
     ops = op_counts(full)
     assert ops["MoE"] == n_moe == 4 and ops["NonZero"] == 0, ops
     feats = _feats_list(None, None, 3, 80, seed=1)
@@ -114,7 +114,7 @@ def test_fused_full_and_streaming_graphs_equal_eager(tmp_path: Path) -> None:
     assert res["ok"], res
     assert res["max_abs_diff_encoder"] <= 1e-4
     # the portable graph is kept: standard ops only, same outputs
-    port = export_encoder(model, tmp_path / "port.onnx", example_frames=120, moe_op="portable")
+    port = export_encoder(model, tmp_path / "port.onnx", example_frames=120)  # default
     ops = op_counts(port)
     assert ops["MoE"] == 0 and ops["NonZero"] == 4 * n_moe, ops
     assert check_export(model, port, feats, threads=1, repeats=1)["ok"]
@@ -141,22 +141,24 @@ def test_fused_full_and_streaming_graphs_equal_eager(tmp_path: Path) -> None:
 
 
 def test_moe_op_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Default: fused where it is exact and supported, else portable; an explicit fused that
-    cannot be honoured is an error naming the reason and the way out."""
+    """Default portable; fused where it is exact and supported; an explicit fused that cannot
+    be honoured is an error naming the reason and the way out."""
     import ume.decode.export as ex
 
     grouped = tiny_moe_model(e=4, k=1, groups=2)
     assert ex.resolve_moe_op(grouped) == "portable"
+    if fused_moe_supported():
+        assert ex.resolve_moe_op(tiny_moe_model(), "fused") == "fused"
     with pytest.raises(ValueError, match="groups=2.*--moe-op portable"):
         ex.resolve_moe_op(grouped, "fused")
     with pytest.raises(ValueError, match="groups=2"):
         with fused_moe_layers(grouped):
             pass
     dense = ASRModel(tiny_cfg(), 50)
-    assert ex.resolve_moe_op(dense) == "portable"  # nothing to fuse
+    assert ex.resolve_moe_op(dense, "fused") == "portable"  # nothing to fuse
     plain = tiny_moe_model()
-    monkeypatch.setattr(ex, "fused_moe_supported", lambda: False)
     assert ex.resolve_moe_op(plain) == "portable"
+    monkeypatch.setattr(ex, "fused_moe_supported", lambda: False)
     with pytest.raises(ValueError, match="onnxruntime >= 1.20"):
         ex.resolve_moe_op(plain, "fused")
     assert ex.resolve_moe_op(plain, "portable") == "portable"
@@ -218,3 +220,62 @@ def test_failed_export_leaves_no_half_written_dir(tmp_path: Path, monkeypatch, c
     names = sorted(p.name for p in old.iterdir())
     assert {"keep.txt", "encoder.onnx", "encoder_stream.onnx", "runtime.json"} <= set(names)
     assert not any(n.startswith(".") for n in names), names
+
+
+# ---- int8 --------------------------------------------------------------------------------
+@needs_fused
+def test_qmoe_rewrite_equals_dequantised_experts(tmp_path: Path) -> None:
+    """MoE -> 8-bit QMoE: onnxruntime's output equals the eager layer run with the
+    dequantised expert weights ((q - 128) * scale), so the layout, scales and zero point are
+    the operator's; and it stays close to the float layer."""
+    from ume.decode.quantize import moe_to_qmoe, quantize_rows_int8
+
+    torch.manual_seed(0)
+    layer = MoEFeedForward(16, 48, "swish", 0.0, MoEConfig(num_experts=4, top_k=2)).eval()
+    with torch.no_grad():
+        layer.router.weight.normal_(0, 1.0)
+        for t in (layer.experts.b_1, layer.experts.b_2):
+            t.normal_(0, 0.3)
+    x = torch.randn(1, 33, 16)
+    wrap = _LayerWrap(layer).eval()
+    path = tmp_path / "moe.onnx"
+    with fused_moe_layers(wrap):
+        trace_to_onnx(wrap, (x,), path, ["x"], ["y"], {"x": {1: "T"}})
+    model = onnx.load(str(path))
+    assert moe_to_qmoe(model) == 1
+    assert [n.op_type for n in model.graph.node].count("QMoE") == 1
+    qpath = tmp_path / "qmoe.onnx"
+    onnx.save(model, str(qpath))
+    got = ort_session(qpath, 1).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        want_float = layer(x).numpy()
+        for name in ("w_1", "w_2"):  # (E, in, out) -> rows are outputs: quantise w^T
+            w = getattr(layer.experts, name)
+            q, s = quantize_rows_int8(w.transpose(1, 2).numpy())
+            deq = (q.astype(np.float32) - 128) * s[..., None]
+            w.copy_(torch.from_numpy(deq).transpose(1, 2))
+        want = layer(x).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert np.abs(got - want_float).max() < 0.02 * np.abs(want_float).max()
+
+
+@needs_fused
+def test_export_int8_cli(tmp_path: Path, capsys) -> None:
+    """`ume export --int8`: QMoE for fused MoE layers, int8 MatMuls for the rest, streaming
+    graph too; the CTC argmax mostly agrees with eager (values change by design)."""
+    from ume.upcycle import upcycle_experiment
+
+    dense = _write_exp(tmp_path, causal=True)
+    ume_dir = tmp_path / "ume"
+    upcycle_experiment(dense, ume_dir, experts=4, top_k=2, router_init="normal")
+    out = tmp_path / "int8" / "encoder.onnx"
+    argv = ["export", "--model", str(ume_dir), "--out", str(out), "--moe-op", "fused",
+            "--int8", "--check", "--utts", "2"]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["int8"]["encoder.onnx"]["qmoe_nodes"] == 4
+    assert res["int8"]["encoder_stream.onnx"]["qmoe_nodes"] == 4
+    assert res["int8"]["encoder.onnx"]["int8_matmuls"] > 0
+    ops = op_counts(out)
+    assert ops["MoE"] == 0 and ops["QMoE"] == 4, ops
+    assert res["max_abs_diff_encoder"] < 0.5  # int8 rounding, not a broken graph

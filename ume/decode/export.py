@@ -11,9 +11,10 @@ and a dynamic time axis (full-context attention). It uses the TorchScript-based 
 
 MoE layers (`--moe-op`):
     fused     one onnxruntime `com.microsoft.MoE` contrib node per layer (ume/decode/onnx_moe.py):
-              routing, top-k, expert FFNs and the gated sum in one CPU kernel. The default when
-              the installed onnxruntime runs it and every layer maps onto it (groups = 1).
-    portable  standard ONNX ops only, for other runtimes. The MoE layers switch to an
+              routing, top-k, expert FFNs and the gated sum in one kernel (groups = 1 only).
+              Not the default: on the CPU provider at batch 1 it measured no faster than the
+              portable graph (docs/PERFORMANCE.md); its int8 form (QMoE) is `--int8`'s.
+    portable  (default) standard ONNX ops only, any runtime. The MoE layers switch to an
               export-friendly dispatch while tracing (their sorted, variable-size expert blocks
               come from `.tolist()`, which tracing would freeze), `--moe-path`:
         "masked" (default)  per expert: rows routed to it (NonZero), its FFN, a gated
@@ -118,12 +119,13 @@ def set_moe_export_dispatch(model: nn.Module, path: str) -> None:
 
 
 def resolve_moe_op(model: nn.Module, requested: str | None = None) -> str:
-    """ "fused" or "portable" for this model. requested None: fused when the installed
-    onnxruntime runs com.microsoft.MoE and every MoE layer maps onto it, else portable.
-    requested "fused" when that is not so: ValueError saying why and what to do."""
+    """"fused" or "portable" for this model. requested None: portable (on onnxruntime's CPU
+    provider at batch 1 the fused kernel measured no faster: it repacks every expert's
+    weights on each call, docs/PERFORMANCE.md). requested "fused" on a model or onnxruntime
+    that cannot run it exactly: ValueError saying why and what to do."""
     if requested is not None and requested not in MOE_OPS:
         raise ValueError(f"--moe-op {requested!r}: use one of {', '.join(MOE_OPS)}")
-    if requested == "portable":
+    if requested in (None, "portable"):
         return "portable"
     if not any(isinstance(m, MoEFeedForward) for m in model.modules()):
         return "portable"  # nothing to fuse: the dense graph is the same either way
@@ -133,11 +135,9 @@ def resolve_moe_op(model: nn.Module, requested: str | None = None) -> str:
             "the installed onnxruntime does not run the com.microsoft.MoE contrib op on the CPU "
             "(it needs onnxruntime >= 1.20; `pip install -U onnxruntime`)"
         )
-    if reason is None:
-        return "fused"
-    if requested == "fused":
+    if reason is not None:
         raise ValueError(f"--moe-op fused: {reason}; export with --moe-op portable instead")
-    return "portable"
+    return "fused"
 
 
 @contextlib.contextmanager
@@ -324,7 +324,7 @@ def main_export(args: argparse.Namespace) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cfg, tok, model = load_experiment(args.model)
-    moe_op = resolve_moe_op(model, args.moe_op)  # errors before anything is written
+    moe_op = resolve_moe_op(model, getattr(args, "moe_op", None))  # errors before any write
     chunk, no_stream = streaming_chunk(model, args.stream_chunk)
     out = Path(args.out)
     if out.suffix != ".onnx":
@@ -340,6 +340,15 @@ def main_export(args: argparse.Namespace) -> int:
             from ume.decode.deploy import write_runtime_files
 
             write_runtime_files(cfg, tok, model, staged, stream=False)
+        quantized = {}
+        if getattr(args, "int8", False):  # the graphs are replaced by their int8 copies
+            from ume.decode.quantize import quantize_graph
+
+            for g in (staged, staged.with_name(f"{staged.stem}_stream.onnx")):
+                if g.is_file():
+                    q = g.with_name(g.stem + ".int8.tmp")
+                    quantized[g.name] = quantize_graph(g, q)
+                    os.replace(q, g)
     path = out
     res: dict = {
         "model": args.model,
@@ -351,11 +360,16 @@ def main_export(args: argparse.Namespace) -> int:
         "streaming": f"{out.stem}_stream.onnx, chunk {chunk}" if chunk > 0 else None,
         "opset": 17,
     }
+    if quantized:
+        res["int8"] = quantized
     if no_stream is not None and args.stream_chunk is None:
         res["streaming_not_written"] = no_stream
     if args.check:
         feats = _feats_list(args.model, args.data, args.utts, cfg.model.encoder.input_dim, 0)
         res.update(check_export(model, path, feats, torch.get_num_threads()))
+        if quantized:  # int8 changes values by design: reported, not held to atol
+            res["ok"] = True
+            res["int8_note"] = "differences reported only; the int8 cost is measured as MER"
     print(json.dumps(res, indent=2))
     return 0 if res.get("ok", True) else 1
 
@@ -377,9 +391,9 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
         "--moe-op",
         choices=MOE_OPS,
         default=None,
-        help="MoE layers as onnxruntime's fused com.microsoft.MoE op (one node per layer) or "
-        "as portable standard ONNX ops (any runtime). Default: fused when the installed "
-        "onnxruntime runs it and every layer maps onto it (groups 1), else portable",
+        help="MoE layers as onnxruntime's fused com.microsoft.MoE contrib op (one node per "
+        "layer; groups 1 only) or as portable standard ONNX ops (default; any runtime, and "
+        "no slower on onnxruntime's CPU provider, docs/PERFORMANCE.md)",
     )
     p.add_argument(
         "--moe-path",
@@ -398,4 +412,11 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
         "the output's streaming_not_written)",
     )
     p.add_argument("--left-chunks", type=int, default=-1, help="streaming graph: left chunks")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="write int8 graphs: dense layers dynamically quantised (onnxruntime.quantization), "
+        "fused MoE layers as 8-bit QMoE (ume/decode/quantize.py; accuracy cost in "
+        "docs/PERFORMANCE.md)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads")

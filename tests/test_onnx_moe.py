@@ -279,3 +279,42 @@ def test_export_int8_cli(tmp_path: Path, capsys) -> None:
     ops = op_counts(out)
     assert ops["MoE"] == 0 and ops["QMoE"] == 4, ops
     assert res["max_abs_diff_encoder"] < 0.5  # int8 rounding, not a broken graph
+
+
+@needs_fused
+@pytest.mark.slow  # two exports + four example subprocesses
+def test_onnx_example_runs_fused_and_portable_exports(tmp_path: Path, capsys) -> None:
+    """examples/onnx_transcribe.py (onnxruntime only) gives `ume transcribe --mode ctc_greedy`'s
+    text from both MoE graph kinds, full context and streaming."""
+    import os
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from ume.upcycle import upcycle_experiment
+
+    dense = _write_exp(tmp_path, causal=True)
+    ume_dir = tmp_path / "ume"
+    upcycle_experiment(dense, ume_dir, experts=4, top_k=2, router_init="normal")
+    wav = tmp_path / "a.wav"
+    rng = np.random.default_rng(0)
+    sf.write(wav, (rng.standard_normal(16000) * 3000).astype(np.int16), 16000)
+    example = Path(__file__).resolve().parents[1] / "examples" / "onnx_transcribe.py"
+    env = {**os.environ, "PYTHONPATH": ""}
+    for stream in ([], ["--stream"]):
+        cmd = ["transcribe", "--model", str(ume_dir), "--mode", "ctc_greedy", str(wav)]
+        assert main(cmd + (["--stream", "--chunk-size", "16"] if stream else [])) == 0
+        want = capsys.readouterr().out
+        for op in ("fused", "portable"):
+            out = tmp_path / op / "encoder.onnx"
+            if not out.exists():
+                argv = ["export", "--model", str(ume_dir), "--out", str(out), "--moe-op", op]
+                assert main(argv) == 0
+                capsys.readouterr()
+            got = subprocess.run(
+                [sys.executable, "-I", str(example), str(out), str(wav)] + stream,
+                capture_output=True, text=True, check=True, cwd=tmp_path, env=env,
+            ).stdout  # fmt: skip
+            assert got == want, (op, stream)
+        assert len(want.split("\t", 1)[1].strip()) > 0, want  # some text, not two empties

@@ -42,9 +42,7 @@ from ume.model.moe import MoEFeedForward
 from ume.model.streaming import ChunkEncoder
 
 
-def export_graphs(
-    exp_dir: str, work: Path, name: str, moe_op: str, stream_chunk: int
-) -> dict:
+def export_graphs(exp_dir: str, work: Path, name: str, moe_op: str, stream_chunk: int) -> dict:
     """Full-context (and streaming) graphs of one experiment dir -> a graph spec dict."""
     _, _, model = load_experiment(exp_dir)
     moe_op = resolve_moe_op(model, moe_op)
@@ -228,7 +226,9 @@ def main_onnx(args: argparse.Namespace) -> int:
             specs.append(quantize_graphs(s, work / f"{s['name']}_int8"))
     res: dict = {}
     if args.mer:
-        res["mer"] = {d: mer_of_graphs(specs, args.vs, d, args.threads) for d in args.mer.split(",")}
+        res["mer"] = {
+            d: mer_of_graphs(specs, args.vs, d, args.threads) for d in args.mer.split(",")
+        }
     feats = load_feats(args.vs, args.data, args.max_utts)
     res.update(bench_graphs(specs, feats, args.threads, args.rounds, "dense"))
     res.update(

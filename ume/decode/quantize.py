@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -80,6 +81,9 @@ def quantize_graph(src: str | Path, dst: str | Path) -> dict:
 
     model = onnx.load(str(src))
     n_moe = moe_to_qmoe(model)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # the quantiser logs every tensor it skips at INFO
     with tempfile.TemporaryDirectory() as tmp:
         mid = Path(tmp) / "moe_q8.onnx"
         onnx.save(model, str(mid))
@@ -91,6 +95,7 @@ def quantize_graph(src: str | Path, dst: str | Path) -> dict:
             per_channel=True,
             extra_options={"MatMulConstBOnly": True},
         )
+    root.setLevel(level)
     ops = [nd.op_type for nd in onnx.load(str(dst)).graph.node]
     return {
         "qmoe_nodes": n_moe,

@@ -119,9 +119,9 @@ def set_moe_export_dispatch(model: nn.Module, path: str) -> None:
 
 
 def resolve_moe_op(model: nn.Module, requested: str | None = None) -> str:
-    """ "fused" or "portable" for this model. requested None: portable (on onnxruntime's CPU
-    provider at batch 1 the fused kernel measured no faster: it repacks every expert's
-    weights on each call, docs/PERFORMANCE.md). requested "fused" on a model or onnxruntime
+    """The MoE export kind for this model, fused or portable. requested None: portable (on
+    onnxruntime's CPU provider at batch 1 the fused kernel measured no faster: it repacks
+    every expert's weights on each call, docs/PERFORMANCE.md). requested "fused" on a model or onnxruntime
     that cannot run it exactly: ValueError saying why and what to do."""
     if requested is not None and requested not in MOE_OPS:
         raise ValueError(f"--moe-op {requested!r}: use one of {', '.join(MOE_OPS)}")

@@ -45,7 +45,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -56,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ume.atomic import fsync_dir, fsync_tree
+from ume.atomic import fsync_tree, publish
 from ume.decode.onnx_moe import (
     MOE_OPS,
     fused_moe_layers,
@@ -185,7 +184,7 @@ def export_encoder(
 def staged_output(target_dir: str | Path) -> Iterator[Path]:
     """Yield an empty staging dir on `target_dir`'s filesystem; on a normal exit its files
     are moved into `target_dir` (the whole dir renamed when `target_dir` does not exist yet,
-    else file by file with os.replace, each file complete); on an exception nothing is moved
+    else file by file, each file complete); on an exception nothing is moved
     and `target_dir` is left as it was. The staging dir (hidden: beside a new `target_dir`,
     inside an existing one) is removed either way."""
     target = Path(target_dir).resolve()
@@ -198,12 +197,10 @@ def staged_output(target_dir: str | Path) -> Iterator[Path]:
         yield stage
         fsync_tree(stage)
         if not target.exists():
-            os.replace(stage, target)
-            fsync_dir(target.parent)
+            publish(stage, target)
             return
         for f in sorted(stage.iterdir()):
-            os.replace(f, target / f.name)
-        fsync_dir(target)
+            publish(f, target / f.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -348,7 +345,7 @@ def main_export(args: argparse.Namespace) -> int:
                 if g.is_file():
                     q = g.with_name(g.stem + ".int8.tmp")
                     quantized[g.name] = quantize_graph(g, q)
-                    os.replace(q, g)
+                    publish(q, g)
     path = out
     res: dict = {
         "model": args.model,

@@ -83,7 +83,7 @@ def quantize_graph(src: str | Path, dst: str | Path) -> dict:
     n_moe = moe_to_qmoe(model)
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.WARNING)  # the quantiser logs every tensor it skips at INFO
+    root.setLevel(logging.ERROR)  # the quantiser logs each skipped tensor, and a hint per call
     with tempfile.TemporaryDirectory() as tmp:
         mid = Path(tmp) / "moe_q8.onnx"
         onnx.save(model, str(mid))

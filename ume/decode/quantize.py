@@ -84,18 +84,20 @@ def quantize_graph(src: str | Path, dst: str | Path) -> dict:
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser logs each skipped tensor, and a hint per call
-    with tempfile.TemporaryDirectory() as tmp:
-        mid = Path(tmp) / "moe_q8.onnx"
-        onnx.save(model, str(mid))
-        quantize_dynamic(
-            str(mid),
-            str(dst),
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            per_channel=True,
-            extra_options={"MatMulConstBOnly": True},
-        )
-    root.setLevel(level)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            mid = Path(tmp) / "moe_q8.onnx"
+            onnx.save(model, str(mid))
+            quantize_dynamic(
+                str(mid),
+                str(dst),
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Gemm"],
+                per_channel=True,
+                extra_options={"MatMulConstBOnly": True},
+            )
+    finally:
+        root.setLevel(level)
     ops = [nd.op_type for nd in onnx.load(str(dst)).graph.node]
     return {
         "qmoe_nodes": n_moe,

@@ -271,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _deferred(
         bench,
+        "onnx",
+        "onnxruntime RTF of exported graphs: MoE (fused / portable, int8) vs dense",
+        "ume.bench.onnx_rtf",
+        "add_onnx_args",
+        "main_onnx",
+    )
+    _deferred(
+        bench,
         "train",
         "training steps/s: dense vs UME frozen vs unfrozen",
         "ume.bench.train_speed",

@@ -43,6 +43,16 @@ def score_split(model, tok, cfg, data_dir: Path, mode: str, out_hyp: Path, subse
     return res
 
 
+# Test splits beside `test` (seen voices, new sentences): (split dir, suffix of the hypothesis
+# file and of the row's key): hyp_heldout.txt -> heldout_mer, and so on. The last two exist in
+# the xl corpora only (ume/data/synth_plan_pool.py).
+GENERALISATION_SPLITS = (
+    ("test_heldout", "_heldout"),
+    ("test_heldout_synth", "_heldout_synth"),
+    ("test_heldout_text", "_heldout_text"),
+)
+
+
 def evaluate_run(
     run_dir: str | Path,
     data_root: str | Path,
@@ -50,7 +60,8 @@ def evaluate_run(
     rtf_utts: int = 32,
     threads: int | None = None,
 ) -> dict:
-    """Decode test and test_heldout of `data_root`, measure RTF; returns a results row.
+    """Decode test and every generalisation split of `data_root` that exists (held-out voices,
+    held-out synthesiser, held-out text domain), measure RTF; returns a results row.
     threads: torch threads (None: keep the process setting, i.e. OMP_NUM_THREADS or all cores);
     the row records it as rtf_threads."""
     run, data = Path(run_dir), Path(data_root)
@@ -64,9 +75,10 @@ def evaluate_run(
         "test_wer_en": round(test["wer_en"], 2),
         "decode_mode": mode,
     }
-    if (data / "test_heldout" / "wav.scp").is_file():
-        held = score_split(model, tok, cfg, data / "test_heldout", mode, run / "hyp_heldout.txt")
-        row["heldout_mer"] = round(held["mer"], 2)
+    for split, suffix in GENERALISATION_SPLITS:
+        if (data / split / "wav.scp").is_file():
+            res = score_split(model, tok, cfg, data / split, mode, run / f"hyp{suffix}.txt")
+            row[f"{suffix[1:]}_mer"] = round(res["mer"], 2)
     dev_mer = None
     if (data / "dev" / "wav.scp").is_file():
         dev = score_split(model, tok, cfg, data / "dev", mode, run / "hyp_dev.txt")
@@ -131,8 +143,13 @@ def format_results(data: dict) -> str:
         "minutes_to_ume_dev_mer",
         "minutes_to_scratch_dev_mer",
     ]
+    rows = data.get("runs", {})
+    for pos, extra in ((4, "heldout_synth_mer"), (5, "heldout_text_mer")):
+        if any(extra in r for r in rows.values()):  # xl corpora: two more test splits
+            cols.insert(pos, extra)
+            cols.append(f"rel_ci95_vs_dense_continued_{extra[:-4]}_pct")
     lines = ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, row in data.get("runs", {}).items():
+    for name, row in rows.items():
         vals = [row.get(c) for c in cols]
         cells = [
             "-" if v is None else ("..".join(map(str, v)) if isinstance(v, list) else str(v))

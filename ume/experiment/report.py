@@ -69,13 +69,16 @@ def add_significance(results: dict, runs_dir: Path, data: Path, replicates: int 
     """Paired bootstraps (same utterances) of each run's hypotheses: against the dense run on
     test (rel_ci95_vs_dense_pct, p_better_than_dense) and, for every run that is not dense or
     dense_continued, against dense_continued (the same extra steps without experts) on test and
-    on the held-out voices (rel_ci95_vs_dense_continued_pct / _heldout_pct, rel_change_...,
+    on every generalisation split (rel_ci95_vs_dense_continued_pct / _heldout_pct /
+    _heldout_synth_pct / _heldout_text_pct, rel_change_...,
     p_better_than_dense_continued). The interval is of the relative MER change, in percent."""
-    for split, suffix in (("test", ""), ("test_heldout", "_heldout")):
+    from ume.experiment.evaluate import GENERALISATION_SPLITS
+
+    for split, suffix in (("test", ""), *GENERALISATION_SPLITS):
         ref_path = data / split / "text"
         if not ref_path.is_file():
             continue
-        hyp_name = "hyp_test.txt" if split == "test" else "hyp_heldout.txt"
+        hyp_name = "hyp_test.txt" if split == "test" else f"hyp{suffix}.txt"
         for base_name in ("dense", "dense_continued"):
             if base_name == "dense" and suffix:
                 continue  # vs dense on test only, as before

@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -212,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream", action="store_true", help="chunk-by-chunk with caches; partials on stderr"
     )
     p.add_argument("--rate", type=int, default=16000, help="sample rate of '-' (s16le mono PCM)")
+    p.add_argument(
+        "--max-segment",
+        type=float,
+        default=20.0,
+        help="seconds: longer audio is cut at pauses into segments of at most this length, "
+        "each decoded on its own (bounded memory); 0 = decode whole",
+    )
     add_decode_args(p)
     add_device_arg(p)
     p.set_defaults(func=_lazy("ume.decode.transcribe", "main_transcribe"))
@@ -385,11 +393,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one `ume` command. An error of the user's input (`UmeError`, or a file that does not
+    exist) is one line on stderr, exit status 2. A ValueError from elsewhere (torch, numpy, or a
+    check not yet marked as ume's) may be a bug: its traceback is printed before that line. Any
+    other exception propagates with its traceback."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    from ume.errors import UmeError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
+    except (UmeError, FileNotFoundError) as e:
+        print(f"ume {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        traceback.print_exc()
         print(f"ume {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

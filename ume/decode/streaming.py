@@ -41,6 +41,7 @@ from ume.decode.search import (
     prefix_beam_step,
     rescore,
 )
+from ume.errors import UmeError
 from ume.model.asr import ASRModel
 from ume.model.streaming import ChunkEncoder
 
@@ -76,7 +77,7 @@ class StreamingDecoder:
         ctc_weight: float = 0.5,
     ) -> None:
         if mode not in MODES:
-            raise ValueError(f"unknown decoding mode {mode!r}; choose one of {MODES}")
+            raise UmeError(f"unknown decoding mode {mode!r}; choose one of {MODES}")
         self.model = model.eval()
         self.enc = ChunkEncoder(model, chunk_size, left_chunks)
         self.mode, self.beam, self.ctc_weight = mode, beam, ctc_weight

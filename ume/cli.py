@@ -307,6 +307,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _deferred(
+        bench,
+        "longaudio",
+        "transcribe a long recording of test utterances: memory, speed, text vs per utterance",
+        "ume.bench.long_audio",
+        "add_long_audio_args",
+        "main_long_audio",
+    )
+    _deferred(
+        bench,
+        "stream",
+        "a long live stream: per-chunk latency and memory over time",
+        "ume.bench.long_stream",
+        "add_long_stream_args",
+        "main_long_stream",
+    )
+
+    _deferred(
         sub,
         "export",
         "ONNX export of encoder + CTC (MoE included), --check; or --format wenet",

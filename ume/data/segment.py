@@ -5,7 +5,7 @@ each segment as soon as it is closed, so an hour-long recording is never held wh
 segmenter keeps at most `max_seconds` + `pad` of audio plus the piece being read.
 
 Speech / pause per 10 ms frame, from the frame's energy in dB against an adaptive threshold
-    thr = floor + THRESHOLD_FRACTION * (level - floor)
+    thr = floor + max(MIN_RANGE_DB, THRESHOLD_FRACTION * (level - floor))
 where floor and level are the 10th and 95th percentiles of the energies of the last
 `history_seconds` (digitally silent frames, below SILENCE_DB, are left out of both and are
 always pauses). A segment opens at the first speech frame (minus `pad` seconds of the audio
@@ -37,6 +37,7 @@ RATE = 16000
 HOP = 160  # samples per 10 ms frame
 SILENCE_DB = -70.0
 THRESHOLD_FRACTION = 0.3
+MIN_RANGE_DB = 6.0  # speech is at least this far above the floor (no speech heard yet)
 SMOOTH_FRAMES = 5  # 50 ms: the window the fallback cut minimises energy over
 
 
@@ -133,7 +134,7 @@ class PauseSegmenter:
         if not self.history:
             return SILENCE_DB
         floor, level = np.percentile(np.fromiter(self.history, float), [10, 95])
-        return float(floor + THRESHOLD_FRACTION * (level - floor))
+        return float(floor + max(MIN_RANGE_DB, THRESHOLD_FRACTION * (level - floor)))
 
     # ---- the state machine ----------------------------------------------------------------------
     def _frame(self, energy: float, speech: bool, out: list[Segment]) -> None:

@@ -135,7 +135,6 @@ def _utterances(d: Path, texts: list[str]) -> list[np.ndarray]:
 def test_long_audio_is_segmented_with_times(wavs, tmp_path: Path, capsys) -> None:
     """A recording longer than --max-segment is cut at its pauses: bounded segments, one per
     utterance here, decoded one by one, with times in the whole recording."""
-    import ume.data.manifest
     from ume.decode.transcribe import Recognizer, transcribe_pieces
 
     texts = ["hello world", "good morning everyone", "the weather is nice today"]
@@ -286,3 +285,27 @@ def test_pip_install_outside_source_tree(wavs, tmp_path: Path) -> None:
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"{wavs['wav']}\t") and len(res.stdout.strip()) > 5
+
+
+@needs_model
+def test_stream_ends_utterances_at_pauses(wavs, tmp_path: Path, capsys) -> None:
+    """--stream (bounded by default): each utterance after a pause is its own output line,
+    with its times in the stream under --json."""
+
+    texts = ["hello world", "good morning everyone", "the weather is nice today"]
+    utts = _utterances(tmp_path, texts)
+    gap = np.zeros(32000, np.float32)  # 2 s pauses
+    path = tmp_path / "three.wav"
+    sf.write(path, np.concatenate([x for u in utts for x in (u, gap)]), 16000)
+    args = ["transcribe", "--mode", "ctc_greedy", "--stream", "--chunk-size", "16", "--json"]
+    assert main([*args, str(path)]) == 0
+    objs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(objs) == len(utts) and all(o["text"] for o in objs)
+    pos = 0.0
+    for o, u in zip(objs, utts):
+        assert o["start"] <= pos + 0.1 and o["end"] >= pos + len(u) / 16000 - 0.5, (o, pos)
+        assert all(o["start"] <= t["start"] < t["end"] <= o["end"] + 0.1 for t in o["tokens"])
+        pos += (len(u) + len(gap)) / 16000
+    # endpointing off: the whole stream is one utterance, one line
+    assert main([*args, "--endpoint-silence", "0", "--max-utterance", "0", str(path)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1

@@ -220,6 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds: longer audio is cut at pauses into segments of at most this length, "
         "each decoded on its own (bounded memory); 0 = decode whole",
     )
+    p.add_argument(
+        "--endpoint-silence",
+        type=float,
+        default=1.0,
+        help="--stream: seconds of silence after speech that end an utterance (a line of "
+        "output; the decoder then starts afresh); 0 = off",
+    )
+    p.add_argument(
+        "--max-utterance",
+        type=float,
+        default=20.0,
+        help="--stream: seconds after which an utterance ends without a pause; 0 = off (with "
+        "--endpoint-silence 0 the whole stream is one utterance, and memory grows with it)",
+    )
     add_decode_args(p)
     add_device_arg(p)
     p.set_defaults(func=_lazy("ume.decode.transcribe", "main_transcribe"))

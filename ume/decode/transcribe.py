@@ -31,7 +31,7 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +46,7 @@ from ume.data.segment import PauseSegmenter, Segment
 from ume.data.tokenizer import Tokenizer
 from ume.data.waveform import as_mono_16k
 from ume.decode.search import decode_batch
-from ume.decode.streaming import SAMPLE_RATE, StreamingDecoder, model_features
+from ume.decode.streaming import SAMPLE_RATE, Endpoint, StreamingDecoder, model_features
 from ume.errors import UmeError
 from ume.model.asr import ASRModel
 
@@ -319,32 +319,50 @@ def _stdin_audio(rate: int) -> Iterator[np.ndarray]:
         raise DataError("stdin gave no audio (expected raw 16-bit little-endian mono PCM)")
 
 
-def _stream_one(rec: Recognizer, name: str, args: argparse.Namespace) -> dict:
+def _stream_one(
+    rec: Recognizer, name: str, args: argparse.Namespace, emit: Callable[[dict], None]
+) -> None:
+    """Stream one file (or stdin) through the chunk decoder: partials on stderr as chunks
+    finish; `emit` gets each utterance as an endpoint closes it (all of it at the end of the
+    audio when endpointing is off)."""
+    endpoint = None
+    if args.endpoint_silence > 0 or args.max_utterance > 0:
+        endpoint = Endpoint(args.endpoint_silence, max(5.0, args.endpoint_silence),
+                            args.max_utterance)  # fmt: skip
     sd = StreamingDecoder(
-        rec.model, rec.cfg.features, args.chunk_size, args.left_chunks, args.mode, args.beam
-    )
+        rec.model, rec.cfg.features, args.chunk_size, args.left_chunks, args.mode, args.beam,
+        endpoint=endpoint, times=args.json,
+    )  # fmt: skip
     piece = sd.enc.stride * sd.shift  # one chunk of audio per piece
     pieces = _stdin_pieces(args.rate, piece) if name == "-" else None
     if pieces is None:
         wave = load_audio(name)
         pieces = (wave[i : i + piece] for i in range(0, len(wave), piece))
     heard = 0
+
+    def flush() -> None:
+        for utt in sd.take_finished():
+            lp = utt.pop("log_probs", None)
+            utt["text"] = rec.tokenizer.decode(utt["ids"])
+            if args.json:
+                utt["tokens"] = _token_json(rec, utt["ids"], lp, utt["start"])
+            emit(utt)
+
     for x in pieces:
         heard += len(x)
         for ids in sd.accept(x):
             print(f"{name}\t[{heard / SAMPLE_RATE:.2f}s] {rec.tokenizer.decode(ids)}",
                   file=sys.stderr, flush=True)  # fmt: skip
+        flush()
     if heard == 0:
         raise DataError("no audio" + (" on stdin" if name == "-" else ""))
-    ids = sd.finish()
-    return {"text": rec.tokenizer.decode(ids), "ids": ids, "log_probs": sd.log_probs().numpy()}
+    sd.finish()
+    flush()
 
 
 def _tokens_of(rec: Recognizer, res: dict) -> list[dict]:
     """The result's tokens with times: from its segments, or from its log-probabilities."""
-    if "segments" in res:
-        return [t for seg in res["segments"] for t in seg.get("tokens", [])]
-    return _token_json(rec, res["ids"], res.get("log_probs"))
+    return [t for seg in res["segments"] for t in seg.get("tokens", [])]
 
 
 def main_transcribe(args: argparse.Namespace) -> int:
@@ -364,26 +382,15 @@ def main_transcribe(args: argparse.Namespace) -> int:
     rec.model.to(resolve_device(getattr(args, "device", "auto")))
     failed = 0
     for name in args.files:
-        try:
-            if args.stream:
-                res = _stream_one(rec, name, args)
-            else:
-                if name == "-":
-                    pieces = _stdin_audio(args.rate)
-                else:
-                    pieces = _source_pieces(name, SAMPLE_RATE, args.max_segment)
-                res = transcribe_pieces(
-                    rec, pieces, args.mode, args.beam, args.chunk_size, args.left_chunks,
-                    args.json, args.max_segment,
-                )  # fmt: skip
-        except (DataError, OSError) as e:
-            msg = str(e) if name in str(e) else f"{name}: {e}"
-            print(f"ume transcribe: error: {msg}", file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        if res.get("too_short"):
-            print(f"ume transcribe: {name}: too short for the model, empty text", file=sys.stderr)
-        if args.json:
+
+        def emit(res: dict, name: str = name) -> None:
+            if res.get("too_short"):
+                print(
+                    f"ume transcribe: {name}: too short for the model, empty text", file=sys.stderr
+                )
+            if not args.json:
+                print(f"{name}\t{res['text']}", flush=True)
+                return
             obj = {
                 "file": name,
                 "text": res["text"],
@@ -391,13 +398,33 @@ def main_transcribe(args: argparse.Namespace) -> int:
                 "chunk_size": args.chunk_size,
                 "left_chunks": args.left_chunks,
                 "stream": bool(args.stream),
-                "tokens": _tokens_of(rec, res),
             }
-            if "segments" in res:
+            if args.stream:
+                obj["start"], obj["end"] = res["start"], res["end"]
+                obj["tokens"] = res["tokens"]
+            else:
+                obj["tokens"] = _tokens_of(rec, res)
                 obj["segments"] = [
                     {k: seg[k] for k in ("start", "end", "text")} for seg in res["segments"]
                 ]
             print(json.dumps(obj, ensure_ascii=False), flush=True)
-        else:
-            print(f"{name}\t{res['text']}", flush=True)
+
+        try:
+            if args.stream:
+                _stream_one(rec, name, args, emit)
+                continue
+            if name == "-":
+                pieces = _stdin_audio(args.rate)
+            else:
+                pieces = _source_pieces(name, SAMPLE_RATE, args.max_segment)
+            res = transcribe_pieces(
+                rec, pieces, args.mode, args.beam, args.chunk_size, args.left_chunks,
+                args.json, args.max_segment,
+            )  # fmt: skip
+        except (DataError, OSError) as e:
+            msg = str(e) if name in str(e) else f"{name}: {e}"
+            print(f"ume transcribe: error: {msg}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        emit(res)
     return 1 if failed else 0

@@ -9,6 +9,11 @@ n-best with the attention decoder over all encoder frames, `attention` runs the 
 search over them. With the same mode, chunk size and left chunks the result equals
 `ume decode --chunk-size N` (the masked full-utterance encoder): tests/test_streaming.py.
 
+A live stream is many utterances: with an `Endpoint`, an utterance ends after a pause (CTC
+blank frames) or at a maximum length; its final result goes to `take_finished` and the encoder
+caches, kept frames and hypotheses start afresh, so state and per-chunk cost stay bounded
+however long the stream runs (fbank frames are freed as soon as no window needs them).
+
 Features are rounded to float16 before the encoder, as the decode and training feature store
 keeps them (ume/data/loader.py), so that streaming and `ume decode` see the same numbers.
 

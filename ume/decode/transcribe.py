@@ -1,27 +1,37 @@
-"""`ume transcribe`: audio files (or 16-bit PCM on stdin) -> text, one line per file.
+"""`ume transcribe`: audio files (or 16-bit PCM on stdin) -> text.
 
-    ume transcribe [--model EXPDIR] FILE... [--mode MODE] [--json] [--chunk-size N] [--device D]
-    ume transcribe --stream --chunk-size 16 FILE      # partials on stderr, result on stdout
-    arecord -f S16_LE -r 16000 -c 1 | ume transcribe --stream -     # live, from stdin
+    ume transcribe [--model EXPDIR] FILE... [--mode MODE] [--json] [--max-segment S] [--device D]
+    ume transcribe --stream --chunk-size 16 FILE      # partials on stderr, utterances on stdout
+    arecord -f S16_LE -r 16000 -c 1 | ume transcribe --stream --chunk-size 16 -   # live
 
 The default model is the bundled one (`ume.bundled_model()`). Files are anything soundfile
 reads (WAV, FLAC, OGG, ...), any sample rate (resampled to 16 kHz with soxr) and any channel
-count (averaged to mono): the manifest's `load_audio`. `-` reads raw little-endian 16-bit PCM,
-mono, at --rate Hz (default 16000) from stdin. Output: `FILE<TAB>text` per file; with --json
-one JSON object per line with the decoding mode and per-token CTC start/end times (seconds,
-from a CTC Viterbi alignment of the final tokens). A file that is missing or unreadable gets a
-one-line error on stderr naming it; the other files are still transcribed; the exit status
-is 1 if any file failed.
+count (averaged to mono). `-` reads raw little-endian 16-bit PCM, mono, at --rate Hz (default
+16000) from stdin. A file that is missing or unreadable gets a one-line error on stderr naming
+it; the other files are still transcribed; the exit status is 1 if any file failed.
 
-Without --stream the whole file is decoded as `ume decode` does (the masked encoder with
---chunk-size/--left-chunks); with --stream the audio is fed in chunk-sized pieces to the
-chunk-by-chunk encoder with caches (ume/decode/streaming.py), partial hypotheses go to stderr
-as they come, and the final text equals the non-streaming one for the same mode and chunk.
+Without --stream: one line `FILE<TAB>text` per file. Up to --max-segment seconds (default 20)
+the audio is decoded whole as `ume decode` does; longer audio is cut at pauses
+(ume/data/segment.py) and decoded segment by segment, read block by block, so memory does not
+grow with the file's length. --json: one JSON object per file with the decoding mode, the
+segments (start, end, text) and per-token CTC start/end times (seconds in the file, from a
+CTC Viterbi alignment of the final tokens).
+
+With --stream the audio is fed in chunk-sized pieces to the chunk-by-chunk encoder with caches
+(ume/decode/streaming.py); partial hypotheses go to stderr as they come. An utterance ends after
+--endpoint-silence seconds of silence following speech (default 1) or at --max-utterance
+seconds (default 20); it is then printed (`FILE<TAB>text`, or a JSON object with its start and
+end) and the decoder starts afresh, so a stream of any length keeps bounded state. With
+`--endpoint-silence 0 --max-utterance 0` the stream is one utterance whose text equals the
+non-streaming one for the same mode, chunk size and left chunks.
 
 Python:
     >>> import ume
     >>> ume.transcribe(ume.bundled_model(), "hello.wav")
     'HELLO WORLD'
+    >>> wave, sr = torchaudio.load("hello.wav")               # (C, N)
+    >>> ume.transcribe(ume.bundled_model(), wave, sample_rate=sr)
+    >>> ume.transcribe_segments(ume.bundled_model(), "lecture.wav")  # [{start, end, text, tokens}]
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def test_decode_of_an_audio_file_points_to_transcribe(tmp_path, monkeypatch, cap
         with pytest.raises(DataError, match=f"is an audio file \\({kind}\\)") as e:
             load_manifest(path)
         assert f"ume transcribe {path}" in str(e.value) and "UTF-8" not in str(e.value)
-    with pytest.raises(DataError, match=f"ume transcribe {tmp_path}/\\*.flac"):
+    with pytest.raises(DataError, match=f"ume transcribe {tmp_path}/\\*.wav"):
         load_manifest(tmp_path)  # a directory of audio files, no wav.scp
     argv = ["decode", "--model", "unused", "--data", str(wav), "--out", str(tmp_path / "h")]
     monkeypatch.setattr(

@@ -21,7 +21,7 @@ PKG = ROOT / "ume"
 # module may import modules of its own floor or lower floors, never higher ones; no circles.
 FLOORS: list[tuple[str, ...]] = [
     # leaves: configs, atomic files, host facts, devices, bundled models
-    ("ume.config", "ume.atomic", "ume.machine", "ume.device", "ume.bundled"),
+    ("ume.errors", "ume.config", "ume.atomic", "ume.machine", "ume.device", "ume.bundled"),
     ("ume.data",),  # text, corpus, audio, features, tokenizer, batches
     ("ume.model",),  # networks: conformer, decoder, FFN/MoE layers, parameter counts
     ("ume.expdir",),  # experiment dirs: config + tokenizer + weights on disk

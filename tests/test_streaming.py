@@ -16,7 +16,7 @@ import torch
 from ume.config import DecoderConfig, EncoderConfig, FeatureConfig, ModelConfig, MoEConfig
 from ume.data.features import compute_fbank
 from ume.decode.search import MODES, ctc_prefix_beam, decode_batch
-from ume.decode.streaming import StreamingDecoder, model_features, stream_latency
+from ume.decode.streaming import Endpoint, StreamingDecoder, model_features, stream_latency
 from ume.model.asr import ASRModel
 from ume.model.moe import MoEFeedForward
 from ume.model.streaming import ChunkEncoder, stream_encode
@@ -132,6 +132,63 @@ def test_stream_latency_reports_percentiles() -> None:
     assert 0 < res["chunk_ms_p50"] <= res["chunk_ms_p95"]
     assert 0 < res["delay_ms_p50"] <= res["delay_ms_p95"]
     assert res["final_ms_p50"] > 0 and res["chunk_audio_ms"] == 160
+
+
+def _state_after(sd: StreamingDecoder, seconds: float, checkpoints: int = 4) -> list[dict]:
+    """Feed `seconds` of noise in 0.1 s pieces; the decoder's state at `checkpoints` times."""
+    rng = np.random.default_rng(0)
+    out, n = [], int(seconds * 10)
+    for i in range(n):
+        sd.accept(rng.normal(0, 0.2, 1600).astype(np.float32))
+        sd.take_finished()
+        if (i + 1) % (n // checkpoints) == 0:
+            out.append(sd.state_size())
+    return out
+
+
+def test_endpointing_keeps_stream_state_bounded() -> None:
+    """Hours of stream must not grow the decoder: with endpoints every state size stays under a
+    fixed bound after many chunks; without them (the whole stream one utterance) it grows."""
+    m = _tiny(MoEConfig(), rate=4)
+    cfg = FeatureConfig()
+    ep = Endpoint(silence_after_speech=1.0, silence_alone=5.0, max_utterance=2.0)
+    sd = StreamingDecoder(m, cfg, 4, -1, "attention_rescoring", beam=3, endpoint=ep)
+    states = _state_after(sd, 60.0)
+    assert sd.num_chunks > 300
+    # 2 s of utterance at 40 ms frames: 50 encoder frames; fbank: one window of 19 frames
+    for st in states:
+        assert st["att_cache_frames"] <= 50 + 4 and st["encoder_frames"] <= 50 + 4, st
+        assert st["feature_frames"] <= 19 + 160 // 10 + 4, st  # a window plus one piece
+        assert st["hyp_tokens"] <= 60 and st["finished_utterances"] == 0, st
+    # the same stream without endpoints: caches and kept frames grow with the stream
+    sd = StreamingDecoder(m, cfg, 4, -1, "ctc_prefix_beam", beam=3)
+    grow = _state_after(sd, 20.0)
+    assert grow[-1]["encoder_frames"] >= 3 * grow[0]["encoder_frames"] > 0
+    assert grow[-1]["att_cache_frames"] > 400
+    assert grow[-1]["feature_frames"] <= 19 + 16 + 4  # fbank frames are freed either way
+
+
+def test_endpoint_ends_utterances_at_pauses() -> None:
+    """Finished utterances come out in order with their times in the stream; finish() returns
+    what was not taken; the CLI's --stream is bounded by default."""
+    from ume.cli import build_parser
+
+    m = _tiny(MoEConfig(), rate=4)
+    with torch.no_grad():
+        m.ctc.bias[0] = -100.0  # never blank: every utterance has tokens
+    ep = Endpoint(silence_after_speech=0.0, silence_alone=0.0, max_utterance=1.0)
+    sd = StreamingDecoder(m, FeatureConfig(), 4, -1, "ctc_greedy", endpoint=ep)
+    wave = np.random.default_rng(2).normal(0, 0.2, 16000 * 5).astype(np.float32)
+    sd.accept(wave)
+    got = sd.take_finished()
+    assert len(got) >= 4 and sd.take_finished() == []
+    assert [u["start"] for u in got] == sorted(u["start"] for u in got)
+    assert all(1.0 <= u["end"] - u["start"] <= 1.0 + 0.16 + 1e-6 for u in got)  # + one chunk
+    assert all(a["end"] <= b["start"] + 1e-6 for a, b in zip(got, got[1:]))
+    tail = sd.finish()
+    assert tail == [t for u in sd.take_finished() for t in u["ids"]]
+    args = build_parser().parse_args(["transcribe", "--stream", "--chunk-size", "16", "-"])
+    assert args.endpoint_silence > 0 and args.max_utterance > 0
 
 
 # ---- the bundled model on one synthesised utterance ---------------------------------------

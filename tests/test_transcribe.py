@@ -58,8 +58,11 @@ def wavs(tmp_path_factory) -> dict[str, Path]:
     st = soxr.resample(data, sr, 44100)
     sf.write(flac, np.stack([st, st], axis=1), 44100)
     pcm = d / "c.pcm"  # raw s16le mono at 8 kHz for stdin
-    pcm.write_bytes((soxr.resample(data, sr, 8000) * 32767).astype("<i2").tobytes())
-    return {"wav": wav, "flac": flac, "pcm": pcm}
+    samples = (soxr.resample(data, sr, 8000) * 32767).astype("<i2")
+    pcm.write_bytes(samples.tobytes())
+    pcm_wav = d / "c.wav"  # the same samples as a WAV file
+    sf.write(pcm_wav, samples, 8000, subtype="PCM_16")
+    return {"wav": wav, "flac": flac, "pcm": pcm, "pcm_wav": pcm_wav}
 
 
 @needs_model
@@ -90,12 +93,89 @@ def test_transcribe_files_errors_and_json(wavs, tmp_path: Path, capsys) -> None:
 
 @needs_model
 def test_transcribe_stdin_pcm(wavs, monkeypatch, capsys) -> None:
+    """PCM on stdin gives the text of the same samples read from a WAV file."""
     raw = wavs["pcm"].read_bytes()
     for stream in ([], ["--stream", "--chunk-size", "8"]):
+        args = ["transcribe", "--mode", "ctc_greedy", *stream]
+        assert main([*args, str(wavs["pcm_wav"])]) == 0
+        want = capsys.readouterr().out.split("\t", 1)[1]
+        assert want.strip(), stream  # the file has a transcript to compare with
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
-        assert main(["transcribe", "--mode", "ctc_greedy", "--rate", "8000", *stream, "-"]) == 0
-        line = capsys.readouterr().out.strip()
-        assert line.startswith("-\t") and len(line) > 3
+        assert main([*args, "--rate", "8000", "-"]) == 0
+        assert capsys.readouterr().out == f"-\t{want}", stream
+
+
+@needs_model
+def test_transcribe_arrays_as_torchaudio_and_soundfile_give_them(wavs) -> None:
+    """(C, N) as torchaudio.load returns, (N, C) as soundfile.read does, int16 PCM: the text of
+    the file itself."""
+    import torch
+
+    want = ume.transcribe(BUNDLED, wavs["flac"], mode="ctc_greedy")
+    assert want
+    data, sr = sf.read(wavs["flac"], dtype="float32")  # (N, 2) at 44.1 kHz
+    as_torchaudio = torch.from_numpy(data.T.copy())  # (2, N)
+    for arr in (data, as_torchaudio, as_torchaudio[:1], (data * 32767).astype(np.int16)):
+        got = ume.transcribe(BUNDLED, arr, mode="ctc_greedy", sample_rate=sr)
+        assert got == want, (type(arr), arr.shape, arr.dtype)
+    with pytest.raises(ValueError, match="ambiguous"):
+        ume.transcribe(BUNDLED, np.zeros((4, 4), np.float32), mode="ctc_greedy")
+
+
+def _utterances(d: Path, texts: list[str]) -> list[np.ndarray]:
+    out = []
+    for i, text in enumerate(texts):
+        wav = d / f"u{i}.wav"
+        subprocess.run(["espeak-ng", "-w", str(wav), text], check=True)
+        out.append(ume.data.manifest.load_audio(str(wav)))
+    return out
+
+
+@needs_model
+def test_long_audio_is_segmented_with_times(wavs, tmp_path: Path, capsys) -> None:
+    """A recording longer than --max-segment is cut at its pauses: bounded segments, one per
+    utterance here, decoded one by one, with times in the whole recording."""
+    from ume.decode.transcribe import Recognizer, transcribe_pieces
+
+    texts = ["hello world", "good morning everyone", "the weather is nice today"]
+    utts = _utterances(tmp_path, texts)
+    gap = np.zeros(8000, np.float32)  # 0.5 s pauses
+    wave = np.concatenate([gap, *[np.concatenate([u, gap]) for u in utts]])
+    spans, pos = [], len(gap)
+    for u in utts:
+        spans.append((pos / 16000, (pos + len(u)) / 16000))
+        pos += len(u) + len(gap)
+    path = tmp_path / "long.wav"
+    sf.write(path, wave, 16000)
+    rec = Recognizer.load(BUNDLED)
+    res = transcribe_pieces(rec, [wave], "ctc_greedy", times=True, max_segment=3.0)
+    segs = res["segments"]
+    assert len(segs) == len(utts)
+    for s, (a, b) in zip(segs, spans):
+        assert s["end"] - s["start"] <= 3.0
+        assert s["start"] <= a + 0.05 and s["end"] >= b - 0.3  # espeak ends in silence
+        assert s["text"] and all(s["start"] <= t["start"] < t["end"] <= s["end"] + 0.1
+                                 for t in s["tokens"])  # fmt: skip
+    assert res["text"] == rec.tokenizer.decode([t for s in segs for t in s["ids"]])
+    # the CLI: one line per file; --json adds the segments
+    assert (
+        main(["transcribe", "--mode", "ctc_greedy", "--max-segment", "3", "--json", str(path)]) == 0
+    )
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["text"] == res["text"]
+    assert [(s["start"], s["end"]) for s in obj["segments"]] == [
+        (s["start"], s["end"]) for s in segs
+    ]
+    assert [t["start"] for t in obj["tokens"]] == sorted(t["start"] for t in obj["tokens"])
+    # the Python twin with times
+    got = ume.transcribe_segments(BUNDLED, path, mode="ctc_greedy", max_segment=3.0)
+    assert [s["text"] for s in got] == [s["text"] for s in segs]
+    # up to --max-segment the file is decoded whole, as before
+    assert main(["transcribe", "--mode", "ctc_greedy", "--max-segment", "0", str(path)]) == 0
+    whole = capsys.readouterr().out.split("\t", 1)[1].strip()
+    from ume.decode.transcribe import transcribe_wave
+
+    assert whole == transcribe_wave(rec, wave, "ctc_greedy")["text"]
 
 
 def _corrupt(src: Path, dst: Path, name: str) -> None:
@@ -227,3 +307,27 @@ def test_model_cache_follows_a_retrained_model(wavs, tmp_path: Path) -> None:
     save_file(sd, exp / "model.safetensors.tmp")
     os.replace(exp / "model.safetensors.tmp", exp / "model.safetensors")
     assert ume.transcribe(exp, wavs["wav"], mode="ctc_greedy") == ""
+
+
+@needs_model
+def test_stream_ends_utterances_at_pauses(wavs, tmp_path: Path, capsys) -> None:
+    """--stream (bounded by default): each utterance after a pause is its own output line,
+    with its times in the stream under --json."""
+
+    texts = ["hello world", "good morning everyone", "the weather is nice today"]
+    utts = _utterances(tmp_path, texts)
+    gap = np.zeros(32000, np.float32)  # 2 s pauses
+    path = tmp_path / "three.wav"
+    sf.write(path, np.concatenate([x for u in utts for x in (u, gap)]), 16000)
+    args = ["transcribe", "--mode", "ctc_greedy", "--stream", "--chunk-size", "16", "--json"]
+    assert main([*args, str(path)]) == 0
+    objs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(objs) == len(utts) and all(o["text"] for o in objs)
+    pos = 0.0
+    for o, u in zip(objs, utts):
+        assert o["start"] <= pos + 0.1 and o["end"] >= pos + len(u) / 16000 - 0.5, (o, pos)
+        assert all(o["start"] <= t["start"] < t["end"] <= o["end"] + 0.1 for t in o["tokens"])
+        pos += (len(u) + len(gap)) / 16000
+    # endpointing off: the whole stream is one utterance, one line
+    assert main([*args, "--endpoint-silence", "0", "--max-utterance", "0", str(path)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1

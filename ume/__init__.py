@@ -31,6 +31,7 @@ _LAZY = {
     "load": "ume.api",
     "valid_frames": "ume.api",
     "transcribe": "ume.decode.transcribe",
+    "transcribe_segments": "ume.decode.transcribe",
     "bundled_model": "ume.bundled",
 }
 

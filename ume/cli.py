@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -216,6 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream", action="store_true", help="chunk-by-chunk with caches; partials on stderr"
     )
     p.add_argument("--rate", type=int, default=16000, help="sample rate of '-' (s16le mono PCM)")
+    p.add_argument(
+        "--max-segment",
+        type=float,
+        default=20.0,
+        help="seconds: longer audio is cut at pauses into segments of at most this length, "
+        "each decoded on its own (bounded memory); 0 = decode whole",
+    )
+    p.add_argument(
+        "--endpoint-silence",
+        type=float,
+        default=1.0,
+        help="--stream: seconds of silence after speech that end an utterance (a line of "
+        "output; the decoder then starts afresh); 0 = off",
+    )
+    p.add_argument(
+        "--max-utterance",
+        type=float,
+        default=20.0,
+        help="--stream: seconds after which an utterance ends without a pause; 0 = off (with "
+        "--endpoint-silence 0 the whole stream is one utterance, and memory grows with it)",
+    )
     add_decode_args(p)
     add_device_arg(p)
     p.set_defaults(func=_lazy("ume.decode.transcribe", "main_transcribe"))
@@ -308,6 +330,23 @@ def build_parser() -> argparse.ArgumentParser:
         "ume.bench.gap",
         "add_gap_args",
         "main_gap",
+    )
+
+    _deferred(
+        bench,
+        "longaudio",
+        "transcribe a long recording of test utterances: memory, speed, text vs per utterance",
+        "ume.bench.long_audio",
+        "add_long_audio_args",
+        "main_long_audio",
+    )
+    _deferred(
+        bench,
+        "stream",
+        "a long live stream: per-chunk latency and memory over time",
+        "ume.bench.long_stream",
+        "add_long_stream_args",
+        "main_long_stream",
     )
 
     _deferred(
@@ -405,11 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one `ume` command. An error of the user's input (`UmeError`, or a file that does not
+    exist) is one line on stderr, exit status 2. A ValueError from elsewhere (torch, numpy, or a
+    check not yet marked as ume's) may be a bug: its traceback is printed before that line. Any
+    other exception propagates with its traceback."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    from ume.errors import UmeError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
+    except (UmeError, FileNotFoundError) as e:
+        print(f"ume {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        traceback.print_exc()
         print(f"ume {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

@@ -23,8 +23,10 @@ from typing import Any
 
 import yaml
 
+from ume.errors import UmeError
 
-class ConfigError(ValueError):
+
+class ConfigError(UmeError):
     """A config file or override is malformed (unknown key, wrong type, bad value)."""
 
 

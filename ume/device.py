@@ -27,13 +27,15 @@ import os
 
 import torch
 
+from ume.errors import UmeError
+
 log = logging.getLogger(__name__)
 
 DEVICE_CHOICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("fp32", "bf16")
 
 
-class DeviceError(ValueError):
+class DeviceError(UmeError):
     """The requested device cannot be used here; the message says why and what to use."""
 
 
@@ -119,7 +121,7 @@ def autocast_dtype(device: torch.device | str, precision: str) -> torch.dtype | 
         True
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: use one of {PRECISIONS}")
+        raise UmeError(f"precision {precision!r}: use one of {PRECISIONS}")
     if precision == "fp32":
         return None
     device = torch.device(device)

@@ -26,12 +26,13 @@ from safetensors.torch import load_file, save_file
 from ume.atomic import atomic_path, atomic_write_json  # noqa: F401 (re-exported)
 from ume.config import ExperimentConfig, load_config, save_config
 from ume.data.tokenizer import Tokenizer
+from ume.errors import UmeError
 from ume.model.asr import ASRModel
 
 MODEL_FILE = "model.safetensors"
 
 
-class ExpDirError(ValueError):
+class ExpDirError(UmeError):
     """An experiment dir is incomplete or its weights do not match its config."""
 
 

@@ -77,7 +77,8 @@ class OnlineFeatures:
     def __init__(self, cfg: FeatureConfig, sample_rate: int = 16000) -> None:
         self.sample_rate = sample_rate
         self._fb = knf.OnlineFbank(fbank_options(cfg, sample_rate))
-        self._rows: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []  # frames first .. first + len(rows)
+        self._first = 0
 
     def accept(self, wave: np.ndarray) -> None:
         """Append mono float samples in [-1, 1] (N,)."""
@@ -92,16 +93,32 @@ class OnlineFeatures:
         self._collect()
 
     def _collect(self) -> None:
-        for i in range(len(self._rows), self._fb.num_frames_ready):
+        for i in range(self.num_frames, self._fb.num_frames_ready):
             self._rows.append(np.asarray(self._fb.get_frame(i), dtype=np.float32))
 
     @property
     def num_frames(self) -> int:
+        """Frames computed so far (including discarded ones): the next frame's index."""
+        return self._first + len(self._rows)
+
+    @property
+    def num_kept(self) -> int:
+        """Frames held in memory (not discarded)."""
         return len(self._rows)
 
+    def discard(self, before: int) -> None:
+        """Free the frames with index < before; later indices stay as they were."""
+        n = min(max(0, before - self._first), len(self._rows))
+        if n:
+            del self._rows[:n]
+            self._fb.pop(n)
+            self._first += n
+
     def frames(self, start: int, end: int) -> np.ndarray:
-        """Ready frames [start, end) as (T, F) float32."""
-        rows = self._rows[start:end]
+        """Ready frames [start, end) as (T, F) float32 (start >= the first kept frame)."""
+        if start < self._first:
+            raise IndexError(f"frame {start} was discarded (first kept: {self._first})")
+        rows = self._rows[start - self._first : end - self._first]
         if not rows:
             return np.zeros((0, self._fb.dim), dtype=np.float32)
         return np.stack(rows)

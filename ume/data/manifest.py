@@ -39,6 +39,7 @@ import soxr
 
 from ume.atomic import atomic_write_text
 from ume.data.text import normalize_text, text_lang
+from ume.errors import UmeError
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ PIPE_TIMEOUT_ENV = "UME_PIPE_TIMEOUT"
 DEFAULT_PIPE_TIMEOUT = 300.0  # seconds for one wav.scp pipe command
 
 
-class DataError(ValueError):
+class DataError(UmeError):
     """A data file or audio file is missing or malformed; the message says where and how to fix."""
 
 
@@ -119,6 +120,36 @@ def _resolve_wav(wav: str, base: Path) -> str | None:
     return None
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aiff", ".aif", ".au", ".webm")
+
+
+def audio_format(path: Path) -> str | None:
+    """The audio container a file's first bytes announce ('WAV', 'FLAC', 'Ogg', 'MP3', 'AIFF',
+    'MP4', 'AU', 'WebM'), or None for anything else (e.g. a text manifest)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+        return "WAV"
+    if head[:4] == b"fLaC":
+        return "FLAC"
+    if head[:4] == b"OggS":
+        return "Ogg"
+    if head[:3] == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return "MP3"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "AIFF"
+    if head[4:8] == b"ftyp":
+        return "MP4"
+    if head[:4] == b".snd":
+        return "AU"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "WebM"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # manifests
 
@@ -145,11 +176,25 @@ def load_manifest(
             path = path / "data.list"
             utts, skipped = _load_jsonl(path, require_text)
         else:
+            audio = sorted(p.name for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+            hint = (
+                f"; it holds audio files ({', '.join(audio[:3])}{', ...' if len(audio) > 3 else ''})"
+                f": to get their text run `ume transcribe {path}/*{Path(audio[0]).suffix}`"
+                if audio
+                else ""
+            )
             raise DataError(
                 f"{path} is a directory without wav.scp or data.list; a Kaldi data dir needs "
-                "wav.scp and text, a jsonl manifest needs data.list"
+                "wav.scp and text, a jsonl manifest needs data.list" + hint
             )
     elif path.is_file():
+        kind = audio_format(path)
+        if kind is not None:
+            raise DataError(
+                f"{path} is an audio file ({kind}), not a manifest: this command reads a Kaldi "
+                "data dir (wav.scp + text) or a jsonl data.list naming audio files. To get the "
+                f"text of this file run `ume transcribe {path}`"
+            )
         if path.name == "wav.scp":
             path = path.parent
             utts, skipped = _load_kaldi(path, require_text)

@@ -62,6 +62,7 @@ from ume.data.synth_presets import (
 from ume.data.synth_render import _render_job
 from ume.data.text_sources import FORTUNE_DIR
 from ume.data.tts import SAMPLE_RATE
+from ume.errors import UmeError
 
 logger = logging.getLogger(__name__)
 
@@ -209,9 +210,9 @@ def synthesize(
         ['esp_cmn_f4', 'esp_cmn_m5', 'esp_en-gb-x-rp_f4', 'flite_slt']
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        raise UmeError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise UmeError(f"seed must be a non-negative integer, got {seed!r}")
     cfg = PRESETS[preset]
     out = Path(out_dir).expanduser().resolve()
     done = _complete_summary(out, cfg, seed)
@@ -305,14 +306,14 @@ def synthesize_slice(preset: str, split: str, n: int, out_dir: str | Path, seed:
         >>> synthesize_slice("paper", "test", 60, "/tmp/slice")   # -> /tmp/slice/test
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        raise UmeError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     out = Path(out_dir)
     plans, _ = plan_preset(PRESETS[preset], out, seed)
     chosen = sorted(
         (p for p in plans if p.split == split and not p.heldout), key=lambda p: p.index
     )[:n]
     if not chosen:
-        raise ValueError(f"split {split!r} of preset {preset!r} has no utterances")
+        raise UmeError(f"split {split!r} of preset {preset!r} has no utterances")
     (out / "wavs" / split).mkdir(parents=True, exist_ok=True)
     done = []
     for plan in chosen:

@@ -28,6 +28,7 @@ import sentencepiece as spm
 from ume.atomic import atomic_write_bytes, atomic_write_text
 from ume.data.text import is_cjk, join_units, split_units, unit_lang
 from ume.data.unit_list import UnitList
+from ume.errors import UmeError
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +61,12 @@ class Tokenizer(UnitList):
     def __init__(self, units: list[str], bpe_model: bytes) -> None:
         """Build from the full unit list (see module docstring) and a serialized BPE model."""
         if len(units) < 3 or units[0] != "<blank>" or units[1] != "<unk>":
-            raise ValueError("units must start with '<blank>', '<unk>'")
+            raise UmeError("units must start with '<blank>', '<unk>'")
         if units[-1] != "<sos/eos>":
-            raise ValueError("units must end with '<sos/eos>'")
+            raise UmeError("units must end with '<sos/eos>'")
         if len(set(units)) != len(units):
             dups = sorted(u for u, c in Counter(units).items() if c > 1)
-            raise ValueError(f"units contain duplicates: {dups[:10]}")
+            raise UmeError(f"units contain duplicates: {dups[:10]}")
         self.units = list(units)
         self._bpe_model = bpe_model
         self._sp = spm.SentencePieceProcessor(model_proto=bpe_model)
@@ -79,7 +80,7 @@ class Tokenizer(UnitList):
             elif piece in self._unit2id:
                 self._sp2id.append(self._unit2id[piece])
             else:
-                raise ValueError(
+                raise UmeError(
                     f"BPE piece {piece!r} is not in the unit list; tokenizer.json and bpe.model "
                     "do not belong together (retrain or copy both files)"
                 )
@@ -166,7 +167,7 @@ class Tokenizer(UnitList):
                     continue
                 m = _TOO_SMALL.search(str(e))
                 if m:
-                    raise ValueError(
+                    raise UmeError(
                         f"bpe_size={bpe_size} is smaller than the {m.group(2)} pieces needed for "
                         f"the English characters; set tokenizer.bpe_size >= {m.group(2)}"
                     ) from e
@@ -219,13 +220,13 @@ class Tokenizer(UnitList):
             obj = json.loads(jpath.read_text(encoding="utf-8"))
             version, units = obj["version"], obj["units"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{jpath} is malformed ({e}); re-save the tokenizer") from e
+            raise UmeError(f"{jpath} is malformed ({e}); re-save the tokenizer") from e
         if version != _VERSION:
-            raise ValueError(f"{jpath}: unsupported tokenizer version {version} (want {_VERSION})")
+            raise UmeError(f"{jpath}: unsupported tokenizer version {version} (want {_VERSION})")
         try:
             return cls(units, mpath.read_bytes())
         except ValueError as e:
-            raise ValueError(f"{d}: {e}") from e
+            raise UmeError(f"{d}: {e}") from e
 
     # -- encode / decode -----------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:

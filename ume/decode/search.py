@@ -17,6 +17,7 @@ from collections import defaultdict
 
 import torch
 
+from ume.errors import UmeError
 from ume.model.asr import ASRModel
 
 MODES = ("ctc_greedy", "ctc_prefix_beam", "attention", "attention_rescoring")
@@ -193,7 +194,7 @@ def decode_batch(
 ) -> list[list[int]]:
     """feats (B, T, F) raw fbank -> token ids per utterance."""
     if mode not in MODES:
-        raise ValueError(f"unknown decoding mode {mode!r}; choose one of {MODES}")
+        raise UmeError(f"unknown decoding mode {mode!r}; choose one of {MODES}")
     enc, valid = model.encode(feats, feat_lens, chunk_size, left_chunks)  # (B, T', D)
     lens = valid.sum(1)
     if mode == "attention":

@@ -22,6 +22,7 @@ import numpy as np
 
 from ume.data.manifest import DataError
 from ume.decode.metrics import utterance_errors
+from ume.errors import UmeError
 
 __all__ = [
     "bootstrap_errors",
@@ -85,12 +86,12 @@ def seed_bootstrap_errors(
     [len(a_runs), len(b_runs)]. With one run each it is :func:`bootstrap_errors`.
     """
     if not a_runs or not b_runs:
-        raise ValueError("seed_bootstrap_errors: each system needs at least one run")
+        raise UmeError("seed_bootstrap_errors: each system needs at least one run")
     if replicates < 1:
-        raise ValueError(f"replicates must be >= 1, got {replicates}")
+        raise UmeError(f"replicates must be >= 1, got {replicates}")
     n = len(a_runs[0])
     if any(len(r) != n for r in (*a_runs, *b_runs)):
-        raise ValueError("seed_bootstrap_errors: all runs must be scored on the same utterances")
+        raise UmeError("seed_bootstrap_errors: all runs must be scored on the same utterances")
     a, b = np.stack(a_runs), np.stack(b_runs)  # (Ka, N, 2), (Kb, N, 2)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(replicates, n))  # (R, N)

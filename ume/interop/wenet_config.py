@@ -32,9 +32,10 @@ from ume.config import (
     ModelConfig,
     MoEConfig,
 )
+from ume.errors import UmeError
 
 
-class WeNetError(ValueError):
+class WeNetError(UmeError):
     """A WeNet dir, checkpoint or config that ume cannot read or write faithfully."""
 
 

@@ -20,6 +20,8 @@ import math
 import torch
 from torch import nn
 
+from ume.errors import UmeError
+
 
 def sinusoid(positions: torch.Tensor, d_model: int) -> torch.Tensor:
     """(N,) float positions -> (N, D) interleaved sin/cos encodings."""
@@ -66,7 +68,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
         if d_model % num_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+            raise UmeError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
         self.h = num_heads
         self.d_k = d_model // num_heads
         self.linear_q = nn.Linear(d_model, d_model)

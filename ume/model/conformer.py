@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ume.config import EncoderConfig, MoEConfig
+from ume.errors import UmeError
 from ume.model.attention import AbsPositionalEncoding, RelPositionalEncoding, RelPositionAttention
 from ume.model.mask import encoder_attention_mask, make_valid_mask
 from ume.model.slots import build_ffn
@@ -32,7 +33,7 @@ class ConvSubsampling(nn.Module):
     def __init__(self, input_dim: int, d_model: int, rate: int, channels: int = 0) -> None:
         super().__init__()
         if rate not in _STEMS:
-            raise ValueError(f"subsampling rate {rate} not supported; use one of {list(_STEMS)}")
+            raise UmeError(f"subsampling rate {rate} not supported; use one of {list(_STEMS)}")
         channels = channels or d_model
         self.layers = _STEMS[rate]
         convs: list[nn.Module] = []
@@ -81,9 +82,9 @@ class ConvModule(nn.Module):
     ) -> None:
         super().__init__()
         if norm not in ("layer_norm", "batch_norm"):
-            raise ValueError(f"encoder.conv_norm={norm!r}: use 'layer_norm' or 'batch_norm'")
+            raise UmeError(f"encoder.conv_norm={norm!r}: use 'layer_norm' or 'batch_norm'")
         if context not in ("zeros", "wenet"):
-            raise ValueError(f"encoder.conv_context={context!r}: use 'zeros' or 'wenet'")
+            raise UmeError(f"encoder.conv_context={context!r}: use 'zeros' or 'wenet'")
         self.pw1 = nn.Conv1d(d_model, 2 * d_model, 1)
         self.causal = causal
         self.context = context
@@ -91,7 +92,7 @@ class ConvModule(nn.Module):
         self.left_pad = kernel - 1 if causal else (kernel - 1) // 2
         self.right_pad = 0 if causal else (kernel - 1) // 2
         if not causal and kernel % 2 == 0:
-            raise ValueError("non-causal conv_kernel must be odd")
+            raise UmeError("non-causal conv_kernel must be odd")
         self.dw = nn.Conv1d(d_model, d_model, kernel, groups=d_model)
         self.norm = nn.BatchNorm1d(d_model) if self.batch_norm else nn.LayerNorm(d_model)
         self.act = nn.SiLU()
@@ -130,7 +131,7 @@ class ConformerBlock(nn.Module):
             )
         self.norm_mha = nn.LayerNorm(d)
         if cfg.pos_enc not in ("rel_shift", "wenet"):
-            raise ValueError(f"encoder.pos_enc={cfg.pos_enc!r}: use 'rel_shift' or 'wenet'")
+            raise UmeError(f"encoder.pos_enc={cfg.pos_enc!r}: use 'rel_shift' or 'wenet'")
         self.self_attn = RelPositionAttention(
             d, cfg.num_heads, cfg.attn_dropout, rel_shift=cfg.pos_enc == "rel_shift"
         )
@@ -139,7 +140,7 @@ class ConformerBlock(nn.Module):
         self.norm_ff = nn.LayerNorm(d)
         self.ffn = build_ffn(d, cfg.d_ff, "swish", cfg.dropout, "encoder_ffn", layer, n, moe)
         if cfg.final_norm not in ("block", "encoder", "both"):
-            raise ValueError(
+            raise UmeError(
                 f"encoder.final_norm={cfg.final_norm!r}: use 'block', 'encoder' or 'both'"
             )
         self.norm_final = nn.LayerNorm(d) if cfg.final_norm != "encoder" else nn.Identity()

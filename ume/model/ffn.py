@@ -13,13 +13,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ume.errors import UmeError
+
 
 def activation_fn(name: str) -> nn.Module:
     if name == "swish":
         return nn.SiLU()
     if name == "relu":
         return nn.ReLU()
-    raise ValueError(f"unknown activation {name!r}; use 'swish' or 'relu'")
+    raise UmeError(f"unknown activation {name!r}; use 'swish' or 'relu'")
 
 
 class FeedForward(nn.Module):

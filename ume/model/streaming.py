@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ume.errors import UmeError
 from ume.model.attention import RelPositionAttention
 from ume.model.conformer import ConformerBlock, ConvModule
 
@@ -156,10 +157,10 @@ class ChunkEncoder(nn.Module):
     def __init__(self, model: nn.Module, chunk_size: int, left_chunks: int = -1) -> None:
         super().__init__()
         if chunk_size <= 0:
-            raise ValueError(f"streaming needs a chunk size > 0 (got {chunk_size})")
+            raise UmeError(f"streaming needs a chunk size > 0 (got {chunk_size})")
         enc = model.encoder
         if not enc.cfg.causal_conv:
-            raise ValueError(
+            raise UmeError(
                 "streaming needs a causal convolution (encoder.causal_conv: true): this model's "
                 "centred conv kernel looks into the next chunk; decode it with masked chunks "
                 "(`ume decode --chunk-size N`) instead"

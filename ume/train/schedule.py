@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from ume.config import ModelConfig, PhaseConfig, TrainConfig
+from ume.errors import UmeError
 from ume.model.weight_decay import decay_rule
 
 
@@ -30,11 +31,9 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     of a converged model: it anneals by the end of the run, as the model it starts from did)."""
     warm = max(1, cfg.warmup_steps)
     if cfg.lr_schedule not in ("noam", "constant", "cosine"):
-        raise ValueError(
-            f"train.lr_schedule={cfg.lr_schedule!r}: use 'noam', 'constant' or 'cosine'"
-        )
+        raise UmeError(f"train.lr_schedule={cfg.lr_schedule!r}: use 'noam', 'constant' or 'cosine'")
     if cfg.lr_schedule == "cosine" and cfg.max_steps <= warm:
-        raise ValueError(
+        raise UmeError(
             f"train.lr_schedule='cosine' decays over train.max_steps={cfg.max_steps}, which "
             f"must exceed train.warmup_steps={cfg.warmup_steps}"
         )
@@ -81,7 +80,7 @@ def trainable_predicate(spec: object, num_blocks: int) -> Callable[[str], bool]:
         try:
             top = int(spec.split(":", 1)[1])
         except ValueError as e:
-            raise ValueError(f"trainable={spec!r}: use top:N with an integer N") from e
+            raise UmeError(f"trainable={spec!r}: use top:N with an integer N") from e
         first = max(0, num_blocks - top)
         prefixes = tuple(f"encoder.blocks.{i}." for i in range(first, num_blocks))
         return lambda n: is_moe_param(n) or n.startswith(prefixes + ("ctc.", "decoder."))
@@ -89,7 +88,7 @@ def trainable_predicate(spec: object, num_blocks: int) -> Callable[[str], bool]:
         pre = tuple(x for x in spec if x != "moe")
         want_moe = "moe" in spec
         return lambda n: n.startswith(pre) or (want_moe and is_moe_param(n))
-    raise ValueError(
+    raise UmeError(
         f"trainable={spec!r}: use 'all', 'moe', 'router', 'top:N' or a list of parameter-name "
         "prefixes such as ['encoder.blocks.5.', 'ctc.']"
     )
@@ -122,7 +121,7 @@ def apply_trainable(
         n_total += p.numel()
         n_train += p.numel() if p.requires_grad else 0
     if n_train == 0:
-        raise ValueError(
+        raise UmeError(
             f"trainable={spec!r} selects no parameters of this model "
             "(e.g. 'moe' on a dense model): fix the freezing schedule"
         )

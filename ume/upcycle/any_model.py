@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ume.config import MoEConfig
+from ume.errors import UmeError
 from ume.model.ffn import FeedForward
 from ume.model.moe import MoEFeedForward
 from ume.model.moe_split import MoEEntry, MoEExit, MoERouter, split_moe
@@ -50,7 +51,7 @@ _ACT_TYPES = (
 )  # fmt: skip
 
 
-class UpcycleAnyError(ValueError):
+class UpcycleAnyError(UmeError):
     """A model or module cannot be upcycled as asked, or lost its function on the way."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ume.config import MoEConfig
+from ume.errors import UmeError
 from ume.model.asr import ASRModel
 from ume.model.moe import ROUTER_INITS, expert_tensors_from_dense
 from ume.model.params import count_params, moe_layers, param_report
@@ -44,7 +45,7 @@ _FFN_MAP = {  # dense suffix -> (expert tensor, transpose)
 }
 
 
-class UpcycleError(ValueError):
+class UpcycleError(UmeError):
     """Dense weights and the MoE model do not correspond (the message names the keys)."""
 
 

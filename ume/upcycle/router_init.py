@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ume.errors import UmeError
 from ume.model.moe import MoEFeedForward
 from ume.moe_report import measure_load
 
@@ -41,9 +42,7 @@ def spherical_kmeans(
     An empty cluster is re-seeded with the frame farthest from its centroid, so all k
     centroids are used. Raises ValueError if there are fewer frames than clusters."""
     if x.size(0) < k:
-        raise ValueError(
-            f"k-means router init: {x.size(0)} frames for {k} clusters; give more data"
-        )
+        raise UmeError(f"k-means router init: {x.size(0)} frames for {k} clusters; give more data")
     xn = F.normalize(x.double(), dim=1)  # (N, D)
     first = int(torch.randint(xn.size(0), (1,), generator=gen))
     cent = [xn[first]]
@@ -123,7 +122,7 @@ def init_routers_kmeans(
     Returns {"router_init": "kmeans", "layers": [{name, frames, cluster_share (E/G,) of the
     first group, logit_std}]}."""
     if logit_std <= 0:
-        raise ValueError(f"k-means router init: logit_std {logit_std} must be > 0")
+        raise UmeError(f"k-means router init: logit_std {logit_std} must be > 0")
     inputs = capture_moe_inputs(model, tokenizer, batches, max_frames, seed)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, MoEFeedForward)}
     gen = torch.Generator().manual_seed(seed)

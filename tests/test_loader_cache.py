@@ -1,0 +1,68 @@
+"""The feature cache: one packed float16 file, memory-mapped on load (ume.data.loader)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from ume.config import FeatureConfig
+from ume.data import loader
+from ume.data.loader import FeatureStore, PackedFeats
+from ume.data.manifest import Utterance
+
+
+def _utts(tmp_path: Path, n: int = 5) -> list[Utterance]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        wav = tmp_path / f"u{i}.wav"
+        sf.write(wav, (0.1 * rng.standard_normal(4000 + 800 * i)).astype(np.float32), 16000)
+        out.append(Utterance(f"u{i}", str(wav), "HELLO", "en", "s", 0.25 + 0.05 * i))
+    return out
+
+
+def test_cached_store_is_memory_mapped_and_equal_to_the_in_memory_one(
+    tmp_path: Path, monkeypatch
+) -> None:
+    utts = _utts(tmp_path)
+    cfg = FeatureConfig()
+    mem = FeatureStore.build(utts, cfg, progress=False)
+    mapped = FeatureStore.build(utts, cfg, cache_dir=tmp_path / "cache", progress=False)
+    assert isinstance(mapped.feats, PackedFeats) and not isinstance(mem.feats, PackedFeats)
+    assert mapped.lengths == mem.lengths and [u.key for u in mapped.utts] == [
+        "u0",
+        "u1",
+        "u2",
+        "u3",
+        "u4",
+    ]
+    for a, b in zip(mem.feats, mapped.feats):
+        assert a.dtype == b.dtype == torch.float16 and torch.equal(a, b)
+    feats, lens = mapped.collate([4, 0])
+    assert feats.shape == (2, mem.lengths[4], cfg.num_mel_bins) and lens.tolist() == [
+        mem.lengths[4],
+        mem.lengths[0],
+    ]
+
+    # a second build reads the cache: no audio is decoded
+    def no_audio(path):
+        raise AssertionError(f"read {path} although the cache is complete")
+
+    monkeypatch.setattr(loader, "load_audio", no_audio)
+    again = FeatureStore.build(utts, cfg, cache_dir=tmp_path / "cache", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(again.feats, mem.feats))
+
+
+def test_an_unfinished_cache_is_rebuilt(tmp_path: Path) -> None:
+    utts = _utts(tmp_path, 3)
+    cfg = FeatureConfig()
+    store = FeatureStore.build(utts, cfg, cache_dir=tmp_path / "cache", progress=False)
+    (index,) = (tmp_path / "cache").glob("*.json")
+    index.unlink()  # as if the build died before publishing its index
+    rebuilt = FeatureStore.build(utts, cfg, cache_dir=tmp_path / "cache", progress=False)
+    assert rebuilt.lengths == store.lengths
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+    assert not list((tmp_path / "cache").glob("*.tmp"))

@@ -184,3 +184,20 @@ def test_override_into_empty_section(tmp_path: Path) -> None:
     p.write_text("model:\n  encoder:\n", encoding="utf-8")
     assert load_config(p).model.encoder.d_model == 144  # empty section = defaults
     assert load_config(p, ["model.encoder.d_model=32"]).model.encoder.d_model == 32
+
+
+def test_keys_added_later_are_written_only_when_set(tmp_path) -> None:
+    """A config that does not use sos_id/eos_id is written exactly as before they existed (its
+    content hash names recorded runs); one that does keeps them through a round trip."""
+    import yaml
+
+    from ume.config import ExperimentConfig, load_config, save_config
+
+    cfg = ExperimentConfig()
+    save_config(cfg, tmp_path / "a.yaml")
+    assert "sos_id" not in yaml.safe_load((tmp_path / "a.yaml").read_text())["model"]
+    assert load_config(tmp_path / "a.yaml").model.sos_id == -1
+    cfg.model.sos_id = cfg.model.eos_id = 2
+    save_config(cfg, tmp_path / "b.yaml")
+    back = load_config(tmp_path / "b.yaml")
+    assert (back.model.sos_id, back.model.eos_id) == (2, 2)

@@ -293,11 +293,21 @@ def apply_override(data: dict, override: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
+# Keys added after configs were first recorded, written only when they differ from their
+# default: a config that does not use them keeps the exact content (and content hash) it had
+# before they existed, so recorded runs stay reusable (ume.experiment.fingerprint).
+_WRITTEN_ONLY_WHEN_SET = {("model", "sos_id"): -1, ("model", "eos_id"): -1}
+
+
 def save_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:
-    """Write the config as YAML (atomically)."""
+    """Write the config as YAML (atomically); see _WRITTEN_ONLY_WHEN_SET."""
     from ume.atomic import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    data = to_dict(cfg)
+    for (section, key), default in _WRITTEN_ONLY_WHEN_SET.items():
+        if data[section].get(key) == default:
+            del data[section][key]
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def config_from_dict(data: dict) -> ExperimentConfig:

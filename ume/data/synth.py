@@ -119,7 +119,9 @@ def _fingerprint(plans: Sequence[UttPlan]) -> str:
     return h.hexdigest()
 
 
-_PRESET_DEFAULTS = {f.name: f.default for f in fields(SynthPreset) if f.default is not MISSING}
+_PRESET_DEFAULTS = json.loads(
+    json.dumps({f.name: f.default for f in fields(SynthPreset) if f.default is not MISSING})
+)
 
 
 def _complete_summary(out_dir: Path, cfg: SynthPreset, seed: int) -> dict | None:
@@ -134,7 +136,7 @@ def _complete_summary(out_dir: Path, cfg: SynthPreset, seed: int) -> dict | None
     stored = {**_PRESET_DEFAULTS, **(summary.get("config") or {})}
     if (
         summary.get("preset") != cfg.name
-        or stored != asdict(cfg)
+        or stored != json.loads(json.dumps(asdict(cfg)))  # as JSON stores it: tuples as lists
         or summary.get("seed") != seed
         or summary.get("version") != FORMAT_VERSION
     ):
@@ -279,7 +281,7 @@ def synthesize(
         "preset": preset,
         "seed": seed,
         "version": FORMAT_VERSION,
-        "config": asdict(cfg),
+        "config": json.loads(json.dumps(asdict(cfg))),  # tuples as lists, as read back
         "sample_rate": SAMPLE_RATE,
         "splits": {s: _split_summary(u, failures[s]) for s, u in by_split.items()},
         "skipped_total": sum(failures[s] for s in (*SPLITS, *EXTRA_TEST_SPLITS)),

@@ -318,7 +318,7 @@ def upcycle_experiment(
     """Write an upcycled MoE experiment dir (config, tokenizer, cmvn, model.safetensors,
     upcycle.json) that `ume decode` and `ume train --init` accept.
 
-    Symmetry breakers (issue 13): groups > 1 makes fine-grained experts (1/groups slices of
+    Symmetry breakers: groups > 1 makes fine-grained experts (1/groups slices of
     the dense FFN, function-preserving); drop_ratio (Drop-Upcycling) and noise_std/noise_frac
     (noise upcycling) perturb the experts (not function-preserving); router_noise adds noise
     to the router logits during training only; router_init="kmeans" sets each router to

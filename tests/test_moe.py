@@ -293,6 +293,25 @@ def test_capacity_drops() -> None:
     assert not torch.allclose(y_train[0, 2:4], y_full[0, 2:4])  # lost their 2nd choice
 
 
+def test_max_abs_diff_masks_pairs_and_refuses_shape_mismatch() -> None:
+    import ume.upcycle.any_model as any_model
+    from ume.upcycle.verify import max_abs_diff
+
+    a = torch.zeros(2, 3, 4)
+    b = a.clone()
+    b[1, 2] = 5.0  # a padded frame
+    b[0, 0, 1] = -0.5
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    assert max_abs_diff(a, b) == 5.0
+    assert max_abs_diff(a, b, valid) == 0.5  # padding does not count
+    assert max_abs_diff(a, b, torch.zeros(2, 3, dtype=torch.bool)) == 0.0
+    assert max_abs_diff([a, a], [b, a]) == 5.0
+    assert max_abs_diff([torch.zeros(0)], [torch.zeros(0)]) == 0.0
+    assert max_abs_diff([a], [a, a]) == float("inf")
+    assert max_abs_diff(a, torch.zeros(2, 3)) == float("inf")
+    assert any_model.max_abs_diff is max_abs_diff and not hasattr(any_model, "_max_diff")
+
+
 # ---- strict mapping -------------------------------------------------------------------------
 def test_strict_errors(dense: ASRModel) -> None:
     cfg = copy.deepcopy(dense.cfg)

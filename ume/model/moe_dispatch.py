@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ume.errors import UmeError
 from ume.model.expert_ffn import expert_ffn
 from ume.model.router import capacity_keep
 
@@ -67,11 +68,11 @@ class DispatchOptions:
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
-            raise ValueError(f"MoE dispatch path {self.path!r}: use one of {PATHS}")
+            raise UmeError(f"MoE dispatch path {self.path!r}: use one of {PATHS}")
         if self.export_path not in STATIC_PATHS:
-            raise ValueError(f"MoE export_path {self.export_path!r}: use one of {STATIC_PATHS}")
+            raise UmeError(f"MoE export_path {self.export_path!r}: use one of {STATIC_PATHS}")
         if self.padded_max_rows < 0 or self.padded_max_waste < 1.0:
-            raise ValueError("padded_max_rows must be >= 0 and padded_max_waste >= 1")
+            raise UmeError("padded_max_rows must be >= 0 and padded_max_waste >= 1")
 
 
 def moe_layers_of(model: nn.Module) -> list[nn.Module]:
@@ -302,7 +303,7 @@ def forward_static(
             y = torch.addmm(p.b_2[ex], h, p.w_2[ex]).to(acc_dtype)
             out = out.index_add(0, tok, y * gates[tok, slot].unsqueeze(1))
     else:
-        raise ValueError(f"unknown MoE dispatch {path!r}; use one of {PATHS}")
+        raise UmeError(f"unknown MoE dispatch {path!r}; use one of {PATHS}")
     out = out.to(x_flat.dtype)
     if valid is not None:
         out = out * valid.reshape(n, 1).to(out.dtype)  # padding frames output 0

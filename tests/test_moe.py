@@ -487,6 +487,39 @@ def test_inspect_load_and_similarity(dense_dir: Path) -> None:
     assert not dense_rep["moe"] and "dense model" in dense_rep["warnings"][0]
 
 
+def test_inspect_names_per_group_k_and_slots_per_token(dense_dir: Path) -> None:
+    from ume.moe_report import format_report, inspect_experiment
+
+    out = dense_dir / "moe_fine"
+    upcycle_experiment(dense_dir / "dense", out, experts=8, top_k=1, groups=2)
+    rep = inspect_experiment(out)
+    row = rep["layers"][0]
+    assert (row["experts"], row["groups"]) == (8, 2)
+    assert (row["top_k_per_group"], row["slots_per_token"]) == (1, 2)  # k, and k·G
+    assert "top_k" not in row  # ambiguous: was k·G under the name of the per-group k
+    header, first = format_report(rep).splitlines()[1:3]
+    assert header.split()[1:4] == ["E", "G", "k"] and first.split()[1:4] == ["8", "2", "1"]
+
+
+def test_measure_load_with_an_imported_tokenizer_and_empty_transcripts(dense: ASRModel) -> None:
+    """WeNet-imported models carry a UnitsTokenizer (no `UNK` constant, maybe no <unk>): an
+    utterance without text whose CTC hypothesis is empty still runs through the decoder."""
+    from ume.data.manifest import Utterance
+    from ume.data.units_tokenizer import UnitsTokenizer
+    from ume.moe_report import measure_load
+
+    moe = upcycled(dense, num_experts=2, top_k=1, slots=["decoder_ffn"])
+    with torch.no_grad():
+        moe.ctc.bias[0] += 1e4  # every frame decodes to blank: empty hypotheses
+    feats, lens = padded_batch([40, 30])
+    utts = [Utterance(key=k, wav="", text="", lang="") for k in ("a", "b")]
+    units = ["<blank>", *(f"t{i}" for i in range(VOCAB - 2)), "<sos/eos>"]
+    for tok in (UnitsTokenizer(units), UnitsTokenizer(["<blank>", "<unk>", *units[2:]])):
+        measure_load(moe, tok, [(feats, lens, utts)])
+        loads = [m.load_sum for m in moe.modules() if isinstance(m, MoEFeedForward)]
+        assert loads and all(x is not None and float(x.sum()) > 0 for x in loads)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_asr_training_step(dense: ASRModel, precision: str) -> None:
     moe = upcycled(

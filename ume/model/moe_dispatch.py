@@ -213,16 +213,16 @@ def _expert_views(t: torch.Tensor, sizes: list[int]) -> list | tuple:
 
 
 def gated_sum(
-    top_k: int,
+    slots_per_token: int,
     ys: torch.Tensor,
     tok: torch.Tensor,
     order: torch.Tensor,
     gates: torch.Tensor,
     n: int,
 ) -> torch.Tensor:
-    """No-graph combine: expert outputs ys (k·N, D) in sorted slot order, scaled in place by
-    their gates and summed into their N tokens -> (N, D)."""
-    if top_k == 1:  # the top-1 gate's value is exactly 1: no scaling
+    """No-graph combine: expert outputs ys (S·N, D) in sorted slot order (S = slots_per_token
+    = k·G), scaled in place by their gates and summed into their N tokens -> (N, D)."""
+    if slots_per_token == 1:  # the one gate's value is exactly 1: no scaling
         return torch.zeros_like(ys).index_add_(0, tok, ys)
     sorted_g = gates.t().reshape(-1).index_select(0, order).unsqueeze(1)
     if ys.dtype == torch.float32:  # same products and summation order as combine()

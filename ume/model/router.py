@@ -75,7 +75,8 @@ class Router(nn.Module):
         super().__init__()
         check_moe_config(cfg, d_ff if d_ff is not None else cfg.groups)
         self.cfg = cfg
-        self.num_experts, self.groups, self.k = cfg.num_experts, cfg.groups, cfg.top_k
+        self.num_experts, self.groups = cfg.num_experts, cfg.groups
+        self.top_k_per_group = cfg.top_k  # experts a token picks inside each group
         self.slots_per_token = cfg.top_k * cfg.groups  # token-slots per token, all groups
         self.top1_gradient = "p"
         self.weight = nn.Parameter(torch.zeros(cfg.num_experts, d_model))  # (E, D)
@@ -93,7 +94,7 @@ class Router(nn.Module):
 
     def extra_repr(self) -> str:
         e, d = self.weight.shape
-        return f"d_model={d}, num_experts={e}, groups={self.groups}, top_k_per_group={self.k}"
+        return f"d_model={d}, num_experts={e}, groups={self.groups}, top_k_per_group={self.top_k_per_group}"
 
     # ---- routing ------------------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +119,7 @@ class Router(nn.Module):
 
     def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, E) logits -> experts (N, k·G), gates (N, k·G), group-major."""
-        n, g, k = logits.size(0), self.groups, self.k
+        n, g, k = logits.size(0), self.groups, self.top_k_per_group
         probs = logits.view(n, g, -1).softmax(-1)  # (N, G, E/G)
         top_p, experts = probs.topk(k, dim=-1)  # (N, G, k)
         if k > 1:

@@ -155,7 +155,7 @@ class MoEFeedForward(nn.Module):
 
     @property
     def top_k(self) -> int:
-        """Alias of `slots_per_token` (k·G), kept for callers written before the rename; the
+        """Alias of `slots_per_token` (k·G), for callers that read `layer.top_k`; the
         per-group k is `cfg.top_k`."""
         return self.slots_per_token
 

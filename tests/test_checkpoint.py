@@ -27,6 +27,7 @@ from ume.expdir import load_weights
 from ume.model.asr import ASRModel
 from ume.train.checkpoint import (
     average_checkpoints,
+    checkpoints_to_average,
     latest_checkpoint,
     list_checkpoints,
     load_optimizer_tensors,
@@ -209,6 +210,31 @@ def test_average_checkpoints_is_mean(tmp_path: Path) -> None:
     assert torch.equal(single["a.weight"], m1.a.weight.detach())
     with pytest.raises(ValueError, match="no checkpoints"):
         average_checkpoints([])
+
+
+def test_checkpoints_to_average_by_last_and_by_best(tmp_path: Path) -> None:
+    m, opt = _trained()
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, m, opt, {"step": step}, _rng())
+    names = lambda cks: [c.name for c in cks]  # noqa: E731
+    assert names(checkpoints_to_average(tmp_path, {}, "last", 2)) == [
+        "step-00000003",
+        "step-00000004",
+    ]
+    mer = {
+        "step-00000001": 30.0,
+        "step-00000003": 10.0,
+        "step-00000004": 20.0,
+        "step-00000009": 1.0,
+    }
+    # lowest dev MER first; a score without a checkpoint on disk (step 9) does not count
+    assert names(checkpoints_to_average(tmp_path, mer, "best", 2)) == [
+        "step-00000003",
+        "step-00000004",
+    ]
+    assert names(checkpoints_to_average(tmp_path, mer, "last", 1)) == ["step-00000004"]
+    assert names(checkpoints_to_average(tmp_path, {}, "best", 1)) == ["step-00000004"]  # unscored
+    assert checkpoints_to_average(tmp_path / "none", {}, "last", 3) == []
 
 
 # ---- python / numpy RNG ---------------------------------------------------------------------

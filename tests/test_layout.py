@@ -27,7 +27,9 @@ FLOORS: list[tuple[str, ...]] = [
     ("ume.expdir",),  # experiment dirs: config + tokenizer + weights on disk
     ("ume.interop",),  # checkpoints to and from other toolkits (WeNet)
     ("ume.decode",),  # search, scoring, significance, export
-    ("ume.upcycle", "ume.api", "ume.moe_report"),  # dense -> MoE (+ the Python API), diagnostics
+    ("ume.moe_report",),  # diagnostics: expert load, balance, similarity
+    ("ume.upcycle",),  # dense -> MoE, for ume's own models and any PyTorch model
+    ("ume.api",),  # the Python API: upcycle, aux_loss, freeze, save/load (uses ume.upcycle)
     ("ume.train",),  # trainer, schedule, checkpoints
     ("ume.bench",),  # measurements only
     ("ume.experiment",),  # the paper's comparison, results tables, demo
@@ -129,6 +131,17 @@ def test_no_upward_imports() -> None:
         if floor_of(n) > floor_of(m)
     ]
     assert not bad, "imports from a higher floor:\n" + "\n".join(bad)
+
+
+def test_upcycle_package_does_not_forward_up_to_the_api() -> None:
+    """ume.api builds on ume.upcycle, so the package's callable form must call down into its
+    own module: were the two on one floor, a lazy `from ume.api import ...` inside ume.upcycle
+    would pass test_no_upward_imports."""
+    assert floor_of("ume.moe_report") < floor_of("ume.upcycle") < floor_of("ume.api")
+    deps = import_graph()
+    assert not {n for m, ds in deps.items() if m.startswith("ume.upcycle") for n in ds} & {
+        "ume.api"
+    }
 
 
 def test_no_import_circles() -> None:

@@ -92,6 +92,24 @@ def test_causal_mask() -> None:
     assert causal_mask(3).int().tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
 
 
+# ---- sinusoidal positions -------------------------------------------------------------------
+def test_sinusoid_is_the_formula_and_the_only_one_in_the_model() -> None:
+    """Column 2i = sin(p / 10000^(2i/D)), 2i+1 = cos; the streaming encoder uses this very
+    function (one sinusoid in ume.model, so the chunked and full encoders cannot drift)."""
+    import ume.model.streaming as streaming
+
+    d = 8
+    pos = torch.tensor([0.0, 1.0, 5.0, -3.0, 100.0])
+    got = sinusoid(pos, d)
+    assert got.shape == (5, d) and got.dtype == torch.float32
+    for c in range(d):
+        freq = 10000.0 ** (-(c - c % 2) / d)
+        want = [(math.sin if c % 2 == 0 else math.cos)(p * freq) for p in pos.tolist()]
+        assert torch.allclose(got[:, c], torch.tensor(want), atol=1e-5), c
+    assert streaming.sinusoid is sinusoid
+    assert not [n for n in vars(streaming) if n.startswith("sinusoid") and n != "sinusoid"]
+
+
 # ---- relative-position attention ------------------------------------------------------------
 def _reference_rel_attention(
     att: RelPositionAttention, x: torch.Tensor, mask: torch.Tensor

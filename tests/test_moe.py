@@ -293,6 +293,25 @@ def test_capacity_drops() -> None:
     assert not torch.allclose(y_train[0, 2:4], y_full[0, 2:4])  # lost their 2nd choice
 
 
+def test_max_abs_diff_masks_pairs_and_refuses_shape_mismatch() -> None:
+    import ume.upcycle.any_model as any_model
+    from ume.upcycle.verify import max_abs_diff
+
+    a = torch.zeros(2, 3, 4)
+    b = a.clone()
+    b[1, 2] = 5.0  # a padded frame
+    b[0, 0, 1] = -0.5
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    assert max_abs_diff(a, b) == 5.0
+    assert max_abs_diff(a, b, valid) == 0.5  # padding does not count
+    assert max_abs_diff(a, b, torch.zeros(2, 3, dtype=torch.bool)) == 0.0
+    assert max_abs_diff([a, a], [b, a]) == 5.0
+    assert max_abs_diff([torch.zeros(0)], [torch.zeros(0)]) == 0.0
+    assert max_abs_diff([a], [a, a]) == float("inf")
+    assert max_abs_diff(a, torch.zeros(2, 3)) == float("inf")
+    assert any_model.max_abs_diff is max_abs_diff and not hasattr(any_model, "_max_diff")
+
+
 # ---- strict mapping -------------------------------------------------------------------------
 def test_strict_errors(dense: ASRModel) -> None:
     cfg = copy.deepcopy(dense.cfg)
@@ -466,6 +485,39 @@ def test_inspect_load_and_similarity(dense_dir: Path) -> None:
     )
     dense_rep = inspect_experiment(dense_dir / "dense")
     assert not dense_rep["moe"] and "dense model" in dense_rep["warnings"][0]
+
+
+def test_inspect_names_per_group_k_and_slots_per_token(dense_dir: Path) -> None:
+    from ume.moe_report import format_report, inspect_experiment
+
+    out = dense_dir / "moe_fine"
+    upcycle_experiment(dense_dir / "dense", out, experts=8, top_k=1, groups=2)
+    rep = inspect_experiment(out)
+    row = rep["layers"][0]
+    assert (row["experts"], row["groups"]) == (8, 2)
+    assert (row["top_k_per_group"], row["slots_per_token"]) == (1, 2)  # k, and k·G
+    assert "top_k" not in row  # ambiguous: was k·G under the name of the per-group k
+    header, first = format_report(rep).splitlines()[1:3]
+    assert header.split()[1:4] == ["E", "G", "k"] and first.split()[1:4] == ["8", "2", "1"]
+
+
+def test_measure_load_with_an_imported_tokenizer_and_empty_transcripts(dense: ASRModel) -> None:
+    """WeNet-imported models carry a UnitsTokenizer (no `UNK` constant, maybe no <unk>): an
+    utterance without text whose CTC hypothesis is empty still runs through the decoder."""
+    from ume.data.manifest import Utterance
+    from ume.data.units_tokenizer import UnitsTokenizer
+    from ume.moe_report import measure_load
+
+    moe = upcycled(dense, num_experts=2, top_k=1, slots=["decoder_ffn"])
+    with torch.no_grad():
+        moe.ctc.bias[0] += 1e4  # every frame decodes to blank: empty hypotheses
+    feats, lens = padded_batch([40, 30])
+    utts = [Utterance(key=k, wav="", text="", lang="") for k in ("a", "b")]
+    units = ["<blank>", *(f"t{i}" for i in range(VOCAB - 2)), "<sos/eos>"]
+    for tok in (UnitsTokenizer(units), UnitsTokenizer(["<blank>", "<unk>", *units[2:]])):
+        measure_load(moe, tok, [(feats, lens, utts)])
+        loads = [m.load_sum for m in moe.modules() if isinstance(m, MoEFeedForward)]
+        assert loads and all(x is not None and float(x.sum()) > 0 for x in loads)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

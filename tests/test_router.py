@@ -131,6 +131,17 @@ def test_split_capacity_drops_in_training_only() -> None:
     assert entry.router.last_dropped_frac == 0.0
 
 
+def test_counts_are_named_for_what_they_count() -> None:
+    """k per group and k·G slots per token have their own names on the router and both layers;
+    the layer's `top_k` stays only as an alias of slots_per_token for older callers."""
+    cfg = MoEConfig(num_experts=8, top_k=2, groups=2)
+    r = Router(16, cfg, 32)
+    assert (r.top_k_per_group, r.slots_per_token) == (2, 4) and not hasattr(r, "k")
+    assert "top_k_per_group=2" in repr(r)
+    layer = MoEFeedForward(16, 32, moe_cfg=cfg)
+    assert (layer.cfg.top_k, layer.slots_per_token, layer.top_k) == (2, 4, 4)
+
+
 def test_unsupported_settings_are_refused_by_name() -> None:
     def model() -> nn.Module:
         return nn.Sequential(nn.Linear(D, H), nn.ReLU(), nn.Linear(H, D))

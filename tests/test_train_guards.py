@@ -9,6 +9,8 @@ import pytest
 
 from ume.config import load_config, preset_config
 from ume.data.loader import BucketSampler
+from ume.errors import UmeError
+from ume.train.targets import ctc_targets
 from ume.train.trainer import Trainer, TrainState
 
 
@@ -37,9 +39,29 @@ def _stub(lengths: list[int], rank: int = 0, world: int = 1) -> Trainer:
 
 def test_epoch_without_batches_is_an_error() -> None:
     tr = _stub([])  # every utterance filtered out
-    with pytest.raises(ValueError, match="no training batches"):
+    with pytest.raises(UmeError, match="no training batches"):  # a ValueError, told as one line
         next(tr.batches())
     assert tr.state.epoch == 0
+
+
+def test_ctc_targets_keeps_alignable_utterances_and_names_the_rest() -> None:
+    class Embed:  # 4x subsampling: frames // 4
+        def output_lengths(self, n):
+            return n // 4
+
+    class Tok:
+        def encode(self, text):
+            return [ord(c) for c in text]
+
+    utts = [SimpleNamespace(key=k, text=t) for k, t in [("a", "xy"), ("b", "xyz"), ("c", "")]]
+    store = SimpleNamespace(utts=utts, lengths=[8, 8, 100], skipped=["earlier"])
+    keep, tokens = ctc_targets(store, Tok(), Embed(), subsampling=4)
+    assert keep == [0] and tokens == [[ord("x"), ord("y")]]
+    assert store.skipped == [
+        "earlier",
+        "b: 3 tokens for 2 encoder frames (x4); too short for CTC",
+        "c: 0 tokens for 25 encoder frames (x4); too short for CTC",
+    ]
 
 
 @pytest.mark.parametrize("rank", [0, 1, 2])

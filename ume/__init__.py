@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (loaded lazily, PEP 562)
 _LAZY = {
-    # `ume.upcycle` is also the package ume/upcycle/, made callable (it calls ume.api.upcycle):
+    # `ume.upcycle` is also the package ume/upcycle/, made callable (it calls any_model.upcycle):
     # importing a subpackage binds it here, so it must be the same object as the function
     "upcycle": "ume.upcycle",
     "aux_loss": "ume.api",

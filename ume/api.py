@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ume.atomic import atomic_path, atomic_write_text
+from ume.errors import UmeError
 from ume.model.moe import MoEFeedForward
 from ume.model.moe_split import MoEEntry, MoEExit, MoERouter
 from ume.model.weight_decay import decay_rule
@@ -65,7 +66,7 @@ def valid_frames(module: nn.Module, valid: torch.Tensor) -> Iterator[None]:
 
     valid: (B, T) bool (True = a real frame), the token shape the FFNs of `module` see; pass
     the submodule whose FFNs see that sequence (a seq2seq model's encoder and decoder have
-    different lengths). A layer that routes another number of tokens raises ValueError.
+    different lengths). A layer that routes another number of tokens raises UmeError.
     (ume's own MoEFeedForward takes its mask from ume's models and is left as it is.)
 
     Example:
@@ -122,7 +123,7 @@ def freeze(model: nn.Module, trainable: str | list[str] = "moe") -> tuple[int, i
         keep = _moe_params(model, False) if "moe" in trainable else set()
         prefixes = tuple(x for x in trainable if x != "moe")
     else:
-        raise ValueError(
+        raise UmeError(
             f"trainable={trainable!r}: use 'moe', 'router', 'all' or a list of parameter-name "
             "prefixes (may include 'moe')"
         )
@@ -133,7 +134,7 @@ def freeze(model: nn.Module, trainable: str | list[str] = "moe") -> tuple[int, i
         n_total += p.numel()
         n_train += p.numel() if on else 0
     if n_train == 0:
-        raise ValueError(f"trainable={trainable!r} selects no parameter (is the model upcycled?)")
+        raise UmeError(f"trainable={trainable!r} selects no parameter (is the model upcycled?)")
     return n_train, n_total
 
 

@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     _deferred(
         bench,
         "symmetry",
-        "do upcycled experts specialise? controlled capacity-bound probe (issue 13)",
+        "do upcycled experts specialise? controlled capacity-bound probe",
         "ume.bench.symmetry",
         "add_symmetry_args",
         "main_symmetry",

@@ -162,7 +162,7 @@ class TrainConfig:
     max_batch_size: int = 64
     sortagrad: bool = False  # first epoch shortest-first (SortaGrad)
     # steps at the start trained without SpecAugment and without dynamic chunks: the encoder
-    # first learns to align on clean full-context input (not measured in isolation yet)
+    # first learns to align on clean full-context input
     curriculum_steps: int = 0
     precision: str = "fp32"  # "fp32" or "bf16" (autocast)
     checkpoint_every: int = 200

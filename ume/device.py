@@ -7,7 +7,7 @@ hard-codes "cpu" or "gloo":
   CUDA is a clear error, not a crash deep inside a forward. Under torchrun, each process takes
   the GPU of its ``LOCAL_RANK``.
 * ``autocast_dtype(device, "bf16")`` -> ``torch.bfloat16`` on CUDA with bf16 support and on CPUs
-  with native bf16 (AVX512-BF16/AMX; emulated bf16 on AVX2 was 3-6x slower than fp32), else
+  with native bf16 (AVX512-BF16/AMX; emulated bf16 on AVX2 is slower than fp32), else
   ``None`` (fp32) with a warning; ``"fp32"`` -> ``None``.
 * ``ddp_backend(device)`` -> ``"nccl"`` on CUDA, ``"gloo"`` on CPU.
 
@@ -93,10 +93,9 @@ def resolve_device(name: str = "auto", rank_on_node: int | None = None) -> torch
 
 
 def cpu_supports_bf16() -> bool:
-    """True where CPU bf16 autocast is worthwhile: native bf16 (AVX512-BF16 or AMX). On an
-    AVX2-only CPU (AMD EPYC, 2 cores, 1 thread) a small-preset training step took 3-6x the fp32
-    time under bf16 autocast (`python scripts/bf16_check.py small`), so such CPUs
-    train in fp32."""
+    """True where CPU bf16 autocast is worthwhile: native bf16 (AVX512-BF16 or AMX). Without it,
+    bf16 is emulated and a training step takes several times the fp32 time (measure it with
+    `python scripts/bf16_check.py small`), so such CPUs train in fp32."""
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # older/other builds without these probes

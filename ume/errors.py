@@ -13,6 +13,16 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class UmeError(ValueError):
     """A bad input named by its message (what, where, how to fix); shown without traceback."""
+
+
+def name_list(names: Iterable[str], limit: int = 12) -> str:
+    """The names sorted and comma-separated for an error message: at most `limit` of them,
+    then how many more there are (`a, b ... (+5 more)`)."""
+    names = sorted(names)
+    more = f" ... (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

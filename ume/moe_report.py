@@ -2,6 +2,9 @@
 experts have moved apart from their common upcycled copy.
 
 Per MoE layer:
+    experts, groups    E experts in G groups (G > 1: fine-grained experts)
+    top_k_per_group    k, the experts each token picks inside each group (moe.top_k)
+    slots_per_token    k·G, the experts each token is sent to over all groups
     load        fraction of token-slots each expert received (valid frames only; needs data)
     cv          coefficient of variation of the load (0 = perfectly balanced)
     dead        experts with load < 0.16/E (2% for E = 8), reported as warnings
@@ -147,10 +150,13 @@ def measure_load(model, tokenizer, batches: list, by_lang: RoutingByLanguage | N
             if not has_dec_moe:
                 continue
             hyps = ctc_greedy(model.ctc_log_probs(enc), valid.sum(1))
+            # an utterance with neither text nor hypothesis still feeds the decoder one token;
+            # token2id("<unk>") is defined by every tokenizer (its <unk>, else blank)
+            filler = tokenizer.token2id("<unk>")
             seqs = []
             for u, h in zip(utts, hyps):
                 ids = tokenizer.encode(u.text) if u.text else h
-                seqs.append(ids or [tokenizer.UNK])
+                seqs.append(ids or [filler])
             ys_lens = torch.tensor([len(s) for s in seqs])
             ys = torch.nn.utils.rnn.pad_sequence(
                 [torch.tensor(s) for s in seqs], batch_first=True, padding_value=-1
@@ -196,8 +202,9 @@ def inspect_experiment(
             "name": name,
             "short": short_name(name),
             "experts": e,
-            "top_k": m.top_k,
             "groups": m.groups,
+            "top_k_per_group": m.cfg.top_k,
+            "slots_per_token": m.slots_per_token,
             "sim_mean": sim_mean,
             "sim_min": sim_min,
             "router_norm": float(m.router.weight.detach().norm()),
@@ -304,7 +311,7 @@ def format_report(rep: dict) -> str:
     if rep["layers"]:
         src = f" over {rep['num_utts']} utts of {rep['data']}" if rep.get("data") else ""
         lines.append(
-            f"{'layer':<14} {'E':>2} {'k':>2} {'cv':>6} {'sim':>6} {'simmin':>6} "
+            f"{'layer':<14} {'E':>2} {'G':>2} {'k':>2} {'cv':>6} {'sim':>6} {'simmin':>6} "
             f"{'router':>7} {'entropy':>7} {'zhgap':>6}  load{src}"
         )
         for r in rep["layers"]:
@@ -313,8 +320,8 @@ def format_report(rep: dict) -> str:
             ent = f"{r['router_entropy']:.3f}" if r.get("router_entropy") is not None else "-"
             gap = f"{r['lang_gap']:.3f}" if r.get("lang_gap") is not None else "-"
             lines.append(
-                f"{r['short']:<14} {r['experts']:>2} {r['top_k']:>2} {cv:>6} "
-                f"{r['sim_mean']:>6.3f} {r['sim_min']:>6.3f} {r['router_norm']:>7.3f} "
+                f"{r['short']:<14} {r['experts']:>2} {r['groups']:>2} {r['top_k_per_group']:>2} "
+                f"{cv:>6} {r['sim_mean']:>6.3f} {r['sim_min']:>6.3f} {r['router_norm']:>7.3f} "
                 f"{ent:>7} {gap:>6}  {load}"
             )
     lines.extend(f"WARNING: {w}" for w in rep["warnings"])

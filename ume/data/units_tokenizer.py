@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ume.atomic import atomic_write_bytes, atomic_write_text
 from ume.data.unit_list import UnitList
+from ume.errors import UmeError
 
 WORD_START = "\u2581"  # '▁'
 KIND = "units"
@@ -50,19 +51,17 @@ def read_units(path: str | os.PathLike) -> list[str]:
             continue
         parts = line.split()
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise ValueError(f"{path}:{n}: expected 'token id', got {line!r}")
+            raise UmeError(f"{path}:{n}: expected 'token id', got {line!r}")
         tid = int(parts[1])
         if tid in by_id:
-            raise ValueError(f"{path}:{n}: id {tid} used twice ({by_id[tid]!r}, {parts[0]!r})")
+            raise UmeError(f"{path}:{n}: id {tid} used twice ({by_id[tid]!r}, {parts[0]!r})")
         by_id[tid] = parts[0]
     if not by_id:
-        raise ValueError(f"{path} holds no units")
+        raise UmeError(f"{path} holds no units")
     n_units = len(by_id)
     missing = sorted(set(range(n_units)) - set(by_id))
     if missing:
-        raise ValueError(
-            f"{path}: ids must be 0..{n_units - 1} without gaps; missing {missing[:10]}"
-        )
+        raise UmeError(f"{path}: ids must be 0..{n_units - 1} without gaps; missing {missing[:10]}")
     return [by_id[i] for i in range(n_units)]
 
 
@@ -85,16 +84,16 @@ class UnitsTokenizer(UnitList):
         special: dict[str, int] | None = None,
     ) -> None:
         if kind not in ("char", "bpe"):
-            raise ValueError(f"units tokenizer kind {kind!r}: use 'char' or 'bpe'")
+            raise UmeError(f"units tokenizer kind {kind!r}: use 'char' or 'bpe'")
         if kind == "bpe" and bpe_model is None:
-            raise ValueError("a 'bpe' units tokenizer needs its sentencepiece model")
+            raise UmeError("a 'bpe' units tokenizer needs its sentencepiece model")
         if len(units) < 2 or len(set(units)) != len(units):
-            raise ValueError("units must be at least 2 distinct tokens ('<blank>' ... '<sos/eos>')")
+            raise UmeError("units must be at least 2 distinct tokens ('<blank>' ... '<sos/eos>')")
         self.units = list(units)
         self.special = dict(special or {})
         for name, i in self.special.items():
             if name not in ("sos", "eos") or not isinstance(i, int) or not 0 <= i < len(units):
-                raise ValueError(
+                raise UmeError(
                     f"special token {name}={i!r}: expected sos/eos ids in 0..{len(units) - 1}"
                 )
         self.kind = kind
@@ -222,7 +221,7 @@ class UnitsTokenizer(UnitList):
         try:
             obj = json.loads(jpath.read_text(encoding="utf-8"))
             if obj.get("kind") != KIND or obj["version"] != _VERSION:
-                raise ValueError(f"kind {obj.get('kind')!r}, version {obj.get('version')}")
+                raise UmeError(f"kind {obj.get('kind')!r}, version {obj.get('version')}")
             bpe = None
             if obj["bpe_model"]:
                 bpe = (d / obj["bpe_model"]).read_bytes()
@@ -235,7 +234,7 @@ class UnitsTokenizer(UnitList):
                 obj.get("special", {}),  # absent in files written before it existed: last id
             )
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{jpath} is not a units tokenizer ({e}); re-import the model") from e
+            raise UmeError(f"{jpath} is not a units tokenizer ({e}); re-import the model") from e
 
     @property
     def bpe_model_bytes(self) -> bytes | None:

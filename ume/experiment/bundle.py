@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ume.data.synth import synthesize_slice
+from ume.errors import UmeError
 from ume.expdir import (
     MODEL_FILE,
     atomic_write_json,
@@ -68,7 +69,7 @@ def bundle(
     bit-exact (runs started from the bundle then equal runs started from `exp`); history: how
     the run was trained, when more than one command made it (goes into the card)."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: use {' or '.join(DTYPES)}")
+        raise UmeError(f"dtype {dtype!r}: use {' or '.join(DTYPES)}")
     cfg, _, model = load_experiment(exp)
     out.mkdir(parents=True, exist_ok=True)
     copy_experiment_assets(exp, out)

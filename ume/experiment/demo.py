@@ -3,8 +3,8 @@
 1. synthesise the preset's corpus into WORKDIR/data (skipped if already there);
 2. take the dense model as it is (bundled ume/models/dense_paper by default, --model EXPDIR,
    or train it on the corpus with --from-scratch) -> WORKDIR/runs/dense. It is not fine-tuned
-   first: a brief constant-lr fine-tune on the quick corpus made the bundled model worse (dev
-   MER 45.3 -> 48.2 over 300 steps), so "dense" is the starting model itself;
+   first (a brief constant-lr fine-tune on the quick corpus makes the bundled model worse), so
+   "dense" is the starting model itself;
 3. run the preset's UME comparison (dense_continued vs the upcycled MoE, same extra steps);
 4. decode and score test (+ held-out voices), measure RTF -> WORKDIR/results.json / .md.
 

@@ -40,6 +40,7 @@ import yaml
 
 from ume.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from ume.config import ExperimentConfig
+from ume.errors import name_list
 from ume.interop.wenet_config import (
     WeNetError,
     check_exportable,
@@ -52,12 +53,6 @@ from ume.model.attention import sinusoid
 log = logging.getLogger(__name__)
 PE_MAX_LEN = 5000  # length of WeNet's stored sinusoid tables
 PE_TOL = 1e-4
-
-
-def _names(keys: list[str], limit: int = 12) -> str:
-    keys = sorted(keys)
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -142,11 +137,11 @@ def wenet_to_ume(
     ]
     problems = []
     if unplaced:
-        problems.append(f"checkpoint tensors with no place in the model: {_names(unplaced)}")
+        problems.append(f"checkpoint tensors with no place in the model: {name_list(unplaced)}")
     if missing:
-        problems.append(f"model tensors the checkpoint does not provide: {_names(missing)}")
+        problems.append(f"model tensors the checkpoint does not provide: {name_list(missing)}")
     if bad_shape:
-        problems.append(f"shape mismatches: {_names(bad_shape)}")
+        problems.append(f"shape mismatches: {name_list(bad_shape)}")
     if problems:
         raise WeNetError(
             "the checkpoint does not match its train.yaml:\n  " + "\n  ".join(problems)
@@ -211,7 +206,7 @@ def ume_to_wenet(sd: dict[str, torch.Tensor], cfg: ExperimentConfig) -> dict[str
         else:
             out[wkey] = value.clone()
     if unplaced:
-        raise WeNetError(f"model tensors with no WeNet name: {_names(unplaced)}")
+        raise WeNetError(f"model tensors with no WeNet name: {name_list(unplaced)}")
     d = e.d_model
     for key in table.pe_keys:
         out[key] = sinusoid(torch.arange(PE_MAX_LEN), d).unsqueeze(0)  # (1, 5000, D)

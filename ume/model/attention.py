@@ -24,16 +24,16 @@ from ume.errors import UmeError
 
 
 def sinusoid(positions: torch.Tensor, d_model: int) -> torch.Tensor:
-    """(N,) float positions -> (N, D) interleaved sin/cos encodings."""
+    """(N,) positions -> (N, D) float32 encodings: column 2i is sin(p / 10000^(2i/D)), column
+    2i+1 its cos. The one sinusoid of the model (encoder, decoder, streaming). Built without
+    slice writes or Python ints taken from tensor sizes, so that a traced graph (ONNX export of
+    the streaming encoder) keeps N symbolic."""
     div = torch.exp(
         torch.arange(0, d_model, 2, dtype=torch.float32, device=positions.device)
         * (-math.log(10000.0) / d_model)
     )  # (D/2,)
     ang = positions.float().unsqueeze(1) * div  # (N, D/2)
-    pe = torch.zeros(positions.numel(), d_model, device=positions.device)
-    pe[:, 0::2] = torch.sin(ang)
-    pe[:, 1::2] = torch.cos(ang)
-    return pe
+    return torch.stack([torch.sin(ang), torch.cos(ang)], dim=-1).flatten(1)  # (N, D)
 
 
 class RelPositionalEncoding(nn.Module):

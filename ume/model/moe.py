@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ume.config import MoEConfig
+from ume.errors import UmeError
 from ume.model.ffn import FeedForward, activation_fn
 from ume.model.moe_dispatch import STATIC_PATHS, DispatchOptions, dispatch_sorted, forward_static
 from ume.model.moe_dispatch import tracing as _tracing
@@ -79,7 +80,7 @@ def _activation_name(act: nn.Module) -> str:
         return "swish"
     if isinstance(act, nn.ReLU):
         return "relu"
-    raise ValueError(f"cannot upcycle an FFN with activation {type(act).__name__}")
+    raise UmeError(f"cannot upcycle an FFN with activation {type(act).__name__}")
 
 
 def expert_tensors_from_dense(
@@ -101,7 +102,7 @@ def expert_tensors_from_dense(
     """
     h, d = w_1.shape
     if num_experts % groups or h % groups:
-        raise ValueError(f"groups={groups} must divide num_experts={num_experts} and H={h}")
+        raise UmeError(f"groups={groups} must divide num_experts={num_experts} and H={h}")
     per, hs = num_experts // groups, h // groups
     w1 = w_1.t().reshape(d, groups, hs).permute(1, 0, 2)  # (G, D, H/G)
     b1 = b_1.reshape(groups, hs)  # (G, H/G)
@@ -154,7 +155,7 @@ class MoEFeedForward(nn.Module):
 
     @property
     def top_k(self) -> int:
-        """Alias of `slots_per_token` (k·G), kept for callers written before the rename; the
+        """Alias of `slots_per_token` (k·G), for callers that read `layer.top_k`; the
         per-group k is `cfg.top_k`."""
         return self.slots_per_token
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ume.errors import UmeError
 from ume.model.expert_ffn import expert_ffn
 from ume.model.router import capacity_keep
 
@@ -67,11 +68,11 @@ class DispatchOptions:
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
-            raise ValueError(f"MoE dispatch path {self.path!r}: use one of {PATHS}")
+            raise UmeError(f"MoE dispatch path {self.path!r}: use one of {PATHS}")
         if self.export_path not in STATIC_PATHS:
-            raise ValueError(f"MoE export_path {self.export_path!r}: use one of {STATIC_PATHS}")
+            raise UmeError(f"MoE export_path {self.export_path!r}: use one of {STATIC_PATHS}")
         if self.padded_max_rows < 0 or self.padded_max_waste < 1.0:
-            raise ValueError("padded_max_rows must be >= 0 and padded_max_waste >= 1")
+            raise UmeError("padded_max_rows must be >= 0 and padded_max_waste >= 1")
 
 
 def moe_layers_of(model: nn.Module) -> list[nn.Module]:
@@ -212,16 +213,16 @@ def _expert_views(t: torch.Tensor, sizes: list[int]) -> list | tuple:
 
 
 def gated_sum(
-    top_k: int,
+    slots_per_token: int,
     ys: torch.Tensor,
     tok: torch.Tensor,
     order: torch.Tensor,
     gates: torch.Tensor,
     n: int,
 ) -> torch.Tensor:
-    """No-graph combine: expert outputs ys (k·N, D) in sorted slot order, scaled in place by
-    their gates and summed into their N tokens -> (N, D)."""
-    if top_k == 1:  # the top-1 gate's value is exactly 1: no scaling
+    """No-graph combine: expert outputs ys (S·N, D) in sorted slot order (S = slots_per_token
+    = k·G), scaled in place by their gates and summed into their N tokens -> (N, D)."""
+    if slots_per_token == 1:  # the one gate's value is exactly 1: no scaling
         return torch.zeros_like(ys).index_add_(0, tok, ys)
     sorted_g = gates.t().reshape(-1).index_select(0, order).unsqueeze(1)
     if ys.dtype == torch.float32:  # same products and summation order as combine()
@@ -302,7 +303,7 @@ def forward_static(
             y = torch.addmm(p.b_2[ex], h, p.w_2[ex]).to(acc_dtype)
             out = out.index_add(0, tok, y * gates[tok, slot].unsqueeze(1))
     else:
-        raise ValueError(f"unknown MoE dispatch {path!r}; use one of {PATHS}")
+        raise UmeError(f"unknown MoE dispatch {path!r}; use one of {PATHS}")
     out = out.to(x_flat.dtype)
     if valid is not None:
         out = out * valid.reshape(n, 1).to(out.dtype)  # padding frames output 0

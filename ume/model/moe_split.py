@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from ume.config import MoEConfig
+from ume.errors import UmeError
 from ume.model.router import Router, capacity_keep
 
 
@@ -89,7 +90,7 @@ class MoERouter(Router):
 
     def __init__(self, d_model: int, cfg: MoEConfig, d_ff: int) -> None:
         if cfg.router_init == "kmeans":
-            raise ValueError(
+            raise UmeError(
                 "moe.router_init='kmeans' needs the layer's input data, which a split MoE "
                 "layer does not get: use 'zeros' or 'normal' (k-means routers are built by "
                 "`ume upcycle --router-init kmeans --router-data DIR` for ume experiment dirs)"
@@ -112,7 +113,7 @@ class MoERouter(Router):
             return None
         v = self.valid.reshape(-1)
         if v.numel() != n:
-            raise ValueError(
+            raise UmeError(
                 f"ume.valid_frames: a mask of shape {tuple(self.valid.shape)} "
                 f"({v.numel()} tokens) for an MoE layer that routes {n} tokens; pass the mask "
                 "with the submodule whose FFNs see that sequence (e.g. model.encoder)"
@@ -278,9 +279,9 @@ def split_moe(
     the dense projections (with moe_cfg.groups = G: of their G slices, E/G copies each)."""
     cfg = moe_cfg or MoEConfig(num_experts=num_experts, top_k=top_k)
     if cfg.num_experts != num_experts or cfg.top_k != top_k:
-        raise ValueError("split_moe: moe_cfg disagrees with num_experts/top_k")
+        raise UmeError("split_moe: moe_cfg disagrees with num_experts/top_k")
     if fc_in.out_features != fc_out.in_features or fc_in.in_features != fc_out.out_features:
-        raise ValueError(
+        raise UmeError(
             f"FFN projections do not chain: in {fc_in.in_features}->{fc_in.out_features}, "
             f"out {fc_out.in_features}->{fc_out.out_features}"
         )
@@ -291,5 +292,5 @@ def split_moe(
     if fc_up is None:
         return entry, exit_
     if (fc_up.in_features, fc_up.out_features) != (fc_in.in_features, fc_in.out_features):
-        raise ValueError("gated FFN: gate and up projections have different shapes")
+        raise UmeError("gated FFN: gate and up projections have different shapes")
     return entry, MoEEntry(fc_up, routing, router, owns_router=False), exit_

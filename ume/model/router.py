@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ume.config import MoEConfig
+from ume.errors import UmeError
 
 # "kmeans": set from the layer's input data by `ume upcycle --router-init kmeans`
 ROUTER_INITS = ("zeros", "normal", "kmeans")
@@ -45,26 +46,24 @@ TOP1_GRADIENTS = ("p", "log_p")
 
 
 def check_moe_config(cfg: MoEConfig, d_ff: int) -> None:
-    """Raise ValueError naming the field when cfg cannot build an MoE of hidden size d_ff."""
+    """Raise UmeError (a ValueError) naming the field when cfg cannot build an MoE of hidden size d_ff."""
     e, k, g = cfg.num_experts, cfg.top_k, cfg.groups
     if e < 1:
-        raise ValueError(f"moe.num_experts={e}: an MoE layer needs at least 1 expert")
+        raise UmeError(f"moe.num_experts={e}: an MoE layer needs at least 1 expert")
     if g < 1 or e % g or d_ff % g:
-        raise ValueError(
+        raise UmeError(
             f"moe.groups={g} must be >= 1 and divide moe.num_experts={e} and the FFN "
             f"hidden size {d_ff} (each group holds one 1/groups slice of the dense FFN)"
         )
     if not 1 <= k <= e // g:
-        raise ValueError(
+        raise UmeError(
             f"moe.top_k={k} must be between 1 and the experts per group "
             f"(moe.num_experts/moe.groups = {e // g})"
         )
     if cfg.router_init not in ROUTER_INITS:
-        raise ValueError(
-            f"moe.router_init={cfg.router_init!r}: use one of {', '.join(ROUTER_INITS)}"
-        )
+        raise UmeError(f"moe.router_init={cfg.router_init!r}: use one of {', '.join(ROUTER_INITS)}")
     if cfg.capacity_factor < 0 or cfg.jitter < 0 or cfg.router_noise < 0:
-        raise ValueError("moe.capacity_factor, moe.jitter and moe.router_noise must be >= 0")
+        raise UmeError("moe.capacity_factor, moe.jitter and moe.router_noise must be >= 0")
 
 
 class Router(nn.Module):
@@ -76,7 +75,8 @@ class Router(nn.Module):
         super().__init__()
         check_moe_config(cfg, d_ff if d_ff is not None else cfg.groups)
         self.cfg = cfg
-        self.num_experts, self.groups, self.k = cfg.num_experts, cfg.groups, cfg.top_k
+        self.num_experts, self.groups = cfg.num_experts, cfg.groups
+        self.top_k_per_group = cfg.top_k  # experts a token picks inside each group
         self.slots_per_token = cfg.top_k * cfg.groups  # token-slots per token, all groups
         self.top1_gradient = "p"
         self.weight = nn.Parameter(torch.zeros(cfg.num_experts, d_model))  # (E, D)
@@ -94,7 +94,7 @@ class Router(nn.Module):
 
     def extra_repr(self) -> str:
         e, d = self.weight.shape
-        return f"d_model={d}, num_experts={e}, groups={self.groups}, top_k_per_group={self.k}"
+        return f"d_model={d}, num_experts={e}, groups={self.groups}, top_k_per_group={self.top_k_per_group}"
 
     # ---- routing ------------------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,7 +119,7 @@ class Router(nn.Module):
 
     def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, E) logits -> experts (N, k·G), gates (N, k·G), group-major."""
-        n, g, k = logits.size(0), self.groups, self.k
+        n, g, k = logits.size(0), self.groups, self.top_k_per_group
         probs = logits.view(n, g, -1).softmax(-1)  # (N, G, E/G)
         top_p, experts = probs.topk(k, dim=-1)  # (N, G, k)
         if k > 1:
@@ -136,7 +136,7 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, D) -> logits (N, E), experts (N, k·G), gates (N, k·G)."""
         if self.top1_gradient not in TOP1_GRADIENTS:
-            raise ValueError(f"top1_gradient={self.top1_gradient!r}: use one of {TOP1_GRADIENTS}")
+            raise UmeError(f"top1_gradient={self.top1_gradient!r}: use one of {TOP1_GRADIENTS}")
         logits = self.logits(x)
         experts, gates = self.select(logits)
         return logits, experts, gates

@@ -39,19 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ume.errors import UmeError
-from ume.model.attention import RelPositionAttention
+from ume.model.attention import RelPositionAttention, sinusoid
 from ume.model.conformer import ConformerBlock, ConvModule
-
-
-def sinusoids(positions: torch.Tensor, d_model: int) -> torch.Tensor:  # (N,) -> (1, N, D)
-    """(N,) positions -> (1, N, D) interleaved sin/cos: the values of attention.sinusoid,
-    built without slice writes so that tracing keeps the sizes symbolic."""
-    div = torch.exp(
-        torch.arange(0, d_model, 2, dtype=torch.float32, device=positions.device)
-        * (-math.log(10000.0) / d_model)
-    )  # (D/2,)
-    ang = positions.float().unsqueeze(1) * div  # (N, D/2)
-    return torch.stack([torch.sin(ang), torch.cos(ang)], dim=-1).flatten(1).unsqueeze(0)
 
 
 def attention_chunk(
@@ -79,7 +68,7 @@ def attention_chunk(
     else:
         start = offset.reshape(()) - (tk - c)
         rel = torch.arange(tk, device=x.device) + start.to(x.device)  # absolute key positions (Tk,)
-    pos = sinusoids(rel, d_model).to(x.dtype)  # (1, Tk+c-1 | Tk, D)
+    pos = sinusoid(rel, d_model).unsqueeze(0).to(x.dtype)  # (1, Tk+c-1 | Tk, D)
     p = att.linear_pos(pos).view(1, -1, att.h, att.d_k).transpose(1, 2)  # (1, H, ·, d_k)
     q_u = q + att.pos_bias_u.unsqueeze(1).to(q.dtype)
     q_v = q + att.pos_bias_v.unsqueeze(1).to(q.dtype)

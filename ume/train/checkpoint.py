@@ -133,6 +133,19 @@ def best_checkpoints(ck_dir: Path, mer: dict[str, float], writing: str, n: int) 
     return set(sorted(scored, key=lambda k: (scored[k], k))[:n])
 
 
+def checkpoints_to_average(
+    ck_dir: Path, mer: dict[str, float], average_by: str, n: int
+) -> list[Path]:
+    """The complete checkpoints a finished run averages: with average_by "best" and dev scores
+    (`mer`: checkpoint name -> dev MER), the n lowest-MER ones among those still on disk (the
+    ones `best_checkpoints` kept from pruning); otherwise the n newest."""
+    cks = list_checkpoints(ck_dir)
+    if average_by == "best" and mer:
+        scored = [c for c in cks if c.name in mer]
+        return sorted(scored, key=lambda c: mer[c.name])[:n]
+    return cks[-n:]
+
+
 def save_checkpoint(
     ck_dir: Path,
     step: int,

@@ -46,7 +46,7 @@ def dev_score(
 
 def expert_similarity(model: nn.Module) -> dict[str, float]:
     """Per MoE layer name, its experts' similarity summary: how far upcycled experts have
-    moved apart (issue 13); {} for a dense model."""
+    moved apart from their common copy; {} for a dense model."""
     return {
         n: m.similarity_summary()[0]
         for n, m in model.named_modules()

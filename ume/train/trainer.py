@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +30,7 @@ from ume.data.features import GlobalCMVN
 from ume.data.loader import BucketSampler, FeatureStore, collate_tokens, numpy_seed_everything
 from ume.data.tokenizer import Tokenizer
 from ume.device import autocast, autocast_dtype
+from ume.errors import UmeError
 from ume.expdir import (
     MODEL_FILE,
     atomic_save_tensors,
@@ -45,8 +44,8 @@ from ume.model.params import count_params
 from ume.train.checkpoint import (
     average_checkpoints,
     best_checkpoints,
+    checkpoints_to_average,
     latest_checkpoint,
-    list_checkpoints,
     load_optimizer_tensors,
     python_rng_state,
     read_rank_rng,
@@ -72,48 +71,18 @@ from ume.train.schedule import (
     phase_at,
     set_lr,
 )
+from ume.train.state import TrainClock, TrainState
+from ume.train.targets import ctc_targets
 
 log = logging.getLogger(__name__)
 
 
-class TrainClock:
-    """Wall and process-CPU seconds of training steps: `lap()` returns both since the last lap
-    or `restart()`; restart after evaluating or checkpointing so that neither counts.
-
-    Example:
-        >>> clock = TrainClock(); wall_s, cpu_s = clock.lap()
-    """
-
-    def __init__(self) -> None:
-        self.restart()
-
-    def restart(self) -> None:
-        self._wall, self._cpu = time.time(), time.process_time()
-
-    def lap(self) -> tuple[float, float]:
-        wall, cpu = time.time(), time.process_time()
-        spent = (wall - self._wall, cpu - self._cpu)
-        self._wall, self._cpu = wall, cpu
-        return spent
-
-
-@dataclass
-class TrainState:
-    step: int = 0
-    epoch: int = 0
-    pos: int = 0  # batches consumed in the current epoch (on this rank)
-    train_seconds: float = 0.0  # wall-clock between steps (includes pauses, other processes)
-    # this process's CPU time in the same steps, summed over its threads (time.process_time):
-    # a pause (SIGSTOP, a suspended VM) or waiting for a busy core adds nothing; counted since
-    # this field exists (a run resumed from an older checkpoint under-counts its earlier steps)
-    train_cpu_seconds: float = 0.0
-    curve: list[dict] = field(default_factory=list)  # {"step","minutes","dev_mer"}
-    ckpt_mer: dict[str, float] = field(default_factory=dict)  # checkpoint name -> dev MER
-    phase: int = 0
-    skipped_batches: int = 0  # optimizer steps skipped (non-finite loss or gradient)
-
-
 class Trainer:
+    """One training run into `exp_dir`: `run()` resumes from the newest complete checkpoint
+    there (or starts from `init_dir`'s weights, or from scratch), trains to train.max_steps or
+    train.max_minutes, and `finish()` writes the averaged model.safetensors and train_info.json.
+    Under torchrun every rank builds one; all collective decisions are taken by every rank."""
+
     def __init__(
         self,
         cfg: ExperimentConfig,
@@ -181,22 +150,12 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.device, tc.precision)
 
         # targets; drop utterances CTC cannot align (more tokens than encoder frames)
-        sub = cfg.model.encoder.subsampling
-        self.tokens: list[list[int]] = []
-        keep = []
-        for i, u in enumerate(self.train_store.utts):
-            ids = self.tokenizer.encode(u.text)
-            frames = self.model.encoder.embed.output_lengths(
-                torch.tensor(self.train_store.lengths[i])
-            )
-            if not ids or len(ids) > int(frames):
-                self.train_store.skipped.append(
-                    f"{u.key}: {len(ids)} tokens for {int(frames)} encoder frames (x{sub}); "
-                    "too short for CTC"
-                )
-                continue
-            keep.append(i)
-            self.tokens.append(ids)
+        keep, self.tokens = ctc_targets(
+            self.train_store,
+            self.tokenizer,
+            self.model.encoder.embed,
+            cfg.model.encoder.subsampling,
+        )
         self.train_idx = keep
         self.sampler = BucketSampler(
             [self.train_store.lengths[i] for i in keep], tc.max_frames, tc.max_batch_size, tc.seed
@@ -343,7 +302,7 @@ class Trainer:
                 self.state.epoch, sorted_order, self.rank, self.world
             )
             if not epoch:  # the same on every rank: every rank raises, none waits for the others
-                raise ValueError(
+                raise UmeError(
                     f"epoch {self.state.epoch} has no training batches for rank {self.rank} "
                     f"of {self.world}: {len(self.sampler)} batch(es) from {len(self.train_idx)} "
                     f"usable utterance(s) ({len(self.train_store.skipped)} skipped, see the "
@@ -504,13 +463,9 @@ class Trainer:
         tc = self.cfg.train
         info = {}
         if self.main:
-            cks = list_checkpoints(self.exp / "checkpoints")
             n = max(1, tc.average_last)
-            if tc.average_by == "best" and self.state.ckpt_mer:  # kept by save(): protect
-                scored = [c for c in cks if c.name in self.state.ckpt_mer]
-                chosen = sorted(scored, key=lambda c: self.state.ckpt_mer[c.name])[:n]
-            else:
-                chosen = cks[-n:]
+            ckpts = self.exp / "checkpoints"
+            chosen = checkpoints_to_average(ckpts, self.state.ckpt_mer, tc.average_by, n)
             if chosen:
                 sd = average_checkpoints(chosen)
                 atomic_save_tensors(sd, self.exp / MODEL_FILE)

@@ -41,6 +41,7 @@ from ume.model.ffn import FeedForward
 from ume.model.moe import MoEFeedForward
 from ume.model.moe_split import MoEEntry, MoEExit, MoERouter, split_moe
 from ume.model.router import check_moe_config
+from ume.upcycle.verify import max_abs_diff
 
 LAYOUT_FORMAT = "ume-moe-layout"
 LAYOUT_VERSION = 1
@@ -225,13 +226,6 @@ def _call(model: nn.Module, inp: object) -> object:
     return model(inp)
 
 
-def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
-        return float("inf")
-    diffs = [(x.float() - y.float()).abs().max().item() for x, y in zip(a, b) if x.numel()]
-    return max(diffs, default=0.0)
-
-
 def _watch(model: nn.Module, specs: list[FFNSpec]) -> tuple[list, Callable[[], None]]:
     """Hook each FFN's output (its output projection, or the ume layer): [(spec index, out)]."""
     seen: list[tuple[int, torch.Tensor]] = []
@@ -281,7 +275,7 @@ def _choose(model: nn.Module, cands: list[FFNSpec], cfg: MoEConfig, tol: float) 
         _replace(model, spec, cfg)
         try:
             with torch.no_grad():
-                diff = _max_diff([ref], [model.get_submodule(spec.module)(x)])
+                diff = max_abs_diff([ref], [model.get_submodule(spec.module)(x)])
         except RuntimeError:  # e.g. the projections guessed in the wrong order
             diff = float("inf")
         if diff <= tol:
@@ -360,7 +354,7 @@ def upcycle(
             max_diff = None
             if verify_input is not None:
                 out, seen = _run(model, verify_input, [c[0] for c in cands])
-                max_diff = _max_diff(ref, out)
+                max_diff = max_abs_diff(ref, out)
                 _explain(seen_ref, seen, cands, tol, max_diff)
         except Exception:
             for spec, mod, children in reversed(dense):  # leave the model as it was
@@ -400,7 +394,7 @@ def _explain(seen_ref: list, seen: list, cands: list, tol: float, max_diff: floa
     if max_diff <= tol:
         return
     for (i, a), (_, b) in zip(seen_ref, seen):
-        d = _max_diff(_tensors(a), _tensors(b))
+        d = max_abs_diff(_tensors(a), _tensors(b))
         if d > tol:
             raise UpcycleAnyError(
                 f"upcycling changed the model's output by {max_diff:.3g} (> {tol:g}); the first "

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ume.config import MoEConfig
-from ume.errors import UmeError
+from ume.errors import UmeError, name_list
 from ume.model.asr import ASRModel
 from ume.model.moe import ROUTER_INITS, expert_tensors_from_dense
 from ume.model.params import count_params, moe_layers, param_report
@@ -47,12 +47,6 @@ _FFN_MAP = {  # dense suffix -> (expert tensor, transpose)
 
 class UpcycleError(UmeError):
     """Dense weights and the MoE model do not correspond (the message names the keys)."""
-
-
-def _names(keys: list[str], limit: int = 12) -> str:
-    keys = sorted(keys)
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
 
 
 def _drop_upcycle(
@@ -209,11 +203,11 @@ def upcycle_state_dict(
         if unexpected:
             lines.append(
                 f"  dense tensors with no place in the MoE model ({len(unexpected)}): "
-                f"{_names(unexpected)}"
+                f"{name_list(unexpected)}"
             )
         if missing:
             lines.append(
-                f"  MoE tensors not provided by the dense model ({len(missing)}): {_names(missing)}"
+                f"  MoE tensors not provided by the dense model ({len(missing)}): {name_list(missing)}"
             )
         lines.extend(f"  shape mismatch: {s}" for s in shape_errors[:12])
         lines.append(
@@ -318,7 +312,7 @@ def upcycle_experiment(
     """Write an upcycled MoE experiment dir (config, tokenizer, cmvn, model.safetensors,
     upcycle.json) that `ume decode` and `ume train --init` accept.
 
-    Symmetry breakers (issue 13): groups > 1 makes fine-grained experts (1/groups slices of
+    Symmetry breakers: groups > 1 makes fine-grained experts (1/groups slices of
     the dense FFN, function-preserving); drop_ratio (Drop-Upcycling) and noise_std/noise_frac
     (noise upcycling) perturb the experts (not function-preserving); router_noise adds noise
     to the router logits during training only; router_init="kmeans" sets each router to

@@ -1,11 +1,10 @@
-"""Content-aware router initialisation for upcycling: k-means routers (issue 13).
+"""Content-aware router initialisation for upcycling: k-means routers.
 
 Why: right after upcycling all experts are copies, so the task loss gives the router no
 gradient and routing is whatever the initial router says. A random router barely separates
-speech frames (router entropy 2.05 of ln 8 = 2.08); a k-means router sends each expert one
-cluster of the layer's own inputs from step 0 (entropy 1.59, routing differs by language).
-Measured (docs/RESULTS.md, issue 13): that makes routing content-aware, but the copies drift
-apart no faster than with a random router; how far they drift is set by how much they train.
+speech frames (its entropy is close to the maximum, ln E); a k-means router sends each expert
+one cluster of the layer's own inputs from step 0, so routing is content-aware from the start.
+It does not make the copies drift apart faster: that is set by how much they train.
 
 How: run a few utterances through the upcycled model (its function is the dense model's),
 capture each MoE layer's input frames (valid frames only), cluster them with spherical

@@ -9,6 +9,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ume.model.asr import ASRModel, add_sos_eos, reverse_targets
@@ -17,10 +19,27 @@ from ume.upcycle.convert import UpcycleError
 VERIFY_TOL = 1e-4  # max |difference| of CTC log-probs / decoder logits that counts as equal
 
 
-def _max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
-    if not bool(mask.any()):
-        return 0.0
-    return float((a.float() - b.float()).abs()[mask].max())
+def max_abs_diff(
+    a: torch.Tensor | Sequence[torch.Tensor],
+    b: torch.Tensor | Sequence[torch.Tensor],
+    mask: torch.Tensor | None = None,
+) -> float:
+    """Largest |a - b| (in float32) over a tensor or paired lists of tensors. With `mask`
+    (bool, a leading part of each tensor's shape, e.g. (B, T) valid frames of (B, T, V)
+    log-probs) only the positions where it is True count. 0.0 when nothing is compared; inf
+    when the two sides differ in the number of tensors or in a shape."""
+    xs = [a] if isinstance(a, torch.Tensor) else list(a)
+    ys = [b] if isinstance(b, torch.Tensor) else list(b)
+    if len(xs) != len(ys) or any(x.shape != y.shape for x, y in zip(xs, ys)):
+        return float("inf")
+    worst = 0.0
+    for x, y in zip(xs, ys):
+        d = (x.float() - y.float()).abs()
+        if mask is not None:
+            d = d[mask]
+        if d.numel():
+            worst = max(worst, float(d.max()))
+    return worst
 
 
 @torch.no_grad()
@@ -53,7 +72,7 @@ def verify_upcycle(
         if not torch.equal(valid, valid_m):
             raise UpcycleError("dense and MoE encoders disagree on the output lengths")
         lp_d, lp_m = dense_model.ctc_log_probs(enc_d), moe_model.ctc_log_probs(enc_m)
-        res: dict = {"max_abs_diff_ctc": _max_diff(lp_d, lp_m, valid)}
+        res: dict = {"max_abs_diff_ctc": max_abs_diff(lp_d, lp_m, valid)}
 
         lens = valid.sum(1)
         hyps = ctc_greedy(lp_d, lens)
@@ -72,9 +91,9 @@ def verify_upcycle(
         tmask = torch.arange(ys_in.size(1), device=dev).unsqueeze(0) < in_lens.unsqueeze(1)
         l2r_d, r2l_d = dense_model.decoder(enc_d, valid, ys_in, in_lens, r_ys_in)
         l2r_m, r2l_m = moe_model.decoder(enc_m, valid, ys_in, in_lens, r_ys_in)
-        dec = _max_diff(l2r_d, l2r_m, tmask)
+        dec = max_abs_diff(l2r_d, l2r_m, tmask)
         if r2l_d is not None and r2l_m is not None:
-            dec = max(dec, _max_diff(r2l_d, r2l_m, tmask))
+            dec = max(dec, max_abs_diff(r2l_d, r2l_m, tmask))
         res["max_abs_diff_decoder"] = dec
 
         equal = {}
@@ -92,7 +111,7 @@ def verify_upcycle(
         with torch.autocast(feats.device.type, dtype=torch.bfloat16):
             e_d, v = dense_model.encode(feats, feat_lens)
             e_m, _ = moe_model.encode(feats, feat_lens)
-            res["bf16_max_abs_diff_ctc"] = _max_diff(
+            res["bf16_max_abs_diff_ctc"] = max_abs_diff(
                 dense_model.ctc_log_probs(e_d), moe_model.ctc_log_probs(e_m), v
             )
     finally:

@@ -80,7 +80,7 @@ PRESETS: dict[str, SynthPreset] = {
     "paper": SynthPreset("paper", 7000, 400, 400, 120, description=">= 6 h train audio"),
     # Same dev/test/held-out utterances as "paper" (same sizes and seed), ~2.9x the train
     # audio: every remaining English sentence is new, Mandarin ones repeat ~1.5x in other voices
-    # (the 1,200-character pool holds 7,834 sentences). See docs/RESULTS.md, "large" preset.
+    # (the 1,200-character pool holds 7,834 sentences).
     "large": SynthPreset(
         "large", 20000, 400, 400, 120, train_text_reuse=True, description="~17.5 h train audio"
     ),

@@ -4,8 +4,8 @@
 # trained from scratch on it, then the same continuation for more dense training and for UME.
 #   1. ume data synth --preset xl_16k   (~14 h of train audio; the full `xl` preset is ~107 h
 #      with the same dev/test splits: PRESET=xl)
-#   2. dense from scratch: configs/xl.yaml (5,000 steps, cosine), one thread
-#   3. two one-thread lanes side by side (configs/experiment_xl.yaml, 2,500 extra steps):
+#   2. dense from scratch: configs/xl.yaml (3,000 steps, cosine), one thread
+#   3. two one-thread lanes side by side (configs/experiment_xl.yaml, 1,500 extra steps):
 #        lane a: dense_continued            (WORKDIR)
 #        lane b: ume_kmeans_fast_no_freeze  (WORKDIR_b; or the runs in $LANE_B)
 #   4. paired bootstrap of UME vs dense_continued on test, dev and the three generalisation

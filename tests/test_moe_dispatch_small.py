@@ -103,3 +103,14 @@ def test_small_path_taken_by_buffer_size(monkeypatch) -> None:
     assert not use(DispatchOptions(small_max_bytes=2 * 48 * 4 - 1), moe, x, 2)
     with pytest.raises(ValueError, match="small_max_bytes"):
         DispatchOptions(small_max_bytes=-1)
+
+
+def test_small_crossover_measures_both_paths() -> None:
+    from ume.bench.moe import CROSSOVER_TOKENS, small_crossover
+
+    rows = small_crossover(d=16, e=4, k=2, repeats=3, budget_s=0.01)
+    assert [r["tokens"] for r in rows] == list(CROSSOVER_TOKENS)
+    for r in rows:
+        assert r["loop_ms"] > 0 and r["small_ms"] > 0
+        assert r["ratio"] == pytest.approx(r["small_ms"] / r["loop_ms"], rel=0.02)
+        assert r["buffer_mb"] == pytest.approx(2 * r["tokens"] * 64 * 4 / 2**20, abs=1e-3)

@@ -316,6 +316,42 @@ def _fmt_row(r: dict) -> str:
     )
 
 
+# ---- the bias-filled path's crossover -------------------------------------------------------
+CROSSOVER_TOKENS = (16, 37, 100, 200, 400, 800, 1600)
+
+
+def small_crossover(
+    d: int = 144, e: int = 8, k: int = 2, repeats: int = 15, budget_s: float = 3.0
+) -> list[dict]:
+    """Eval forward of one layer per token count, the sorted loop (small_max_bytes 0) against
+    the bias-filled path (always), interleaved: what DispatchOptions.small_max_bytes is set
+    from. ratio = bias-filled / loop; buffer_mb = its (k·N, H) float32 hidden buffer."""
+    from ume.model.moe_dispatch import DispatchOptions
+
+    moe = build_layer(d, e, k).eval()
+    loop, small = DispatchOptions(small_max_bytes=0), DispatchOptions(small_max_bytes=2**62)
+
+    def fwd(opts: DispatchOptions, x: torch.Tensor) -> Callable[[], None]:
+        def run() -> None:
+            moe.dispatch_options = opts
+            with torch.inference_mode():
+                moe(x)
+
+        return run
+
+    rows = []
+    for n in CROSSOVER_TOKENS:
+        x = torch.randn(1, n, d, generator=torch.Generator().manual_seed(n))
+        ms = _interleaved_medians({"loop": fwd(loop, x), "small": fwd(small, x)}, repeats, budget_s)
+        rows.append({
+            "tokens": n, "buffer_mb": round(k * n * 4 * d * 4 / 2**20, 3),
+            "loop_ms": round(ms["loop"], 3), "small_ms": round(ms["small"], 3),
+            "ratio": round(ms["small"] / ms["loop"], 3),
+        })  # fmt: skip
+    moe.dispatch_options = DispatchOptions()
+    return rows
+
+
 # ---- profiles -------------------------------------------------------------------------------
 def _label_modules(model: nn.Module) -> None:
     """Wrap FFN/MoE, attention, conv and stem forwards in profiler ranges ("## ...")."""
@@ -387,6 +423,10 @@ def main_moe(args: argparse.Namespace) -> int:
         print(f"machine={info['machine']} threads={info['threads']} torch={info['torch']}")
         print(profile_report())
         return 0
+    if args.small_crossover:
+        rows = small_crossover(repeats=args.repeats, budget_s=args.budget)
+        print(json.dumps({**machine_info(), "d": 144, "e": 8, "k": 2, "rows": rows}, indent=1))
+        return 0
     info = {**machine_info(), "router": args.router}
     if not args.json:
         print(
@@ -432,4 +472,10 @@ def add_moe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=6.0, help="seconds per shape and pass")
     p.add_argument(
         "--profile", action="store_true", help="torch.profiler tables (MoE layer, encoders)"
+    )
+    p.add_argument(
+        "--small-crossover",
+        action="store_true",
+        help="bias-filled path vs sorted loop per token count (D 144, E 8, k 2): sets "
+        "DispatchOptions.small_max_bytes",
     )

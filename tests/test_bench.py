@@ -377,3 +377,67 @@ def test_bench_gap_splits_the_extra_time(tmp_path: Path, capsys: pytest.CaptureF
     argv = ["bench", "gap", "--model", str(tmp_path / "ume"), "--vs", dense, "--data", str(data)]
     assert main([*argv, "--rounds", "0"]) == 2
     assert "--rounds 0: need at least 1 round" in capsys.readouterr().err
+
+
+def test_bench_rtf_onnx_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--onnx: both models also in onnxruntime (full context and streaming: the tiny models
+    are causal), ratios model / vs, and one table with eager and onnxruntime rows."""
+    data = tiny_pair(tmp_path)
+    argv = ["bench", "rtf", "--model", str(tmp_path / "ume"), "--vs", str(tmp_path / "dense")]
+    argv += ["--data", str(data), "--threads", "1", "--max-utts", "2", "--rounds", "2"]
+    assert main([*argv, "--onnx", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["onnx_stream_chunk"] == 16 and 1e-5 < res["onnx_rtf_stream"] < 1.0
+    assert 0 < res["onnx_chunk_ms_p50"] <= res["onnx_chunk_ms_p95"]
+    assert res["ratio_onnx_chunk_p95"] == pytest.approx(
+        res["onnx_chunk_ms_p95"] / res["vs_onnx_chunk_ms_p95"], rel=0.01
+    )
+    assert 1e-5 < res["onnx_rtf_full"] < 1.0 and 1e-5 < res["vs_onnx_rtf_full"] < 1.0
+    assert res["ratio_onnx_full"] == pytest.approx(
+        res["onnx_rtf_full"] / res["vs_onnx_rtf_full"], rel=0.01
+    )
+    assert len(res["onnx_rtf_full_rounds"]) == 2
+    assert main([*argv, "--onnx", "--stream-chunk", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime RTF batch 1, stream" not in out  # --stream-chunk 0: full context only
+    assert re.search(r"^eager RTF batch 1 +\d\.\d{4} +\d\.\d{4} +\d+\.\d{3} \(", out, re.M), out
+    assert re.search(r"^onnxruntime RTF batch 1 +\d\.\d{4} +\d\.\d{4} +\d+\.\d{3} \(", out, re.M)
+
+
+def test_side_by_side_table_has_streaming_latency_rows() -> None:
+    from ume.bench.rtf import side_by_side
+
+    res = {"stream_chunk": 16, "onnx_stream_chunk": 16, "rtf_b1": 0.02, "vs_rtf_b1": 0.01}
+    res["ratio_b1_per_round"] = [1.9, 2.1]
+    for n in ("chunk", "delay"):
+        for q in ("p50", "p95"):
+            res[f"lat_stream16_{n}_ms_{q}"], res[f"vs_lat_stream16_{n}_ms_{q}"] = 30.0, 20.0
+    res |= {"onnx_rtf_stream": 0.006, "vs_onnx_rtf_stream": 0.004}
+    res |= {"ratio_onnx_stream_range": [1.4, 1.6], "onnx_chunk_ms_p95": 9.0}
+    res |= {"vs_onnx_chunk_ms_p95": 3.0}
+    table = side_by_side(res, "U", "D")
+    assert re.search(r"^eager RTF batch 1 +0\.0200 +0\.0100 +2\.000 \(1\.90-2\.10\)$", table, re.M)
+    assert re.search(r"^eager stream16 chunk ms p95 +30\.0000 +20\.0000 +1\.500$", table, re.M)
+    assert re.search(r"^onnxruntime RTF batch 1, stream16 .* 1\.500 \(1\.40-1\.60\)$", table, re.M)
+    assert re.search(r"^onnxruntime chunk ms p95 +9\.0000 +3\.0000 +3\.000$", table, re.M)
+    assert "batch 16, stream16" not in table  # a key the run did not measure: no row
+
+
+def test_bench_moe_onnx_and_hf_implementations_side_by_side() -> None:
+    """--onnx rows carry onnxruntime's portable (and, where supported, fused) layer with a
+    ratio; HF's experts implementations each get a column and ratio_hf is to the fastest."""
+    import importlib.util
+
+    from ume.decode.onnx_moe import fused_moe_supported
+
+    rows = bench_shape(48, 16, 8, 2, repeats=3, budget_s=0.01, onnx=True)
+    fwd, bwd = rows
+    assert fwd["ort_portable_ms"] > 0 and fwd["ort_bound_ms"] > 0
+    assert ("ort_fused_ms" in fwd) == fused_moe_supported()
+    best = min(fwd[k] for k in ("ort_portable_ms", "ort_fused_ms") if k in fwd)
+    assert fwd["ratio_ort"] == pytest.approx(fwd["ours_ms"] / best, rel=0.02)
+    assert bwd["ratio_ort"] is None  # onnxruntime runs inference only
+    if importlib.util.find_spec("transformers") is not None:
+        impls = {k for k in fwd if k.startswith("hf_") and k.endswith("_ms") and k != "hf_ms"}
+        assert "hf_eager_ms" in impls and fwd["hf_ms"] == min(fwd[k] for k in impls)
+        assert fwd["hf_ms"] == fwd[f"hf_{fwd['hf_best']}_ms"]

@@ -278,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="alternating measurements of --model and --vs; RTFs are medians over rounds",
     )
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also export both models and time them in onnxruntime (batch 1, full + streaming)",
+    )
+    p.add_argument(
+        "--onnx-moe-op", choices=("portable", "fused"), default="portable",
+        help="--onnx: how MoE layers are exported (ume export --moe-op)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true")
     add_device_arg(p, default="cpu")  # CPU figures stay comparable unless a GPU is asked for
     p.set_defaults(func=_lazy("ume.bench.rtf", "main_rtf"))

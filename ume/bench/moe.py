@@ -13,8 +13,13 @@ that background load hits every method alike:
     wenet   WeNet's own MoEFFNLayer (unmodified source via ../shared/third_party), our
             router and experts copied in (ratio_wenet = ours / wenet); null without ../shared
     hf      transformers' MixtralSparseMoeBlock with our router copied in, SwiGLU experts of
-            2H/3 (same parameters and FLOPs per expert); null without transformers
-            (ume/bench/peers.py)
+            2H/3 (same parameters and FLOPs per expert), once per experts implementation
+            (eager, batched_mm, grouped_mm: hf_<impl>_ms); ratio_hf = ours / the fastest of
+            them (hf_best names it); null without transformers (ume/bench/peers.py)
+    ort     with --onnx (and --peers), forward only: the same layer as onnxruntime runs the
+            graphs `ume export` writes, portable and fused (ort_portable_ms, ort_fused_ms),
+            and k x the dense FFN in onnxruntime (ort_bound_ms); ratio_ort = ours / the
+            faster onnxruntime MoE graph (ume/bench/ort_layer.py)
 
 The router is normal-initialised (std 1/sqrt(D), so routing is varied but not uniform), or with
 --router zeros as right after upcycling (MoEConfig's default: every token picks the same k
@@ -24,7 +29,7 @@ ours == loop == wenet outputs, hf's top-k choices == ours).
 Examples:
     ume bench moe --json
     ume bench moe --quick
-    ume bench moe --peers --router zeros --threads 1   # <= 512 tokens vs WeNet and HF
+    ume bench moe --peers --router zeros --threads 1   # <= 512 tokens vs WeNet, HF, onnxruntime
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ume.bench.peers import PeerWrap, hf_block, hf_routing, wenet_layer
+from ume.bench.peers import PeerWrap, hf_blocks, hf_routing, wenet_layer
 from ume.config import MoEConfig
 from ume.machine import machine_info
 from ume.model.ffn import FeedForward
@@ -154,19 +159,22 @@ def bench_shape(
     budget_s: float = 6.0,
     router: str = "normal",
     peers: bool = True,
+    onnx: bool = False,
 ) -> list[dict]:
-    """Rows for one shape: pass "fwd" and "fwd_bwd" (peers: also WeNet's and HF's layers)."""
+    """Rows for one shape: pass "fwd" and "fwd_bwd" (peers: also WeNet's and HF's layers;
+    onnx: the forward also in onnxruntime)."""
     moe = build_layer(d, e, k, router=router)
     dense = FeedForward(d, 4 * d, "swish")
     loop = LoopMoE(moe)
     mods: dict[str, nn.Module] = {"ours": moe, "dense": dense, "loop": loop}
     # transformers first: the WeNet oracle stubs torchaudio, which transformers' import probes
-    hf = hf_block(moe) if peers else None
+    hfs = hf_blocks(moe) if peers else {}
+    hf = next(iter(hfs.values()), None)
     wenet = wenet_layer(moe) if peers else None
     if wenet is not None:
         mods["wenet"] = wenet
-    if hf is not None:
-        mods["hf"] = PeerWrap(hf)
+    for impl, block in hfs.items():
+        mods[f"hf_{impl}"] = PeerWrap(block)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, tokens, d, generator=g)
     grad = torch.randn(1, tokens, d, generator=g)
@@ -192,12 +200,21 @@ def bench_shape(
             m.train(pass_ == "fwd_bwd")
         if pass_ == "fwd":
             fns = {name: _fwd(m, x) for name, m in mods.items()}
+            if onnx:
+                from ume.bench.ort_layer import ort_layer_fns
+
+                fns.update(ort_layer_fns(moe, dense, x, torch.get_num_threads()))
         else:
             xg = x.clone().requires_grad_(True)
             fns = {name: _fwd_bwd(m, xg, grad) for name, m in mods.items()}
         ms = _interleaved_medians(fns, repeats, budget_s)
         bound = k * ms["dense"]
-        hf_ms, wenet_ms = ms.get("hf"), ms.get("wenet")
+        wenet_ms = ms.get("wenet")
+        hf_each = {n.removeprefix("hf_"): v for n, v in ms.items() if n.startswith("hf_")}
+        hf_best = min(hf_each, key=hf_each.get) if hf_each else None
+        hf_ms = hf_each[hf_best] if hf_best else None
+        ort_each = {n: v for n, v in ms.items() if n in ("ort_portable", "ort_fused")}
+        ort_ms = min(ort_each.values()) if ort_each else None
         rows.append(
             {
                 "router": router,
@@ -217,6 +234,11 @@ def bench_shape(
                 "loop_ms": round(ms["loop"], 3),
                 "wenet_ms": round(wenet_ms, 3) if wenet_ms else None,
                 "hf_ms": round(hf_ms, 3) if hf_ms else None,
+                "hf_best": hf_best,
+                **{f"hf_{i}_ms": round(v, 3) for i, v in hf_each.items()},
+                "ratio_ort": round(ms["ours"] / ort_ms, 3) if ort_ms else None,
+                **{f"{n}_ms": round(v, 3) for n, v in ort_each.items()},
+                "ort_bound_ms": round(k * ms["ort_dense"], 3) if "ort_dense" in ms else None,
             }
         )
     return rows
@@ -229,11 +251,12 @@ def bench_moe(
     budget_s: float = 6.0,
     progress: Callable[[dict], None] | None = None,
     router: str = "normal",
+    onnx: bool = False,
 ) -> list[dict]:
     grid = grid if grid is not None else (QUICK_GRID if quick else FULL_GRID)
     rows: list[dict] = []
     for tokens, d, e, k in grid:
-        for row in bench_shape(tokens, d, e, k, repeats, budget_s, router):
+        for row in bench_shape(tokens, d, e, k, repeats, budget_s, router, onnx=onnx):
             rows.append(row)
             if progress is not None:
                 progress(row)
@@ -257,6 +280,7 @@ def summarize(rows: list[dict]) -> dict:
     return {
         "max_ratio_wenet_le512": peer("ratio_wenet"),
         "max_ratio_hf_le512": peer("ratio_hf"),
+        "max_ratio_ort_le512": peer("ratio_ort")["fwd"],
         "max_ratio_bound_fwd_ge2048": worst(big_fwd, "ratio_bound"),
         "median_ratio_bound_fwd_ge2048": (
             statistics.median(r["ratio_bound"] for r in big_fwd) if big_fwd else None
@@ -270,18 +294,62 @@ def summarize(rows: list[dict]) -> dict:
 
 _HEADER = (
     f"{'tokens':>6} {'D':>4} {'H':>5} {'E':>3} {'k':>2} {'pass':>8} {'ours ms':>9} "
-    f"{'bound ms':>9} {'loop ms':>9} {'r_bound':>8} {'r_loop':>7} {'r_wenet':>7} {'r_hf':>6}"
+    f"{'bound ms':>9} {'loop ms':>9} {'wenet ms':>9} {'hf ms (best)':>21} {'ort ms':>8} "
+    f"{'ort bnd':>8} {'r_bound':>8} {'r_loop':>7} {'r_wenet':>7} {'r_hf':>6} {'r_ort':>6}"
 )
 
 
 def _fmt_row(r: dict) -> str:
-    hf = "-" if r["ratio_hf"] is None else f"{r['ratio_hf']:.2f}"
-    wenet = "-" if r.get("ratio_wenet") is None else f"{r['ratio_wenet']:.2f}"
+    """One table row: times side by side, then ratios (ours / each; < 1 = ours faster)."""
+
+    def num(v: float | None, w: int, f: str = ".2f") -> str:
+        return f"{'-':>{w}}" if v is None else f"{v:>{w}{f}}"
+
+    hf = "-" if r.get("hf_ms") is None else f"{r['hf_ms']:.2f} ({r['hf_best']})"
+    ort = min((r[k] for k in ("ort_portable_ms", "ort_fused_ms") if r.get(k)), default=None)
     return (
         f"{r['tokens']:>6} {r['d']:>4} {r['h']:>5} {r['e']:>3} {r['k']:>2} {r['pass']:>8} "
         f"{r['ours_ms']:>9.2f} {r['bound_ms']:>9.2f} {r['loop_ms']:>9.2f} "
-        f"{r['ratio_bound']:>8.3f} {r['ratio_loop']:>7.3f} {wenet:>7} {hf:>6}"
+        f"{num(r.get('wenet_ms'), 9)} {hf:>21} {num(ort, 8)} {num(r.get('ort_bound_ms'), 8)} "
+        f"{r['ratio_bound']:>8.3f} {r['ratio_loop']:>7.3f} {num(r.get('ratio_wenet'), 7)} "
+        f"{num(r.get('ratio_hf'), 6)} {num(r.get('ratio_ort'), 6)}"
     )
+
+
+# ---- the bias-filled path's crossover -------------------------------------------------------
+CROSSOVER_TOKENS = (16, 37, 100, 200, 400, 800, 1600)
+
+
+def small_crossover(
+    d: int = 144, e: int = 8, k: int = 2, repeats: int = 15, budget_s: float = 3.0
+) -> list[dict]:
+    """Eval forward of one layer per token count, the sorted loop (small_max_bytes 0) against
+    the bias-filled path (always), interleaved: what DispatchOptions.small_max_bytes is set
+    from. ratio = bias-filled / loop; buffer_mb = its (k·N, H) float32 hidden buffer."""
+    from ume.model.moe_dispatch import DispatchOptions
+
+    moe = build_layer(d, e, k).eval()
+    loop, small = DispatchOptions(small_max_bytes=0), DispatchOptions(small_max_bytes=2**62)
+
+    def fwd(opts: DispatchOptions, x: torch.Tensor) -> Callable[[], None]:
+        def run() -> None:
+            moe.dispatch_options = opts
+            with torch.inference_mode():
+                moe(x)
+
+        return run
+
+    rows = []
+    for n in CROSSOVER_TOKENS:
+        x = torch.randn(1, n, d, generator=torch.Generator().manual_seed(n))
+        ms = _interleaved_medians({"loop": fwd(loop, x), "small": fwd(small, x)}, repeats, budget_s)
+        rows.append({
+            "tokens": n, "buffer_mb": round(k * n * 4 * d * 4 / 2**20, 3),
+            "loop_ms": round(ms["loop"], 3), "small_ms": round(ms["small"], 3),
+            "ratio": round(ms["small"] / ms["loop"], 3),
+        })  # fmt: skip
+    moe.dispatch_options = DispatchOptions()
+    return rows
 
 
 # ---- profiles -------------------------------------------------------------------------------
@@ -355,6 +423,10 @@ def main_moe(args: argparse.Namespace) -> int:
         print(f"machine={info['machine']} threads={info['threads']} torch={info['torch']}")
         print(profile_report())
         return 0
+    if args.small_crossover:
+        rows = small_crossover(repeats=args.repeats, budget_s=args.budget)
+        print(json.dumps({**machine_info(), "d": 144, "e": 8, "k": 2, "rows": rows}, indent=1))
+        return 0
     info = {**machine_info(), "router": args.router}
     if not args.json:
         print(
@@ -369,6 +441,7 @@ def main_moe(args: argparse.Namespace) -> int:
         budget_s=args.budget,
         progress=None if args.json else lambda r: print(_fmt_row(r), flush=True),
         router=args.router,
+        onnx=args.onnx or args.peers,
     )
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -388,10 +461,21 @@ def add_moe_args(p: argparse.ArgumentParser) -> None:
         default="normal",
         help="normal: varied routing; zeros: every token to the same k experts (after upcycling)",
     )
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also the forward in onnxruntime (portable and fused graphs; on with --peers)",
+    )
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds per shape (max)")
     p.add_argument("--budget", type=float, default=6.0, help="seconds per shape and pass")
     p.add_argument(
         "--profile", action="store_true", help="torch.profiler tables (MoE layer, encoders)"
+    )
+    p.add_argument(
+        "--small-crossover",
+        action="store_true",
+        help="bias-filled path vs sorted loop per token count (D 144, E 8, k 2): sets "
+        "DispatchOptions.small_max_bytes",
     )

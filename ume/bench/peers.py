@@ -10,16 +10,24 @@ our layers and given ITS router, so every method routes every token to the same 
            parameters and FLOPs per expert as our (D, H) two-matrix experts. Different expert
            function, so only the routing (not the output) is checked against ours.
 
+           transformers chooses the experts' computation by `experts_implementation`:
+           "eager" (a loop over the used experts), "batched_mm" (each token-slot's expert
+           weights gathered, one bmm), "grouped_mm" (slots sorted by expert, torch's grouped
+           GEMM or its fallback); `hf_blocks` gives one block per implementation this
+           transformers has, all with the same weights.
+
 Both are optional: a missing oracle or transformers gives None and the benchmark reports null.
 
 Example:
     >>> wenet = wenet_layer(moe)        # None without ../shared
     >>> hf = hf_block(moe)              # None without transformers
+    >>> hf_blocks(moe)                  # {"eager": ..., "batched_mm": ..., "grouped_mm": ...}
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import os
 import sys
@@ -130,6 +138,33 @@ def hf_block(moe: MoEFeedForward) -> nn.Module | None:
         return block
     except Exception:  # noqa: BLE001 - another transformers layout
         return None
+
+
+HF_IMPLS = ("eager", "batched_mm", "grouped_mm")
+
+
+def hf_blocks(moe: MoEFeedForward) -> dict[str, nn.Module]:
+    """{implementation: MixtralSparseMoeBlock} for each of HF_IMPLS this transformers runs, the
+    same weights in each ({} without transformers)."""
+    base = hf_block(moe)
+    if base is None:
+        return {}
+    out = {}
+    x = torch.zeros(1, 2, moe.d_model)
+    for impl in HF_IMPLS:
+        block = copy.deepcopy(base)
+        experts = getattr(block, "experts", None)
+        cfg = getattr(experts, "config", None)
+        if cfg is None:  # an older layout without per-block implementations: eager only
+            return {"eager": base}
+        cfg._experts_implementation = impl
+        try:
+            with torch.no_grad():
+                block(x)
+        except Exception:  # noqa: BLE001 - not registered or not runnable here: no column
+            continue
+        out[impl] = block
+    return out
 
 
 def hf_routing(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,19 @@ the model was loaded (weights + activations + allocator slack). Besides full con
 (default 16 encoder frames: keys rtf_b1_stream16, rtf_b16_stream16). With --vs every key X of
 the second model is reported as vs_X and every RTF/memory pair as ratio_* (= model / vs).
 
+With --onnx both models are also exported as `ume export` writes them (MoE layers as
+--onnx-moe-op: portable or fused) and timed in onnxruntime at batch 1 in the same number of
+alternating rounds (ume/bench/onnx_rtf.py: full context, and the streaming graph with
+per-chunk p50/p95 when the models are causal): keys onnx_*. The printed table puts eager and
+onnxruntime, full context and streaming, side by side, each with model / vs and its per-round
+range.
+
 With --device cuda the model runs on the GPU (fbank stays on the CPU, as in deployment) and
 each batch ends with a CUDA synchronise, so the timings cover the GPU work.
 
 Example:
     ume bench rtf --model runs/ume --vs runs/dense --data data/quick/test --json [--device cuda]
+    ume bench rtf --model runs/ume --vs runs/dense --data data/test --threads 1 --onnx
 """
 
 from __future__ import annotations
@@ -221,6 +229,8 @@ def main_rtf(args: argparse.Namespace) -> int:
                 ]
         for k in mem_keys:
             res[f"ratio_{k}"] = round(res[k] / other[k], 3)
+    if getattr(args, "onnx", False):
+        res.update(onnx_rows(args, rounds))
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -247,7 +257,7 @@ def main_rtf(args: argparse.Namespace) -> int:
             ratios = "  ".join(
                 f"{k.removeprefix('ratio_')} {v:.3f}"
                 for k, v in res.items()
-                if k.startswith("ratio_") and not k.endswith("_per_round")
+                if k.startswith("ratio_") and isinstance(v, (int, float))
             )
             print(f"ratio: {ratios}")
             spread = "  ".join(
@@ -258,7 +268,80 @@ def main_rtf(args: argparse.Namespace) -> int:
             )
             if spread:  # --rounds > 1: how far the ratio moved between rounds
                 print(f"ratio per round: {spread}")
+        print(side_by_side(res, args.model, args.vs))
     return 0
+
+
+def onnx_rows(args: argparse.Namespace, rounds: int) -> dict:
+    """Both models in onnxruntime, batch 1 (ume/bench/onnx_rtf.py): full context, and the
+    streaming graph when both models are causal -> onnx_* keys (ratios model / vs)."""
+    import tempfile
+
+    from ume.bench.onnx_rtf import bench_graphs, export_graphs, load_feats
+
+    dirs = {"model": args.model, **({"vs": args.vs} if args.vs else {})}
+    stream = getattr(args, "stream_chunk", 0)
+    for d in dirs.values():
+        _, _, m = load_experiment(d)
+        if not m.encoder.cfg.causal_conv:
+            stream = 0  # no streaming graph for a non-causal model (docs/deploy.md)
+    work = Path(tempfile.mkdtemp(prefix="ume_bench_rtf_onnx_"))
+    op = getattr(args, "onnx_moe_op", "portable")
+    specs = [export_graphs(d, work, name, op, stream) for name, d in dirs.items()]
+    feats = load_feats(args.model, args.data, args.max_utts)
+    g = bench_graphs(specs, feats, args.threads, rounds, "vs" if args.vs else "model")["graphs"]
+    out: dict = {"onnx_moe_op": op, "onnx_stream_chunk": stream}
+    for name, prefix in (("model", "onnx_"), ("vs", "vs_onnx_")):
+        for k, v in g.get(name, {}).items():
+            if k.startswith("ratio_"):
+                out["ratio_onnx_" + k.removeprefix("ratio_")] = v
+            elif k != "moe_op":  # per-round RTFs: "_rounds" (the "_per_round" keys are ratios)
+                out[prefix + k.replace("_per_round", "_rounds")] = v
+    return out
+
+
+def side_by_side(res: dict, model: str, vs: str | None) -> str:
+    """One table of everything measured: eager and onnxruntime RTF, full context and
+    streaming, streaming latency p50/p95 (ms), and model / vs with its per-round range."""
+    s = res.get("stream_chunk", 0)
+    rows = [("eager RTF batch 1", "rtf_b1"), ("eager RTF batch 16", "rtf_b16")]
+    if s:
+        rows += [(f"eager RTF batch 1, stream{s}", f"rtf_b1_stream{s}"),
+                 (f"eager RTF batch 16, stream{s}", f"rtf_b16_stream{s}")]  # fmt: skip
+        rows += [(f"eager stream{s} {n} ms {q}", f"lat_stream{s}_{n}_ms_{q}")
+                 for n in ("chunk", "delay") for q in ("p50", "p95")]  # fmt: skip
+    if "onnx_rtf_full" in res:
+        rows.append(("onnxruntime RTF batch 1", "onnx_rtf_full"))
+    if "onnx_rtf_stream" in res:
+        rows.append(
+            (f"onnxruntime RTF batch 1, stream{res['onnx_stream_chunk']}", "onnx_rtf_stream")
+        )
+        rows += [(f"onnxruntime chunk ms {q}", f"onnx_chunk_ms_{q}") for q in ("p50", "p95")]
+    head = f"{'':<34} {'model':>10} {'vs':>10} {'model / vs (rounds)':>22}"
+    lines = [f"model = {model}" + (f", vs = {vs}" if vs else ""), head]
+    for label, key in rows:
+        if key not in res:
+            continue
+        mine, theirs = res[key], res.get("vs_" + key)
+        ratio = "" if theirs in (None, 0) else f"{mine / theirs:.3f}"
+        rng = _round_range(res, key)
+        lines.append(f"{label:<34} {mine:>10.4f} {_num(theirs):>10} {ratio + rng:>22}")
+    return "\n".join(lines)
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _round_range(res: dict, key: str) -> str:
+    """' (lo-hi)' of the per-round ratios of this key, where the run recorded them."""
+    if key.startswith("rtf_"):
+        vals = res.get(f"ratio_{key.removeprefix('rtf_')}_per_round")
+        return f" ({min(vals):.2f}-{max(vals):.2f})" if vals else ""
+    if key.startswith("onnx_rtf_"):
+        rng = res.get(f"ratio_onnx_{key.removeprefix('onnx_rtf_')}_range")
+        return f" ({rng[0]:.2f}-{rng[1]:.2f})" if rng else ""
+    return ""
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ from ume.decode.onnx_moe import (
 )
 from ume.decode.onnx_trace import trace_to_onnx
 from ume.model.asr import ASRModel
+from ume.model.attention import sinusoid
 from ume.model.moe import MoEFeedForward
 from ume.model.moe_dispatch import set_dispatch_options
 
@@ -78,12 +79,7 @@ def rel_pos_encoding(
         rel = torch.arange(0, t, dtype=torch.float32)
     else:
         rel = torch.arange(t - 1, -t, -1, dtype=torch.float32)
-    div = torch.exp(
-        torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
-    )
-    ang = rel.unsqueeze(1) * div  # (2T-1, D/2)
-    pe = torch.stack([torch.sin(ang), torch.cos(ang)], dim=-1).flatten(1)  # interleaved
-    return pe.unsqueeze(0)
+    return sinusoid(rel, d_model).unsqueeze(0)  # (1, 2T-1 or T, D)
 
 
 class EncoderForExport(nn.Module):

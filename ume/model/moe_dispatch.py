@@ -7,6 +7,12 @@ Paths (the routing, the per-expert maps and the gates are the same in all of the
                   autograd graph it runs into preallocated buffers (`dispatch_fast`,
                   bit-identical); with a graph through `expert_ffn`'s hand-written backward
                   (`fused_backward`, else autograd ops on unbind views, the reference).
+    bias-filled   no graph, short inputs (`dispatch_fast_small`, the batch-1 default): the
+                  same addmm pairs, accumulating in place into (k·N, H) and (k·N, D) buffers
+                  pre-filled with each slot's expert biases (no per-call bias copy, fewer
+                  operator calls): bit-identical to the loop. Taken while the (k·N, H) buffer
+                  is at most `small_max_bytes`; above it the loop's reused (max count, H)
+                  buffer is as fast and smaller (docs/PERFORMANCE.md).
     padded bmm    no graph, >= 2 threads, short inputs (`dispatch_fast_padded`): the slots in a
                   zero-padded (E, C_max, D) buffer, every expert in one baddbmm pair, which
                   splits over threads by expert (batch-1 decoding: ~10 rows per expert). Taken
@@ -57,6 +63,9 @@ class DispatchOptions:
     padded_max_rows:  no-graph with >= 2 threads: the padded bmm when the busiest expert has
                       at most this many rows (0 = never). At 1 thread the padding only costs.
     padded_max_waste: ... and E x C_max <= this x the k·N real rows (skewed load -> loop)
+    small_max_bytes:  no-graph: the bias-filled path while its (k·N, H) hidden buffer is at
+                      most this many bytes (0 = never); the default is measured
+                      (`ume bench moe --small-crossover`, docs/PERFORMANCE.md)
     fused_backward:   graph path through expert_ffn's backward (False: autograd reference)
     """
 
@@ -64,6 +73,7 @@ class DispatchOptions:
     export_path: str = "masked"
     padded_max_rows: int = 32
     padded_max_waste: float = 2.0
+    small_max_bytes: int = 2**20
     fused_backward: bool = True
 
     def __post_init__(self) -> None:
@@ -73,6 +83,8 @@ class DispatchOptions:
             raise UmeError(f"MoE export_path {self.export_path!r}: use one of {STATIC_PATHS}")
         if self.padded_max_rows < 0 or self.padded_max_waste < 1.0:
             raise UmeError("padded_max_rows must be >= 0 and padded_max_waste >= 1")
+        if self.small_max_bytes < 0:
+            raise UmeError(f"small_max_bytes {self.small_max_bytes}: must be >= 0 (0 = never)")
 
 
 def moe_layers_of(model: nn.Module) -> list[nn.Module]:
@@ -137,6 +149,12 @@ def use_padded(opts: DispatchOptions, sizes: list[int], n_slots: int) -> bool:
     return c_max <= opts.padded_max_rows and len(sizes) * c_max <= opts.padded_max_waste * n_slots
 
 
+def use_small(opts: DispatchOptions, layer: MoELayer, xt: torch.Tensor, n_slots: int) -> bool:
+    """The bias-filled path for this input? While its (k·N, H) hidden buffer is at most
+    `opts.small_max_bytes` (N tokens, k slots per token, H the expert hidden size)."""
+    return n_slots * layer.d_ff * xt.element_size() <= opts.small_max_bytes
+
+
 def dispatch_sorted(
     layer: MoELayer,
     xt: torch.Tensor,
@@ -157,6 +175,8 @@ def dispatch_sorted(
         sizes = counts.tolist()
         if use_padded(opts, sizes, k * n):
             return dispatch_fast_padded(layer, xt, slot_e, order, sorted_tok, sizes, gates), dropped
+        if use_small(opts, layer, xt, k * n):
+            return dispatch_fast_small(layer, xt, slot_e, order, sorted_tok, sizes, gates), dropped
         return dispatch_fast(layer, xt, order, sorted_tok, sizes, gates), dropped
     sorted_g = gates.t().reshape(-1).index_select(0, order)
     sorted_e = slot_e.index_select(0, order) if opts.path == "bmm" or cap < k * n else None
@@ -200,6 +220,40 @@ def dispatch_fast(
         if drop > 0:
             F.dropout(h, drop, True, inplace=True)
         torch.addmm(b_2[ex], h, w_2[ex], out=y_e)
+    return gated_sum(layer.slots_per_token, ys, tok, order, gates, n)
+
+
+def dispatch_fast_small(
+    layer: MoELayer,
+    xt: torch.Tensor,
+    slot_e: torch.Tensor,
+    order: torch.Tensor,
+    tok: torch.Tensor,
+    sizes: list[int],
+    gates: torch.Tensor,
+) -> torch.Tensor:
+    """No-graph dispatch for short inputs: `dispatch_fast`'s addmm pairs (and dropout) with fewer
+    operator calls around them. Two gathers pre-fill every slot's hidden row (k·N, H) and
+    output row (k·N, D) with its expert's biases, so each GEMM accumulates in place (addmm_,
+    beta 1: the GEMM that addmm(out=) runs after copying the bias, without the copy), and the
+    per-expert views come from one split per tensor instead of Python slicing per block.
+    Same products, same summation order: bit-identical to `dispatch_fast`."""
+    n = xt.size(0)
+    p = layer.experts
+    drop = layer.dropout.p if layer.training else 0.0
+    sorted_e = slot_e.index_select(0, order)  # (k·N,) expert of each sorted slot
+    xs = xt.index_select(0, tok)  # (k·N, D), grouped by expert
+    h = p.b_1.index_select(0, sorted_e)  # (k·N, H) = b_1 of the slot's expert
+    ys = p.b_2.index_select(0, sorted_e)  # (k·N, D) = b_2 of the slot's expert
+    w_1, w_2 = _expert_views(p.w_1, sizes), _expert_views(p.w_2, sizes)
+    x_b, h_b, y_b = (torch.split_with_sizes(t, sizes) for t in (xs, h, ys))
+    for ex, c in enumerate(sizes):
+        if c:  # expert by expert, so its hidden rows are still in cache for the second GEMM
+            h_e = h_b[ex].addmm_(x_b[ex], w_1[ex])
+            _act_(layer, h_e)
+            if drop > 0:  # same masks, drawn in the same order, as dispatch_fast
+                F.dropout(h_e, drop, True, inplace=True)
+            y_b[ex].addmm_(h_e, w_2[ex])
     return gated_sum(layer.slots_per_token, ys, tok, order, gates, n)
 
 

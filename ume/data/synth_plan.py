@@ -102,6 +102,58 @@ def _en_phrase(sent: Sentence, rng: np.random.Generator) -> Sentence:
     return Sentence(tts=tts, text=normalize_text(tts))
 
 
+def sample_babble(
+    aug: AugmentParams, voices: Sequence[Voice], texts: Sequence[Sentence], rng: np.random.Generator
+) -> list[tuple[Voice, str, dict]]:
+    """3-5 other talkers (voice, text, prosody) when `aug` asks for babble noise, else []."""
+    babble = []
+    if aug.noise == "babble":
+        for _ in range(int(rng.integers(3, 6))):
+            bv = voices[int(rng.integers(len(voices)))]
+            bt = texts[int(rng.integers(len(texts)))]
+            babble.append((bv, bt.tts, sample_params(bv, rng)))
+    return babble
+
+
+def make_plan(
+    split: str,
+    index: int,
+    lang: str,
+    text: str,
+    heldout: bool,
+    segments: list[tuple[Voice, str, dict]],
+    gap_s: float,
+    aug: AugmentParams,
+    babble: list[tuple[Voice, str, dict]],
+    out_dir: Path,
+    seed: int,
+    code: int,
+) -> UttPlan:
+    """One utterance's plan: its id (first voice, split, index), wav path (under
+    ``wavs/test`` for every test-side split) and render seed. Raises AssertionError if the
+    transcript's language is not the planned one (the text filters make that impossible)."""
+    if text_lang(text) != lang:
+        raise AssertionError(f"planned {lang} utterance has transcript {text!r}")
+    speaker = segments[0][0].id
+    uttid = f"{speaker}-{split}-{index:06d}"
+    wav_split = "test" if split.startswith("test") else split
+    return UttPlan(
+        uttid=uttid,
+        split=split,
+        index=index,
+        lang=lang,
+        text=text,
+        speaker=speaker,
+        heldout=heldout,
+        segments=segments,
+        gap_s=gap_s,
+        aug=aug,
+        babble=babble,
+        wav=str(out_dir / "wavs" / wav_split / f"{uttid}.wav"),
+        seed=(seed, code, index, 1),
+    )
+
+
 def _cycled(items: list[Sentence], n: int) -> list[Sentence]:
     """`items` repeated in order up to length `n` (unchanged when already long enough)."""
     reps = -(-n // len(items))
@@ -184,31 +236,10 @@ def plan_corpus(preset: SynthPreset, out_dir: Path, seed: int) -> tuple[list[Utt
                 segs.append((v, s.tts, sample_params(v, urng)))
             gap = round(float(urng.uniform(0.05, 0.25)), 3)
             aug = sample_augment_params(urng)
-            babble = []
-            if aug.noise == "babble":
-                for _ in range(int(urng.integers(3, 6))):
-                    bv = babble_voices[int(urng.integers(len(babble_voices)))]
-                    bt = split_texts[int(urng.integers(len(split_texts)))]
-                    babble.append((bv, bt.tts, sample_params(bv, urng)))
-            if text_lang(text) != lang:  # cannot happen with the filters above; fail fast
-                raise AssertionError(f"planned {lang} utterance has transcript {text!r}")
-            speaker = segs[0][0].id
-            uttid = f"{speaker}-{split}-{index:06d}"
+            babble = sample_babble(aug, babble_voices, split_texts, urng)
             plans.append(
-                UttPlan(
-                    uttid=uttid,
-                    split=split,
-                    index=index,
-                    lang=lang,
-                    text=text,
-                    speaker=speaker,
-                    heldout=held,
-                    segments=segs,
-                    gap_s=gap,
-                    aug=aug,
-                    babble=babble,
-                    wav=str(out_dir / "wavs" / split / f"{uttid}.wav"),
-                    seed=(seed, code, index, 1),
+                make_plan(
+                    split, index, lang, text, held, segs, gap, aug, babble, out_dir, seed, code
                 )
             )
     info = {

@@ -27,7 +27,14 @@ import numpy as np
 
 from ume.atomic import atomic_write_bytes
 from ume.data.augment import sample_wide_augment_params
-from ume.data.synth_plan import UttPlan, _en_phrase, _lang_counts, _voice_cycle
+from ume.data.synth_plan import (
+    UttPlan,
+    _en_phrase,
+    _lang_counts,
+    _voice_cycle,
+    make_plan,
+    sample_babble,
+)
 from ume.data.synth_presets import HELDOUT_SYNTH_SPLIT, HELDOUT_TEXT_SPLIT, SynthPreset
 from ume.data.text import is_cjk, normalize_text, split_units, text_lang
 from ume.data.text_pool import DOMAINS, HELDOUT_DOMAIN, TextPool, load_text_pool
@@ -265,32 +272,11 @@ def plan_pool_corpus(preset: SynthPreset, out_dir: Path, seed: int) -> tuple[lis
                 text = normalize_text(zs.text + " " + es.text)
             gap = round(float(urng.uniform(0.05, 0.25)), 3)
             aug = sample_wide_augment_params(urng)
-            babble = []
-            if aug.noise == "babble":
-                for _ in range(int(urng.integers(3, 6))):
-                    bv = babble_voices[int(urng.integers(len(babble_voices)))]
-                    bt = split_texts[int(urng.integers(len(split_texts)))]
-                    babble.append((bv, bt.tts, sample_params(bv, urng)))
-            if text_lang(text) != lang:
-                raise AssertionError(f"planned {lang} utterance has transcript {text!r}")
-            speaker = segs[0][0].id
-            uttid = f"{speaker}-{split}-{index:06d}"
-            wav_split = "test" if split.startswith("test") else split
+            babble = sample_babble(aug, babble_voices, split_texts, urng)
+            held = kind == "heldout"
             plans.append(
-                UttPlan(
-                    uttid=uttid,
-                    split=split,
-                    index=index,
-                    lang=lang,
-                    text=text,
-                    speaker=speaker,
-                    heldout=kind == "heldout",
-                    segments=segs,
-                    gap_s=gap,
-                    aug=aug,
-                    babble=babble,
-                    wav=str(out_dir / "wavs" / wav_split / f"{uttid}.wav"),
-                    seed=(seed, code, index, 1),
+                make_plan(
+                    split, index, lang, text, held, segs, gap, aug, babble, out_dir, seed, code
                 )
             )
         counts[split] = len(slots)

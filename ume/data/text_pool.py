@@ -39,13 +39,13 @@ import logging
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 from ume.data.text import is_cjk, normalize_text
-from ume.data.text_sources import Sentence, _en_clean, load_sentences
+from ume.data.text_sources import Sentence, _dedup, _en_clean, load_sentences
 
 logger = logging.getLogger(__name__)
 
@@ -405,15 +405,6 @@ def _units(text: str) -> list[str]:
     return split_units(text)
 
 
-def _dedup_into(seen: set[str], sents: Iterable[Sentence]) -> list[Sentence]:
-    out = []
-    for s in sents:
-        if s.text and s.text not in seen:
-            seen.add(s.text)
-            out.append(s)
-    return out
-
-
 @cache
 def load_text_pool(domains: tuple[str, ...] = DOMAINS) -> TextPool:
     """Read every domain's sentences (deterministic order), deduplicated within a language with
@@ -436,7 +427,7 @@ def load_text_pool(domains: tuple[str, ...] = DOMAINS) -> TextPool:
             else:
                 fn = zh_sentences_from_paragraph if lang == "zh" else en_sentences_from_paragraph
                 sents = [s for para in domain_paragraphs(dom, lang) for s in fn(para)]
-            kept = _dedup_into(seen, sents)
+            kept = _dedup(sents, seen)
             if not kept:
                 raise RuntimeError(
                     f"text domain {dom!r} gave no {lang} sentence: install the Debian packages "

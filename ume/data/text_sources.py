@@ -207,8 +207,10 @@ def _en_clean(sent: str, max_words: int = EN_MAX_WORDS) -> Sentence | None:
     return Sentence(tts=s, text=text)
 
 
-def _dedup(sents: Iterable[Sentence]) -> list[Sentence]:
-    seen: set[str] = set()
+def _dedup(sents: Iterable[Sentence], seen: set[str] | None = None) -> list[Sentence]:
+    """`sents` without empty or repeated transcripts; `seen` (updated) holds transcripts
+    already taken elsewhere, which are dropped too."""
+    seen = set() if seen is None else seen
     out = []
     for s in sents:
         if s.text and s.text not in seen:

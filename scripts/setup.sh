@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything ume needs on a fresh Debian machine (run as root, or with sudo available):
-# Debian packages (TTS engines, fortune text corpora, libsndfile), a virtualenv in .venv and the
-# Python packages (torch pinned to the CPU build 2.13.0). Idempotent: re-running is fast.
+# Debian packages (TTS engines and voices, the fortune and documentation texts the corpora are made
+# from, libsndfile), a virtualenv in .venv and the Python packages (torch pinned to the CPU build
+# 2.13.0). Idempotent: re-running is fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # TTS engines and voices; text sources of the corpora (fortunes for tiny..large; Debian's
@@ -17,7 +18,10 @@ done
 if [ -n "$missing" ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  # --no-install-recommends: the manuals recommend their viewers (GIMP, KiCad), not needed here
+  # --no-install-recommends: the manuals recommend their viewers (GIMP, KiCad), not needed here;
+  # lynx first: it is the small www-browser the GIMP manuals depend on (else apt picks GIMP's)
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends lynx \
+    >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     $missing >/dev/null
 fi

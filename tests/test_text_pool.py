@@ -263,3 +263,32 @@ def test_xl_tiny_mix_utterances_switch_voices(xl_tiny):
         assert {v.lang for v, _, _ in p.segments} == {"zh", "en"}
         assert any(is_cjk(c) for c in p.text)
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["version"] >= 2
+
+
+def test_licence_texts_never_reach_the_pool(tmp_path, monkeypatch):
+    """Licence texts are reserved for an evaluation: a man page's COPYRIGHT section, a manual's
+    licence pages and any paragraph in a licence's words are left out."""
+    src = "\n".join(
+        [
+            ".SH DESCRIPTION",
+            "Lists the files in a directory.",
+            ".SH COPYRIGHT",
+            "You may redistribute copies of this program under the terms of the license.",
+            ".SH SEE ALSO",
+            "The manual of the shell.",
+        ]
+    )
+    paras = TP._roff_text(src)
+    assert "Lists the files in a directory." in paras
+    assert "The manual of the shell." in paras
+    assert not any("redistribute" in p for p in paras)
+    for name in ("gfdl-3.html", "license.html", "legalnotice.html", "copyright.html"):
+        (tmp_path / name).write_text("<p>Anyone may copy this text.</p>")
+    (tmp_path / "intro.html").write_text(
+        "<p>The brush paints soft lines.</p>"
+        "<p>This program comes without any warranty of any kind.</p>"
+        "<p>本程序是自由软件基金会发布的。</p>"
+    )
+    monkeypatch.setitem(TP.HTML_MANUALS, "gimp", (tmp_path, tmp_path))
+    assert [p.name for p in TP._html_files(tmp_path, "*.html")] == ["intro.html"]
+    assert list(TP.domain_paragraphs("gimp", "en")) == ["The brush paints soft lines."]

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from ume.data.text import is_cjk, normalize_text
+from ume.data.text import is_cjk, normalize_text, split_units
 from ume.data.text_sources import Sentence, _dedup, _en_clean, load_sentences
 
 logger = logging.getLogger(__name__)
@@ -116,17 +116,26 @@ _ESPEAK_UNKNOWN_HANZI = frozenset("塰忄衤")
 # --------------------------------------------------------------------------- readers
 
 
-_ROOF_KEEP = frozenset("B I BR IR RB BI IB SM SB IP TP PP LP P HP".split())
+_ROFF_INLINE = frozenset("B I BR IR RB BI IB SM SB".split())  # font macros: their text is prose
+# Licence texts are reserved for evaluation: pages that are one (by file name), man-page
+# sections that hold one (by title), and any paragraph written in a licence's words.
+_LICENCE_PAGE = re.compile(r"licen[cs]e|copying|copyright|gfdl|gpl|legal", re.I)
+_LICENCE_SECTION = re.compile(r"copyright|licen[cs]e|copying|版权|许可|授权", re.I)
+_LICENCE_WORDS = re.compile(
+    r"copyright|permission is granted|free software foundation|general public licen[cs]e|"
+    r"without (any )?warranty|all rights reserved|版权|自由软件基金会|通用公共许可|担保",
+    re.I,
+)
 _ROFF_ESCAPE = re.compile(r"\\f(\[[^\]]*\]|\(..|.)|\\s[+-]?\d|\\\*(\(..|\[[^\]]*\]|.)|\\[&|^%:]")
 
 
 def _roff_text(src: str) -> list[str]:
-    """Paragraphs of running text of a roff (man) page: comments (licence headers), requests
-    and tables dropped, font escapes removed; a paragraph ends at a blank line or a paragraph
-    macro."""
+    """Paragraphs of running text of a roff (man) page: comments (licence headers), licence
+    sections, requests and tables dropped, font escapes removed; a paragraph ends at a blank
+    line or a paragraph macro."""
     paras: list[str] = []
     cur: list[str] = []
-    in_table = False
+    in_table = in_licence = False
 
     def flush() -> None:
         if cur:
@@ -143,10 +152,15 @@ def _roff_text(src: str) -> list[str]:
             continue
         if line.startswith((".", "'")):
             macro, _, args = line[1:].strip().partition(" ")
-            if macro in ("B", "I", "BR", "IR", "RB", "BI", "IB", "SM", "SB") and args:
+            if macro in ("SH", "SS"):
+                flush()
+                in_licence = _LICENCE_SECTION.search(args) is not None
+            elif macro in _ROFF_INLINE and args and not in_licence:
                 cur.append(args.replace('"', ""))
             else:
                 flush()
+            continue
+        if in_licence:
             continue
         if not line.strip():
             flush()
@@ -230,23 +244,33 @@ def _html_paragraphs(path: Path) -> list[str]:
 
 
 def domain_paragraphs(domain: str, lang: str) -> Iterator[str]:
-    """Raw paragraphs of one (domain, language) source, in a fixed file order."""
+    """Raw paragraphs of one (domain, language) source, in a fixed file order; licence pages
+    and paragraphs in a licence's words are left out."""
+    return (p for p in _source_paragraphs(domain, lang) if not _LICENCE_WORDS.search(p))
+
+
+def _html_files(d: Path | None, pattern: str) -> list[Path]:
+    if d is None or not d.is_dir():
+        return []
+    return sorted(p for p in d.rglob(pattern) if not _LICENCE_PAGE.search(p.name))
+
+
+def _source_paragraphs(domain: str, lang: str) -> Iterator[str]:
     if domain == "manpages":
         for p in _man_files(lang):
             try:
                 yield from _roff_text(_read_text(p))
             except (OSError, EOFError, gzip.BadGzipFile) as e:
                 logger.warning("skipping unreadable man page %s: %s", p, e)
-    elif domain in HTML_MANUALS:
-        d = HTML_MANUALS[domain][0 if lang == "zh" else 1]
-        for p in sorted(d.rglob("*.html")) if d is not None and d.is_dir() else []:
-            yield from _html_paragraphs(p)
+        return
+    if domain in HTML_MANUALS:
+        files = _html_files(HTML_MANUALS[domain][0 if lang == "zh" else 1], "*.html")
     elif domain == "reference":
-        code = "zh-cn" if lang == "zh" else "en"
-        for p in sorted(REFERENCE_ROOT.glob(f"*.{code}.html")) if REFERENCE_ROOT.is_dir() else []:
-            yield from _html_paragraphs(p)
+        files = _html_files(REFERENCE_ROOT, f"*.{'zh-cn' if lang == 'zh' else 'en'}.html")
     else:
         raise ValueError(f"unknown text domain {domain!r}; choose from {DOMAINS}")
+    for p in files:
+        yield from _html_paragraphs(p)
 
 
 # --------------------------------------------------------------------------- sentences
@@ -394,15 +418,9 @@ class TextPool:
         """Sentence and vocabulary counts per (language, domain) and in all train domains."""
         out: dict = {}
         for (lang, dom), sents in sorted(self.by_key.items()):
-            units = Counter(u for s in sents for u in _units(s.text))
+            units = Counter(u for s in sents for u in split_units(s.text))
             out[f"{lang}/{dom}"] = {"sentences": len(sents), "distinct_units": len(units)}
         return out
-
-
-def _units(text: str) -> list[str]:
-    from ume.data.text import split_units
-
-    return split_units(text)
 
 
 @cache

@@ -49,10 +49,11 @@ from ume.data.tts import (
     sample_params,
     voice_available,
 )
+from ume.errors import UmeError
 
 logger = logging.getLogger(__name__)
 
-POOL_CACHE_VERSION = 1
+POOL_CACHE_VERSION = 2  # 2: licence texts left out of the pool
 # Mandarin characters with fewer occurrences than this in the training domains are left out of
 # the unit inventory (their sentences are dropped): below it, no train budget can reach
 # zh_min_count without repeating one sentence many times.
@@ -193,14 +194,13 @@ def plan_pool_corpus(preset: SynthPreset, out_dir: Path, seed: int) -> tuple[lis
     }
     babble_voices = pools["zh"] + pools["en"]
 
-    # (split, kind) -> language slots; kind: seen | heldout (voices) | synth | text
-    layout = [
+    # test side, (split, kind) -> language slots; kind: seen | heldout (voices) | synth | text
+    test_side = [
         ("test", "seen", _lang_counts(preset.n_test, preset)),
         ("test", "heldout", _lang_counts(preset.n_heldout, preset)),
         (HELDOUT_SYNTH_SPLIT, "synth", {"en": preset.n_heldout_synth}),
         (HELDOUT_TEXT_SPLIT, "text", _lang_counts(preset.n_heldout_text, preset)),
         ("dev", "seen", _lang_counts(preset.n_dev, preset)),
-        ("train", "seen", _lang_counts(preset.n_train, preset)),
     ]
     cursor = {"zh": 0, "mix": 0, "en": 0, "held_zh": 0, "held_mix": 0, "held_en": 0}
 
@@ -212,28 +212,26 @@ def plan_pool_corpus(preset: SynthPreset, out_dir: Path, seed: int) -> tuple[lis
         return got
 
     plans: list[UttPlan] = []
-    counts: dict[str, int] = {}
     split_slots: dict[str, list] = {}
-    for split, kind, langs in layout:
+    for split, kind, langs in test_side:
         for lang, n in langs.items():
-            if not n:
-                continue
-            if split == "train":
-                continue  # planned last, from what the test side left
             got = take(lang, n, kind == "text")
             if lang == "mix" and len(got) < n:  # too few real code-switched sentences
                 got += [None] * (n - len(got))
             if len(got) < n:
-                raise ValueError(
+                raise UmeError(
                     f"preset {preset.name!r}: {split}/{kind} needs {n} {lang} sentences, the "
                     f"text pool has {len(got)} left"
                 )
             split_slots.setdefault(split, []).extend((lang, kind, s) for s in got)
-    train_langs = layout[-1][2]
-    for lang, n in train_langs.items():
+    # train last, from what the test side left
+    for lang, n in _lang_counts(preset.n_train, preset).items():
         rest = src[lang][cursor[lang] :]
-        if lang == "en" and len(rest) < n and not preset.train_text_reuse:
-            raise ValueError(f"preset {preset.name!r} needs {n} en train sentences")
+        if lang != "mix" and len(rest) < n and not preset.train_text_reuse:
+            raise UmeError(
+                f"preset {preset.name!r} needs {n} {lang} train sentences, the text pool has "
+                f"{len(rest)} left: set train_text_reuse or make n_train smaller"
+            )
         got = _cover(rest, n, preset.zh_min_count if lang != "en" else 0, rng)
         if lang == "mix" and len(got) < n:
             got += [None] * (n - len(got))
@@ -279,7 +277,6 @@ def plan_pool_corpus(preset: SynthPreset, out_dir: Path, seed: int) -> tuple[lis
                     split, index, lang, text, held, segs, gap, aug, babble, out_dir, seed, code
                 )
             )
-        counts[split] = len(slots)
     train_zh_chars = Counter(ch for p in plans if p.split == "train" for ch in p.text if is_cjk(ch))
     info = {
         "text_pool": {

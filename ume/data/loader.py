@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -154,30 +155,30 @@ class FeatureStore:
                 return cls._from_cache(utts, speeds, cache)
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
         out_utts: list[Utterance] = []
-        feats: list[torch.Tensor] = []
+        feats: list = []  # tensors, or only frame counts when written to the cache file
         skipped: list[str] = []
-        offsets = [0]
         raw_tmp = temp_path(_raw_path(cache)) if cache is not None else None
         raw = open(raw_tmp, "wb") if raw_tmp is not None else None  # noqa: SIM115
         try:
             cls._compute(utts, cfg, speeds, min_frames, progress, out_utts, feats, skipped, raw)
+            for msg in skipped:
+                log.warning("skipped %s", msg)
+            if not out_utts:
+                raise DataError(
+                    f"no usable utterances: all {len(utts)} were skipped ({skipped[:3]})"
+                )
+            if raw is not None:
+                raw.flush()
+                os.fsync(raw.fileno())
         except BaseException:
             if raw is not None:
                 raw.close()
                 raw_tmp.unlink(missing_ok=True)
             raise
-        for msg in skipped:
-            log.warning("skipped %s", msg)
-        if not out_utts:
-            if raw is not None:
-                raw.close()
-                raw_tmp.unlink(missing_ok=True)
-            raise DataError(f"no usable utterances: all {len(utts)} were skipped ({skipped[:3]})")
         if raw is None:
             return cls(out_utts, feats, skipped)
         raw.close()
-        for f in feats:  # feats holds only the lengths here (see _compute)
-            offsets.append(offsets[-1] + int(f))
+        offsets = [0, *itertools.accumulate(feats)]
         publish(raw_tmp, _raw_path(cache))
         atomic_write_json(
             {
@@ -224,7 +225,7 @@ class FeatureStore:
                     feats.append(torch.from_numpy(f).to(torch.float16))
                 else:
                     raw.write(np.ascontiguousarray(f, dtype=np.float16).tobytes())
-                    feats.append(f.shape[0])
+                    feats.append(int(f.shape[0]))
 
     @classmethod
     def _from_cache(cls, utts: list[Utterance], speeds: list[float], path: Path) -> FeatureStore:

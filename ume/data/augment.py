@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -86,13 +87,23 @@ def sample_wide_augment_params(rng: np.random.Generator) -> AugmentParams:
     return replace(base, speed=speed, channel=channel, rt60=rt60)
 
 
-def speed_perturb(x: np.ndarray, factor: float, sr: int = 16000) -> np.ndarray:
-    """Play `x` `factor` times faster (Kaldi-style speed perturbation, by resampling)."""
-    if factor == 1.0 or x.size == 0:
-        return x
+def speed_perturb(wave: np.ndarray, factor: float, sample_rate: int = 16000) -> np.ndarray:
+    """Change speed like ``sox speed factor``: tempo and pitch scale, length becomes N / factor
+    (Kaldi-style speed perturbation; the corpus builder's and the feature pipeline's).
+
+    Example:
+        >>> speed_perturb(np.zeros(16000, np.float32), 1.1).shape
+        (14545,)
+    """
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"speed_perturb: factor must be a positive number, got {factor}")
+    if factor == 1.0 or len(wave) == 0:
+        return wave
     import soxr
 
-    return soxr.resample(x, sr * factor, sr).astype(np.float32)
+    # reinterpret the samples as recorded at sample_rate * factor, then resample to sample_rate
+    out = soxr.resample(np.asarray(wave, dtype=np.float32), sample_rate * factor, sample_rate)
+    return np.ascontiguousarray(out, dtype=np.float32)  # (N / factor,)
 
 
 def _mulaw(x: np.ndarray, mu: float = 255.0) -> np.ndarray:

@@ -12,18 +12,17 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import kaldi_native_fbank as knf
 import numpy as np
-import soxr
 import torch
 
 from ume.atomic import atomic_write_text
 from ume.config import FeatureConfig
+from ume.data.augment import speed_perturb  # noqa: F401  (re-exported: one implementation)
 from ume.data.manifest import DataError
 
 
@@ -236,19 +235,3 @@ def spec_augment(
         start, width = band(num_frames, max_t)
         out[start : start + width, :] = mask_value
     return out
-
-
-def speed_perturb(wave: np.ndarray, factor: float, sample_rate: int = 16000) -> np.ndarray:
-    """Change speed like ``sox speed factor``: tempo and pitch scale, length becomes N / factor.
-
-    Example:
-        >>> speed_perturb(np.zeros(16000, np.float32), 1.1).shape
-        (14545,)
-    """
-    if not (math.isfinite(factor) and factor > 0):
-        raise ValueError(f"speed_perturb: factor must be a positive number, got {factor}")
-    if factor == 1.0:
-        return wave
-    # reinterpret the samples as recorded at sample_rate * factor, then resample to sample_rate
-    out = soxr.resample(np.asarray(wave, dtype=np.float32), sample_rate * factor, sample_rate)
-    return np.ascontiguousarray(out, dtype=np.float32)  # (N / factor,)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ume.config import experiment_presets, load_config, preset_config
+from ume.data.synth_presets import PRESETS as SYNTH_PRESETS  # dataclasses only: cheap
 
 DECODE_MODES = ["ctc_greedy", "ctc_prefix_beam", "attention", "attention_rescoring"]
 
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default="quick",
-        choices=["tiny", "quick", "paper", "large", "xl", "xl_16k", "xl_tiny"],
+        choices=list(SYNTH_PRESETS),
     )
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)

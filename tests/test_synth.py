@@ -26,6 +26,7 @@ from ume.data.text_sources import (
     zh_sentences_from_entry,
 )
 from ume.data.tts import Voice
+from ume.errors import UmeError
 
 HAVE_TOOLS = (
     shutil.which("espeak-ng") is not None
@@ -260,6 +261,32 @@ def test_determinism_and_reuse(tiny, tmp_path, capsys):
         a = (out / "wavs" / "train" / f"{k}.wav").read_bytes()
         b = (other / "wavs" / "train" / f"{k}.wav").read_bytes()
         assert a == b
+
+
+def test_a_finished_corpus_is_reused_across_rewordings_and_never_deleted(tiny, capsys):
+    out, summary = tiny
+    path = out / "summary.json"
+    full = path.read_text(encoding="utf-8")
+    wavs = sorted((out / "wavs" / "train").iterdir())
+    try:
+        # the preset's description is prose: rewording it keeps the built corpus
+        old = json.loads(full)
+        old["config"]["description"] = "an older wording"
+        path.write_text(json.dumps(old), encoding="utf-8")
+        assert synthesize("tiny", out, seed=0, progress=False) == old
+        assert "reusing" in capsys.readouterr().out
+        # a corpus of another config or seed is refused with a way out, and left as it was
+        other = json.loads(full)
+        other["config"]["n_train"] += 1
+        path.write_text(json.dumps(other), encoding="utf-8")
+        with pytest.raises(UmeError, match="already holds a finished corpus.*another --out"):
+            synthesize("tiny", out, seed=0, progress=False)
+        with pytest.raises(UmeError, match="differs from the 'tiny' corpus at seed 1"):
+            synthesize("tiny", out, seed=1, progress=False)
+        assert sorted((out / "wavs" / "train").iterdir()) == wavs
+        assert json.loads(path.read_text(encoding="utf-8")) == other
+    finally:
+        path.write_text(full, encoding="utf-8")
 
 
 @needs_tools

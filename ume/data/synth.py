@@ -124,6 +124,42 @@ _PRESET_DEFAULTS = json.loads(
 )
 
 
+def _summary_head(cfg: SynthPreset, seed: int) -> dict:
+    """The fields of a summary that say which corpus it describes."""
+    return {
+        "preset": cfg.name,
+        "seed": seed,
+        "version": FORMAT_VERSION,
+        "config": json.loads(json.dumps(asdict(cfg))),  # as JSON stores it: tuples as lists
+    }
+
+
+def _corpus_identity(summary: dict) -> tuple:
+    """What decides a corpus's audio: preset, seed, format version and the preset's fields,
+    less its `description` (prose: rewording it must not make a built corpus stale). Fields
+    added to SynthPreset after a corpus was written read as their defaults."""
+    config = {**_PRESET_DEFAULTS, **(summary.get("config") or {})}
+    config.pop("description", None)
+    return (summary.get("preset"), summary.get("seed"), summary.get("version"), config)
+
+
+def _refuse_other_corpus(out_dir: Path, cfg: SynthPreset, seed: int) -> None:
+    """A finished corpus of another preset, seed, format or config is never deleted to make
+    room: its audio may be what recorded results were measured on."""
+    path = out_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no finished corpus here (or an unreadable summary: an interrupted run)
+    if _corpus_identity(summary) != _corpus_identity(_summary_head(cfg, seed)):
+        raise UmeError(
+            f"{out_dir} already holds a finished corpus ({summary.get('preset')!r}, seed "
+            f"{summary.get('seed')}, format {summary.get('version')}) that differs from the "
+            f"{cfg.name!r} corpus at seed {seed} this code would write: it is kept. Write to "
+            f"another --out, or delete {out_dir} yourself to rebuild it there."
+        )
+
+
 def _complete_summary(out_dir: Path, cfg: SynthPreset, seed: int) -> dict | None:
     path = out_dir / "summary.json"
     if not path.is_file():
@@ -132,14 +168,7 @@ def _complete_summary(out_dir: Path, cfg: SynthPreset, seed: int) -> dict | None
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    # fields added to SynthPreset after a corpus was written read as their defaults
-    stored = {**_PRESET_DEFAULTS, **(summary.get("config") or {})}
-    if (
-        summary.get("preset") != cfg.name
-        or stored != json.loads(json.dumps(asdict(cfg)))  # as JSON stores it: tuples as lists
-        or summary.get("seed") != seed
-        or summary.get("version") != FORMAT_VERSION
-    ):
+    if _corpus_identity(summary) != _corpus_identity(_summary_head(cfg, seed)):
         return None
     for split in _output_splits(cfg):
         if not all((out_dir / split / f).is_file() for f in KALDI_FILES):
@@ -222,6 +251,7 @@ def synthesize(
         print(f"[synth] {out} already holds the {preset!r} corpus (seed {seed}): reusing it")
         return done
 
+    _refuse_other_corpus(out, cfg, seed)
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     plans, info = plan_preset(cfg, out, seed)
@@ -278,10 +308,7 @@ def synthesize(
         write_kaldi_dir(out / split, utts)
 
     summary = {
-        "preset": preset,
-        "seed": seed,
-        "version": FORMAT_VERSION,
-        "config": json.loads(json.dumps(asdict(cfg))),  # tuples as lists, as read back
+        **_summary_head(cfg, seed),
         "sample_rate": SAMPLE_RATE,
         "splits": {s: _split_summary(u, failures[s]) for s, u in by_split.items()},
         "skipped_total": sum(failures[s] for s in (*SPLITS, *EXTRA_TEST_SPLITS)),

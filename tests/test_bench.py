@@ -67,6 +67,21 @@ def test_bench_moe_quick_json_schema(capsys: pytest.CaptureFixture) -> None:
     assert {(r["e"], r["k"]) for r in rows} == {(4, 1), (8, 2)}
 
 
+def test_bench_moe_shape_flag(capsys: pytest.CaptureFixture) -> None:
+    """--shape TOKENS,D,E,K replaces the grid; a malformed one is refused, naming the format."""
+    argv = ["bench", "moe", "--shape", "48,16,8,2", "--json", "--repeats", "3", "--budget", "0.05"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["tokens"], r["d"], r["e"], r["k"], r["pass"]) for r in rows] == [
+        (48, 16, 8, 2, "fwd"),
+        (48, 16, 8, 2, "fwd_bwd"),
+    ]
+    for bad, why in (("48,16,8", "four positive integers"), ("48,16,2,3", "top_k 3 > experts 2")):
+        with pytest.raises(SystemExit):
+            main(["bench", "moe", "--shape", bad])
+        assert why in capsys.readouterr().err
+
+
 def test_interleaved_medians_measure_what_runs() -> None:
     """The timer behind every `bench moe` row: two calls of known, different durations come
     out at their durations (ms) and in their ratio."""

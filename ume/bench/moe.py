@@ -33,6 +33,7 @@ Examples:
     ume bench moe --json
     ume bench moe --quick
     ume bench moe --peers --router zeros --threads 1   # <= 512 tokens vs WeNet, HF, onnxruntime
+    ume bench moe --shape 2048,144,8,2 --shape 37,144,8,2 --threads 1
 """
 
 from __future__ import annotations
@@ -476,7 +477,7 @@ def main_moe(args: argparse.Namespace) -> int:
         )
         print(_HEADER)
     rows = bench_moe(
-        grid=PEER_GRID if args.peers else None,
+        grid=args.shape or (PEER_GRID if args.peers else None),
         quick=args.quick,
         repeats=args.repeats,
         budget_s=args.budget,
@@ -489,6 +490,19 @@ def main_moe(args: argparse.Namespace) -> int:
     else:
         print(json.dumps({**info, **summarize(rows)}, indent=1))
     return 0
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    """'TOKENS,D,E,K' (e.g. '2048,144,8,2') -> (tokens, d_model, experts, top_k)."""
+    parts = text.split(",")
+    if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"--shape {text!r}: give four positive integers TOKENS,D,E,K, e.g. 2048,144,8,2"
+        )
+    tokens, d, e, k = (int(p) for p in parts)
+    if k > e:
+        raise argparse.ArgumentTypeError(f"--shape {text!r}: top_k {k} > experts {e}")
+    return tokens, d, e, k
 
 
 def add_moe_args(p: argparse.ArgumentParser) -> None:
@@ -506,6 +520,13 @@ def add_moe_args(p: argparse.ArgumentParser) -> None:
         "--onnx",
         action="store_true",
         help="also the forward in onnxruntime (portable and fused graphs; on with --peers)",
+    )
+    p.add_argument(
+        "--shape",
+        type=parse_shape,
+        action="append",
+        metavar="TOKENS,D,E,K",
+        help="time this shape (repeatable; replaces the grid), e.g. --shape 2048,144,8,2",
     )
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")

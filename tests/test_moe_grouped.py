@@ -269,6 +269,21 @@ def test_auto_measures_once_per_key_and_matches_every_path(monkeypatch: pytest.M
     assert chosen_paths() == {}
 
 
+def test_auto_under_autocast_without_grad_times_forward_only() -> None:
+    """Autocast takes the graph code, but without grad nothing is differentiated: the key says
+    graph False and the measurement runs (no backward attempted)."""
+    moe = uneven_layer(2)
+    x = inputs()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        moe.dispatch_options = LOOP
+        y_loop = moe(x)
+        moe.dispatch_options = AUTO
+        y_auto = moe(x)
+    (key,) = chosen_paths()
+    assert not key.graph and key.dtype == "bfloat16"
+    torch.testing.assert_close(y_auto, y_loop, atol=2e-2, rtol=2e-2)
+
+
 def test_auto_follows_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
     moe = uneven_layer(2)
     x = inputs()

@@ -18,9 +18,8 @@ backward of `_grouped_mm` ("Invalid strides/sizes"). Then, per group,
 An expert without rows gets a zero weight gradient.
 
 Where it runs (`grouped_mm_qualifies`): torch has `_grouped_mm` and it runs for this device type
-and dtype (probed once per process: CPU float32/bfloat16/float16 in torch >= 2.9); row strides
-and weight strides of 16 bytes multiples (D and H x element size); contiguous weights with
-16-byte aligned storage; on CUDA only where torch has its native grouped kernel (bf16 on
+and dtype (float32, bfloat16 or float16; a tiny probe, once per process); D and H rows of a
+16-byte multiple (D and H x element size); contiguous weights with 16-byte aligned storage; on CUDA only where torch has its native grouped kernel (bf16 on
 compute capability 9.x or 10.x, not ROCm; `cuda_native_grouped_mm`), elsewhere torch would loop
 over groups itself. Where it does not qualify the dispatch runs the loop instead, without error.
 
@@ -93,7 +92,7 @@ def grouped_mm_qualifies(
     """Whether the grouped path may run the expert GEMMs in `dtype` on `device`: the operator
     runs there, D and H rows are 16-byte multiples, the weights contiguous and 16-byte aligned,
     and on CUDA the native kernel exists (`cuda_native_grouped_mm`)."""
-    size = torch.empty((), dtype=dtype).element_size()
+    size = dtype.itemsize
     if (d_model * size) % _ALIGN_BYTES or (d_ff * size) % _ALIGN_BYTES:
         return False
     if not all(_aligned(w) for w in weights):

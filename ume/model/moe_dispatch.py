@@ -302,7 +302,9 @@ def tuned_path(
     candidate with its bias-filled and padded variants); graph calls time forward + backward
     to the input and the expert weights (torch.autograd.grad: nothing accumulates in .grad).
     The random-number state is restored after the timing, so dropout masks stay reproducible."""
-    graph = needs_autograd(layer, xt)
+    graph = torch.is_grad_enabled() and (
+        xt.requires_grad or any(p.requires_grad for p in layer.experts.parameters())
+    )  # a backward will follow (needs_autograd is also true under autocast without one)
     key = shape_key(layer, xt, graph)
     choice = lookup(key)
     if choice is not None:

@@ -24,6 +24,7 @@ from ume.model.moe_dispatch import DispatchOptions
 
 ROW_KEYS = {"tokens", "d", "h", "e", "k", "pass", "ratio_bound", "ratio_loop", "ratio_hf"}
 ROW_KEYS |= {"router", "ratio_wenet", "wenet_ms", "hf_ms"}
+ROW_KEYS |= {"grouped_ms", "ratio_grouped", "auto_ms", "ratio_auto", "auto_path"}
 
 
 def tiny_cfg(moe: MoEConfig | None = None) -> ModelConfig:
@@ -60,7 +61,25 @@ def test_bench_moe_quick_json_schema(capsys: pytest.CaptureFixture) -> None:
         # each ratio is the ratio of the row's own timings (not of another measurement)
         assert r["ratio_bound"] == pytest.approx(r["ours_ms"] / r["bound_ms"], rel=0.02, abs=2e-3)
         assert r["ratio_loop"] == pytest.approx(r["ours_ms"] / r["loop_ms"], rel=0.02, abs=2e-3)
+        ratio_grouped = r["grouped_ms"] / r["ours_ms"]
+        assert r["ratio_grouped"] == pytest.approx(ratio_grouped, rel=0.02, abs=2e-3)
+        assert r["auto_ms"] > 0 and r["auto_path"] in ("loop", "grouped")  # measured this run
     assert {(r["e"], r["k"]) for r in rows} == {(4, 1), (8, 2)}
+
+
+def test_bench_moe_shape_flag(capsys: pytest.CaptureFixture) -> None:
+    """--shape TOKENS,D,E,K replaces the grid; a malformed one is refused, naming the format."""
+    argv = ["bench", "moe", "--shape", "48,16,8,2", "--json", "--repeats", "3", "--budget", "0.05"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["tokens"], r["d"], r["e"], r["k"], r["pass"]) for r in rows] == [
+        (48, 16, 8, 2, "fwd"),
+        (48, 16, 8, 2, "fwd_bwd"),
+    ]
+    for bad, why in (("48,16,8", "four positive integers"), ("48,16,2,3", "top_k 3 > experts 2")):
+        with pytest.raises(SystemExit):
+            main(["bench", "moe", "--shape", bad])
+        assert why in capsys.readouterr().err
 
 
 def test_interleaved_medians_measure_what_runs() -> None:
@@ -136,7 +155,7 @@ def test_all_dispatch_paths_agree(e: int, k: int) -> None:
     with torch.enable_grad():
         graph = moe(x.clone().requires_grad_(True), valid).detach()  # autograd path
     assert torch.allclose(graph, ref, atol=1e-6)
-    for path in ("masked", "dense", "bmm"):
+    for path in ("masked", "dense", "bmm", "grouped", "auto"):
         moe.dispatch_options = DispatchOptions(path=path)
         with torch.no_grad():
             out = moe(x, valid)

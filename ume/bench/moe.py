@@ -5,6 +5,9 @@
 parameters), against three references measured in the same run, interleaved round by round so
 that background load hits every method alike:
 
+    grouped the same layer with DispatchOptions(path="grouped"): the expert GEMMs as
+            torch._grouped_mm calls (ratio_grouped = grouped / ours; the loop where it does
+            not qualify); auto: path="auto", and the path its measurement chose (auto_path)
     bound   k x a dense FeedForward(D, H) on the same N tokens: the FLOPs an MoE layer must do
             (ratio_bound = ours / bound; goal <= 1.15 forward at >= 2048 tokens)
     loop    the WeNet/Mixtral-style per-expert Python loop written below (torch.where over the
@@ -30,11 +33,13 @@ Examples:
     ume bench moe --json
     ume bench moe --quick
     ume bench moe --peers --router zeros --threads 1   # <= 512 tokens vs WeNet, HF, onnxruntime
+    ume bench moe --shape 2048,144,8,2 --shape 37,144,8,2 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -46,8 +51,10 @@ from torch import nn
 from ume.bench.peers import PeerWrap, hf_blocks, hf_routing, wenet_layer
 from ume.config import MoEConfig
 from ume.machine import machine_info
+from ume.model.dispatch_tuner import clear_chosen_paths, lookup
 from ume.model.ffn import FeedForward
 from ume.model.moe import MoEFeedForward
+from ume.model.moe_dispatch import DispatchOptions, shape_key
 
 # (tokens, d_model, experts, top_k); d_ff = 4·d_model
 FULL_GRID = [
@@ -162,11 +169,22 @@ def bench_shape(
     onnx: bool = False,
 ) -> list[dict]:
     """Rows for one shape: pass "fwd" and "fwd_bwd" (peers: also WeNet's and HF's layers;
-    onnx: the forward also in onnxruntime)."""
+    onnx: the forward also in onnxruntime). The auto path's table is cleared first, so its
+    choice for this shape is measured in this run."""
     moe = build_layer(d, e, k, router=router)
     dense = FeedForward(d, 4 * d, "swish")
     loop = LoopMoE(moe)
-    mods: dict[str, nn.Module] = {"ours": moe, "dense": dense, "loop": loop}
+    grouped, auto = copy.deepcopy(moe), copy.deepcopy(moe)
+    grouped.dispatch_options = DispatchOptions(path="grouped")
+    auto.dispatch_options = DispatchOptions(path="auto")
+    clear_chosen_paths()
+    mods: dict[str, nn.Module] = {
+        "ours": moe,
+        "grouped": grouped,
+        "auto": auto,
+        "dense": dense,
+        "loop": loop,
+    }
     # transformers first: the WeNet oracle stubs torchaudio, which transformers' import probes
     hfs = hf_blocks(moe) if peers else {}
     hf = next(iter(hfs.values()), None)
@@ -184,11 +202,11 @@ def bench_shape(
         m.eval()
     with torch.inference_mode():
         ref = moe(x)
-        diff = (ref - loop(x)).abs().max().item()
+        diff = max((ref - m(x)).abs().max().item() for m in (loop, grouped, auto))
         if wenet is not None:
             diff = max(diff, (ref - wenet(x)).abs().max().item())
     if diff > 1e-4:
-        raise RuntimeError(f"MoE layer and loop/WeNet references disagree by {diff:.2e}")
+        raise RuntimeError(f"MoE layer and loop/grouped/WeNet references disagree by {diff:.2e}")
     if hf is not None:
         ours_e = moe.route(x.reshape(-1, d))[1].sort(-1).values
         if not torch.equal(hf_routing(hf, x.reshape(-1, d)), ours_e):
@@ -215,6 +233,8 @@ def bench_shape(
         hf_ms = hf_each[hf_best] if hf_best else None
         ort_each = {n: v for n, v in ms.items() if n in ("ort_portable", "ort_fused")}
         ort_ms = min(ort_each.values()) if ort_each else None
+        key = shape_key(auto, x.reshape(-1, d), graph=pass_ == "fwd_bwd")
+        choice = lookup(key)
         rows.append(
             {
                 "router": router,
@@ -232,6 +252,11 @@ def bench_shape(
                 "dense_ms": round(ms["dense"], 3),
                 "bound_ms": round(bound, 3),
                 "loop_ms": round(ms["loop"], 3),
+                "grouped_ms": round(ms["grouped"], 3),
+                "ratio_grouped": round(ms["grouped"] / ms["ours"], 3),
+                "auto_ms": round(ms["auto"], 3),
+                "ratio_auto": round(ms["auto"] / ms["ours"], 3),
+                "auto_path": choice.path if choice else "loop",
                 "wenet_ms": round(wenet_ms, 3) if wenet_ms else None,
                 "hf_ms": round(hf_ms, 3) if hf_ms else None,
                 "hf_best": hf_best,
@@ -277,7 +302,22 @@ def summarize(rows: list[dict]) -> dict:
         vals = {p: [r[key] for r in small if r["pass"] == p and r[key]] for p in ("fwd", "fwd_bwd")}
         return {p: (max(v) if v else None) for p, v in vals.items()}
 
+    def spread(key: str) -> dict:
+        vals = {p: sorted(r[key] for r in rows if r["pass"] == p) for p in ("fwd", "fwd_bwd")}
+        return {
+            p: {"min": v[0], "median": statistics.median(v), "max": v[-1]} if v else None
+            for p, v in vals.items()
+        }
+
+    picks = {
+        p: {path: sum(r["pass"] == p and r["auto_path"] == path for r in rows)
+            for path in ("loop", "grouped")}
+        for p in ("fwd", "fwd_bwd")
+    }  # fmt: skip
     return {
+        "ratio_grouped": spread("ratio_grouped"),
+        "ratio_auto": spread("ratio_auto"),
+        "auto_picks": picks,
         "max_ratio_wenet_le512": peer("ratio_wenet"),
         "max_ratio_hf_le512": peer("ratio_hf"),
         "max_ratio_ort_le512": peer("ratio_ort")["fwd"],
@@ -294,13 +334,16 @@ def summarize(rows: list[dict]) -> dict:
 
 _HEADER = (
     f"{'tokens':>6} {'D':>4} {'H':>5} {'E':>3} {'k':>2} {'pass':>8} {'ours ms':>9} "
+    f"{'grp ms':>9} {'auto ms':>9} {'auto':>7} "
     f"{'bound ms':>9} {'loop ms':>9} {'wenet ms':>9} {'hf ms (best)':>21} {'ort ms':>8} "
-    f"{'ort bnd':>8} {'r_bound':>8} {'r_loop':>7} {'r_wenet':>7} {'r_hf':>6} {'r_ort':>6}"
+    f"{'ort bnd':>8} {'r_grp':>6} {'r_bound':>8} {'r_loop':>7} {'r_wenet':>7} {'r_hf':>6} "
+    f"{'r_ort':>6}"
 )
 
 
 def _fmt_row(r: dict) -> str:
-    """One table row: times side by side, then ratios (ours / each; < 1 = ours faster)."""
+    """One table row: times side by side, then ratios (r_grp = grouped / ours: < 1 = grouped
+    faster; the others ours / each: < 1 = ours faster)."""
 
     def num(v: float | None, w: int, f: str = ".2f") -> str:
         return f"{'-':>{w}}" if v is None else f"{v:>{w}{f}}"
@@ -309,9 +352,10 @@ def _fmt_row(r: dict) -> str:
     ort = min((r[k] for k in ("ort_portable_ms", "ort_fused_ms") if r.get(k)), default=None)
     return (
         f"{r['tokens']:>6} {r['d']:>4} {r['h']:>5} {r['e']:>3} {r['k']:>2} {r['pass']:>8} "
-        f"{r['ours_ms']:>9.2f} {r['bound_ms']:>9.2f} {r['loop_ms']:>9.2f} "
+        f"{r['ours_ms']:>9.2f} {r['grouped_ms']:>9.2f} {r['auto_ms']:>9.2f} {r['auto_path']:>7} "
+        f"{r['bound_ms']:>9.2f} {r['loop_ms']:>9.2f} "
         f"{num(r.get('wenet_ms'), 9)} {hf:>21} {num(ort, 8)} {num(r.get('ort_bound_ms'), 8)} "
-        f"{r['ratio_bound']:>8.3f} {r['ratio_loop']:>7.3f} {num(r.get('ratio_wenet'), 7)} "
+        f"{r['ratio_grouped']:>6.3f} {r['ratio_bound']:>8.3f} {r['ratio_loop']:>7.3f} {num(r.get('ratio_wenet'), 7)} "
         f"{num(r.get('ratio_hf'), 6)} {num(r.get('ratio_ort'), 6)}"
     )
 
@@ -326,8 +370,6 @@ def small_crossover(
     """Eval forward of one layer per token count, the sorted loop (small_max_bytes 0) against
     the bias-filled path (always), interleaved: what DispatchOptions.small_max_bytes is set
     from. ratio = bias-filled / loop; buffer_mb = its (k·N, H) float32 hidden buffer."""
-    from ume.model.moe_dispatch import DispatchOptions
-
     moe = build_layer(d, e, k).eval()
     loop, small = DispatchOptions(small_max_bytes=0), DispatchOptions(small_max_bytes=2**62)
 
@@ -435,7 +477,7 @@ def main_moe(args: argparse.Namespace) -> int:
         )
         print(_HEADER)
     rows = bench_moe(
-        grid=PEER_GRID if args.peers else None,
+        grid=args.shape or (PEER_GRID if args.peers else None),
         quick=args.quick,
         repeats=args.repeats,
         budget_s=args.budget,
@@ -448,6 +490,19 @@ def main_moe(args: argparse.Namespace) -> int:
     else:
         print(json.dumps({**info, **summarize(rows)}, indent=1))
     return 0
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    """'TOKENS,D,E,K' (e.g. '2048,144,8,2') -> (tokens, d_model, experts, top_k)."""
+    parts = text.split(",")
+    if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"--shape {text!r}: give four positive integers TOKENS,D,E,K, e.g. 2048,144,8,2"
+        )
+    tokens, d, e, k = (int(p) for p in parts)
+    if k > e:
+        raise argparse.ArgumentTypeError(f"--shape {text!r}: top_k {k} > experts {e}")
+    return tokens, d, e, k
 
 
 def add_moe_args(p: argparse.ArgumentParser) -> None:
@@ -465,6 +520,13 @@ def add_moe_args(p: argparse.ArgumentParser) -> None:
         "--onnx",
         action="store_true",
         help="also the forward in onnxruntime (portable and fused graphs; on with --peers)",
+    )
+    p.add_argument(
+        "--shape",
+        type=parse_shape,
+        action="append",
+        metavar="TOKENS,D,E,K",
+        help="time this shape (repeatable; replaces the grid), e.g. --shape 2048,144,8,2",
     )
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")

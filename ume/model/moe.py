@@ -9,7 +9,8 @@ upcycling) reproduce the dense output exactly.
 Experts are stored stacked (`experts.w_1` (E, D, H), `experts.b_1` (E, H), `experts.w_2`
 (E, H, D), `experts.b_2` (E, D)). The forward routes, sorts the k·N token-slots by expert and
 hands them to a dispatch path (ume/model/moe_dispatch.py: sorted loop of one addmm pair per
-expert, its no-graph and padded-bmm variants, expert_ffn's backward in training, and the
+expert, its no-graph and padded-bmm variants, expert_ffn's backward in training; "grouped"
+torch._grouped_mm calls; "auto", loop or grouped per shape by measurement; and the
 export-friendly "masked"/"dense" paths tracing uses), chosen per layer by
 `layer.dispatch_options` (a `DispatchOptions`; see docs/PERFORMANCE.md for the measurements).
 

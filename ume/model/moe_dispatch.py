@@ -21,6 +21,14 @@ Paths (the routing, the per-expert maps and the gates are the same in all of the
                   (a zero router sends every token to the same k experts) the loop runs,
                   because the padded buffer would be sized by the busiest expert.
     bmm           the padded buffer with autograd ops (path "bmm", for comparison).
+    grouped       the two expert GEMMs as `torch._grouped_mm` calls over the expert-sorted
+                  slots, graph (backward: grouped GEMMs too) or not (ume/model/grouped_ffn.py).
+                  Where the operator does not qualify (torch without it, D or H rows not
+                  16-byte multiples, CUDA without the native bf16 kernel) the loop runs.
+    auto          per shape, the faster of "loop" and "grouped" as measured on the first call
+                  of its (E, D, H, dtype, device, slots bucket, graph) key, then remembered for
+                  the process (ume/model/dispatch_tuner.py: `chosen_paths()` shows the table,
+                  `clear_chosen_paths()` empties it).
     masked/dense  export-friendly, no data-dependent Python values (`forward_static`); tracing
                   (ONNX export) always takes `export_path`.
 
@@ -34,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +50,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ume.errors import UmeError
+from ume.model.dispatch_tuner import ShapeKey, lookup, measure, slots_bucket
 from ume.model.expert_ffn import expert_ffn
+from ume.model.grouped_ffn import grouped_expert_ffn, grouped_mm_qualifies
 from ume.model.router import capacity_keep
 
 # the layer these functions serve is an ume.model.moe.MoEFeedForward (which imports this
@@ -50,7 +60,8 @@ from ume.model.router import capacity_keep
 MoELayer = nn.Module
 
 STATIC_PATHS = ("masked", "dense")
-PATHS = ("loop", "bmm", *STATIC_PATHS)
+EAGER_PATHS = ("loop", "bmm", "grouped", "auto")
+PATHS = (*EAGER_PATHS, *STATIC_PATHS)
 
 
 @dataclass
@@ -58,7 +69,9 @@ class DispatchOptions:
     """Per-layer dispatch choice.
 
     path:             "loop" (sorted blocks; fast no-graph and padded variants), "bmm",
-                      "masked" or "dense" (export-friendly, also usable eagerly)
+                      "grouped" (torch._grouped_mm; the loop where it does not qualify),
+                      "auto" (loop or grouped per shape, by measurement), "masked" or "dense"
+                      (export-friendly, also usable eagerly)
     export_path:      what tracing (ONNX export) uses: "masked" or "dense"
     padded_max_rows:  no-graph with >= 2 threads: the padded bmm when the busiest expert has
                       at most this many rows (0 = never). At 1 thread the padding only costs.
@@ -164,14 +177,38 @@ def dispatch_sorted(
     counts: torch.Tensor,
     gates: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """xt (N, D), slots sorted by expert -> output (N, D) and the number of dropped slots."""
+    """xt (N, D), slots sorted by expert -> output (N, D) and the number of dropped slots.
+    The layer's path, where "grouped" that does not qualify here runs "loop", and "auto"
+    looks up (or first measures) the path for this shape (`tuned_path`)."""
+    if xt.size(0) == 0:
+        return xt.new_zeros(0, xt.size(1)), torch.zeros((), device=xt.device)
+    args = (layer, xt, slot_e, order, sorted_tok, counts, gates)
+    path = layer.dispatch_options.path
+    if path in ("grouped", "auto") and not grouped_qualifies(layer, xt):
+        path = "loop"
+    if path == "auto":
+        path = tuned_path(*args)
+    return dispatch_path(path, *args)
+
+
+def dispatch_path(
+    path: str,
+    layer: MoELayer,
+    xt: torch.Tensor,
+    slot_e: torch.Tensor,
+    order: torch.Tensor,
+    sorted_tok: torch.Tensor,
+    counts: torch.Tensor,
+    gates: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`dispatch_sorted` through one named path ("loop", "bmm" or "grouped"; N > 0 tokens).
+    A capacity limit drops the same slots in every path (`capacity_keep`)."""
     n, k = xt.size(0), layer.slots_per_token
     opts = layer.dispatch_options
     cap = layer.capacity(n)
     dropped = torch.zeros((), device=xt.device)
-    if n == 0:
-        return xt.new_zeros(0, xt.size(1)), dropped
-    if cap >= k * n and opts.path == "loop" and not needs_autograd(layer, xt):
+    graph = needs_autograd(layer, xt)
+    if cap >= k * n and path == "loop" and not graph:
         sizes = counts.tolist()
         if use_padded(opts, sizes, k * n):
             return dispatch_fast_padded(layer, xt, slot_e, order, sorted_tok, sizes, gates), dropped
@@ -179,16 +216,118 @@ def dispatch_sorted(
             return dispatch_fast_small(layer, xt, slot_e, order, sorted_tok, sizes, gates), dropped
         return dispatch_fast(layer, xt, order, sorted_tok, sizes, gates), dropped
     sorted_g = gates.t().reshape(-1).index_select(0, order)
-    sorted_e = slot_e.index_select(0, order) if opts.path == "bmm" or cap < k * n else None
+    sorted_e = slot_e.index_select(0, order) if path == "bmm" or cap < k * n else None
     kept_counts = counts
     if cap < k * n:
         keep = capacity_keep(sorted_e, counts, cap)
         dropped = (~keep).sum().float()
         sorted_e, sorted_tok, sorted_g = sorted_e[keep], sorted_tok[keep], sorted_g[keep]
         kept_counts = counts.clamp(max=cap)
-    if opts.path == "bmm":
+    if path == "bmm":
         return dispatch_bmm(layer, xt, sorted_e, sorted_tok, sorted_g, kept_counts), dropped
+    if path == "grouped":
+        return dispatch_grouped(layer, xt, sorted_tok, sorted_g, kept_counts, graph), dropped
     return dispatch_loop(layer, xt, sorted_tok, sorted_g, kept_counts), dropped
+
+
+def compute_dtype(xt: torch.Tensor) -> torch.dtype:
+    """The dtype the expert GEMMs run in: autocast's where autocast is on, else the input's."""
+    if torch.is_autocast_enabled(xt.device.type):
+        return torch.get_autocast_dtype(xt.device.type)
+    return xt.dtype
+
+
+def grouped_qualifies(layer: MoELayer, xt: torch.Tensor) -> bool:
+    """Whether the grouped path may run this layer on this input (`grouped_mm_qualifies`:
+    operator present and running, 16-byte aligned D and H rows, CUDA native kernel)."""
+    p = layer.experts
+    dtype = compute_dtype(xt)
+    if dtype != p.w_1.dtype and not torch.is_autocast_enabled(xt.device.type):
+        return False  # mixed input / weight dtypes: the loop's autograd reference handles them
+    weights = (p.w_1, p.w_2) if dtype == p.w_1.dtype else ()  # autocast copies: fresh, aligned
+    return grouped_mm_qualifies(xt.device, dtype, layer.d_model, layer.d_ff, weights)
+
+
+def dispatch_grouped(
+    layer: MoELayer,
+    xt: torch.Tensor,
+    tok: torch.Tensor,
+    gate: torch.Tensor,
+    counts: torch.Tensor,
+    graph: bool,
+) -> torch.Tensor:
+    """The two expert GEMMs as `torch._grouped_mm` calls over the expert-sorted slots
+    (`grouped_expert_ffn`), graph or not, then the gated sum into the N tokens -> (N, D).
+    Under autocast the GEMMs run in autocast's dtype (inputs and weights cast, differentiably)."""
+    p = layer.experts
+    xs = xt.index_select(0, tok)  # (S, D), grouped by expert
+    w_1, b_1, w_2, b_2 = p.w_1, p.b_1, p.w_2, p.b_2
+    autocast = torch.is_autocast_enabled(xt.device.type)
+    if autocast:
+        dt = torch.get_autocast_dtype(xt.device.type)
+        xs, w_1, b_1, w_2, b_2 = (t.to(dt) for t in (xs, w_1, b_1, w_2, b_2))
+    drop = layer.dropout.p if layer.training else 0.0
+    with torch.autocast(xt.device.type, enabled=False) if autocast else contextlib.nullcontext():
+        ys = grouped_expert_ffn(xs, counts, w_1, b_1, w_2, b_2, _act_name(layer), drop, graph)
+    return combine(xt, ys, tok, gate)
+
+
+def shape_key(layer: MoELayer, xt: torch.Tensor, graph: bool) -> ShapeKey:
+    """The tuner's key for this layer and input (dispatch_tuner.ShapeKey)."""
+    return ShapeKey(
+        experts=layer.num_experts,
+        d_model=layer.d_model,
+        d_ff=layer.d_ff,
+        dtype=str(compute_dtype(xt)).removeprefix("torch."),
+        device=str(xt.device),
+        slots_bucket=slots_bucket(layer.slots_per_token * xt.size(0)),
+        graph=graph,
+    )
+
+
+TUNED_CANDIDATES = ("loop", "grouped")  # the first is the default a tie keeps
+
+
+def tuned_path(
+    layer: MoELayer,
+    xt: torch.Tensor,
+    slot_e: torch.Tensor,
+    order: torch.Tensor,
+    sorted_tok: torch.Tensor,
+    counts: torch.Tensor,
+    gates: torch.Tensor,
+) -> str:
+    """The "auto" path for this call: the table's winner for its shape key, measured now on
+    this layer's weights and input if the key is new. No-graph calls time the forward (the loop
+    candidate with its bias-filled and padded variants); graph calls time forward + backward
+    to the input and the expert weights (torch.autograd.grad: nothing accumulates in .grad).
+    The random-number state is restored after the timing, so dropout masks stay reproducible."""
+    graph = torch.is_grad_enabled() and (
+        xt.requires_grad or any(p.requires_grad for p in layer.experts.parameters())
+    )  # a backward will follow (needs_autograd is also true under autocast without one)
+    key = shape_key(layer, xt, graph)
+    choice = lookup(key)
+    if choice is not None:
+        return choice.path
+    gates = gates.detach()
+
+    def candidate(path: str) -> Callable[[], None]:
+        def run() -> None:
+            if not graph:
+                dispatch_path(path, layer, xt, slot_e, order, sorted_tok, counts, gates)
+                return
+            x_in = xt.detach().requires_grad_(xt.requires_grad)
+            out = dispatch_path(path, layer, x_in, slot_e, order, sorted_tok, counts, gates)[0]
+            inputs = [t for t in (x_in, *layer.experts.parameters()) if t.requires_grad]
+            if inputs:  # contiguous ones: the layout a real loss gradient has
+                torch.autograd.grad(out, inputs, grad_outputs=torch.ones_like(out))
+
+        return run
+
+    devices = [xt.device] if xt.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=xt.device.type):
+        fns = {path: candidate(path) for path in TUNED_CANDIDATES}
+        return measure(key, fns, xt.device).path
 
 
 def dispatch_fast(

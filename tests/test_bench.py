@@ -97,6 +97,20 @@ def test_interleaved_medians_measure_what_runs() -> None:
     assert ms["long"] > ms["short"] + 10.0, ms
 
 
+def test_interleaved_rounds_put_every_fn_in_every_position() -> None:
+    """A fixed order would always time the same fn first, right after the previous round's
+    last one: the rounds rotate instead, so each fn runs in each position equally often."""
+    from ume.bench.moe import _interleaved_medians
+
+    calls: list[str] = []
+    names = ["a", "b", "c"]
+    _interleaved_medians({n: (lambda n=n: calls.append(n)) for n in names}, 6, 10.0)
+    rounds = [calls[i : i + 3] for i in range(3, len(calls), 3)]  # after the warm-up calls
+    assert len(rounds) == 6
+    for pos in range(3):
+        assert sorted(r[pos] for r in rounds) == ["a", "a", "b", "b", "c", "c"], rounds
+
+
 def test_bench_refuses_a_layer_that_disagrees_with_the_loop_reference(monkeypatch) -> None:
     import ume.bench.moe as bm
 

@@ -345,3 +345,15 @@ def test_options_accept_grouped_and_auto_and_reject_unknown_paths() -> None:
     assert DispatchOptions(path="auto").path == "auto"
     with pytest.raises(UmeError, match="grouped_mm.*use one of"):
         DispatchOptions(path="grouped_mm")
+
+
+def test_measure_rotates_the_order_of_the_candidates() -> None:
+    """Each candidate is timed first in some round (a fixed order favours one position)."""
+    assert dispatch_tuner.round_order(["a", "b", "c"], 4) == ["b", "c", "a"]
+    assert dispatch_tuner.round_order([], 3) == []
+    calls: list[str] = []
+    key = dispatch_tuner.ShapeKey(8, 32, 48, "float32", "cpu", 32, False)
+    fns = {n: (lambda n=n: calls.append(n)) for n in ("loop", "grouped")}
+    dispatch_tuner.measure(key, fns, torch.device("cpu"), rounds=4)
+    timed = calls[2:]  # after one warm-up call each
+    assert [timed[i] for i in range(0, 8, 2)] == ["loop", "grouped", "loop", "grouped"]

@@ -51,7 +51,7 @@ from torch import nn
 from ume.bench.peers import PeerWrap, hf_blocks, hf_routing, wenet_layer
 from ume.config import MoEConfig
 from ume.machine import machine_info
-from ume.model.dispatch_tuner import clear_chosen_paths, lookup
+from ume.model.dispatch_tuner import clear_chosen_paths, lookup, round_order
 from ume.model.ffn import FeedForward
 from ume.model.moe import MoEFeedForward
 from ume.model.moe_dispatch import DispatchOptions, shape_key
@@ -109,8 +109,9 @@ class LoopMoE(nn.Module):
 def _interleaved_medians(
     fns: dict[str, Callable[[], None]], repeats: int, budget_s: float
 ) -> dict[str, float]:
-    """Median ms of each fn; rounds interleave the fns. One warm-up call each; the number of
-    rounds is cut to fit budget_s (but at least 3)."""
+    """Median ms of each fn; rounds interleave the fns, in an order rotated every round
+    (`round_order`). One warm-up call each; the number of rounds is cut to fit budget_s (but
+    at least 3)."""
     t_round = 0.0
     for fn in fns.values():  # warm-up (also sizes the budget)
         t0 = time.perf_counter()
@@ -118,10 +119,10 @@ def _interleaved_medians(
         t_round += time.perf_counter() - t0
     rounds = max(3, min(repeats, int(budget_s / max(t_round, 1e-9))))
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    for r in range(rounds):
+        for name in round_order(list(fns), r):
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) * 1000 for name, ts in times.items()}
 

@@ -89,6 +89,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def round_order(names: list[str], round_index: int) -> list[str]:
+    """The order the candidates run in timing round `round_index`: rotated by one per round, so
+    every candidate runs in every position equally often (a fixed order gives the first one
+    the caches and frequency state the previous round's last one left behind)."""
+    r = round_index % len(names) if names else 0
+    return names[r:] + names[:r]
+
+
 def measure(
     key: ShapeKey,
     candidates: dict[str, Callable[[], None]],
@@ -102,8 +110,9 @@ def measure(
     for fn in candidates.values():  # warm-up: allocator, kernel selection, first-touch pages
         fn()
     best = {name: float("inf") for name in candidates}
-    for _ in range(max(rounds, 1)):
-        for name, fn in candidates.items():
+    for r in range(max(rounds, 1)):
+        for name in round_order(list(candidates), r):
+            fn = candidates[name]
             _sync(device)
             t0 = time.perf_counter()
             fn()

@@ -13,7 +13,7 @@
 #   SCRATCH_STEPS=0 skips the scratch MoE's restart (it costs a core for ~1.5 h).
 #   3. paired bootstraps on test, dev and the three generalisation splits -> WORKDIR_long/scores.txt
 # Usage (resumable: finished steps are kept):
-#   [DENSE_STEPS=9000] [SCRATCH_STEPS=6000] [EXTRA_STEPS=3000] bash scripts/experiment_xl_long.sh [WORKDIR]
+#   [DENSE_STEPS=9000] [SCRATCH_STEPS=6000] [EXTRA_STEPS=2000] bash scripts/experiment_xl_long.sh [WORKDIR]
 # About 3 h on two cores (2-core AMD EPYC, one thread per run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ L=${W}_long
 UME=${UME:-.venv/bin/ume}
 DENSE_STEPS=${DENSE_STEPS:-9000}
 SCRATCH_STEPS=${SCRATCH_STEPS:-6000}
-EXTRA_STEPS=${EXTRA_STEPS:-3000}
+EXTRA_STEPS=${EXTRA_STEPS:-2000}
 export OMP_NUM_THREADS=1
 D="$W/data"
 needs=("$W/dense/train_info.json")

@@ -161,3 +161,19 @@ def test_cuda_rows_name_the_gpu(capsys: pytest.CaptureFixture, dtype: str) -> No
     for r in rows:
         assert r["device"].startswith("cuda") and r["gpu"] == torch.cuda.get_device_name(0)
         assert r["dtype"] == dtype and r["ours_tok_s"] > 0
+
+
+def test_hf_batched_mm_left_out_where_its_weight_copies_are_too_big() -> None:
+    """HF's batched_mm copies the expert weights per token-slot: at training-sized inputs that
+    is tens of GiB (it would exhaust a GPU), so above the limit it gets no column."""
+    from ume.bench.peers import HF_BATCHED_MAX_GATHER_BYTES, hf_batched_gather_bytes, hf_blocks
+
+    assert hf_batched_gather_bytes(bm.build_layer(144, 8, 2), 2048) == 2 * 2048 * 3 * 144 * 384 * 4
+    pytest.importorskip("transformers")
+    moe = bm.build_layer(16, 4, 2)
+    small = hf_blocks(moe, 64)
+    if "batched_mm" not in small:
+        pytest.skip("this transformers has no batched_mm experts implementation")
+    too_many = HF_BATCHED_MAX_GATHER_BYTES // hf_batched_gather_bytes(moe, 1) + 1
+    big = hf_blocks(moe, too_many)
+    assert "batched_mm" not in big and set(big) == set(small) - {"batched_mm"}

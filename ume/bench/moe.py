@@ -277,7 +277,7 @@ def bench_shape(
         "loop": loop,
     }
     # transformers first: the WeNet oracle stubs torchaudio, which transformers' import probes
-    hfs = hf_blocks(moe) if peers else {}
+    hfs = hf_blocks(moe, tokens) if peers else {}
     wenet = wenet_layer(moe) if peers else None
     if wenet is not None:
         mods["wenet"] = wenet

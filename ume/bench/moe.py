@@ -410,7 +410,7 @@ def summarize(rows: list[dict]) -> dict:
             for p in ("fwd", "fwd_bwd")
         }
         return {
-            p: {"min": v[0], "median": statistics.median(v), "max": v[-1]} if v else None
+            p: {"min": v[0], "median": round(statistics.median(v), 4), "max": v[-1]} if v else None
             for p, v in vals.items()
         }
 

@@ -6,25 +6,47 @@
 #     (fp32 weights; the bf16-trained CUDA model is decoded in fp32 on both devices);
 #   - CTC posteriors of one model on CUDA (fp32 and bf16 autocast) vs the CPU: max abs
 #     difference and frame argmax agreement (meaningful even when 60 steps decode little);
-#   - bench rtf on both devices.
+#   - bench rtf on both devices;
+#   - one MoE layer on CUDA, float32 and bf16 autocast (`ume bench moe --device cuda --peers`):
+#     forward and fwd+bwd time and tokens/s of UME's layer (default loop, grouped, auto) vs the
+#     dense FFN it replaces, WeNet's MoEFFNLayer and HF's Mixtral block, at decoding-sized
+#     (37..512 tokens) and training-sized (2048, 8192 tokens) inputs.
 # One prepared script, so a short GPU lease is spent measuring, not typing.
 #
 # Usage: bash scripts/gpu_check.sh [WORKDIR]        (STEPS=60 by default; PY=.venv/bin/python)
-# Output: WORKDIR/gpu_check.json and a summary on stdout.
+#        PARTS=moe bash scripts/gpu_check.sh [WORKDIR]    only the MoE layer step (~2-4 min)
+#        PARTS=train ...                                  only the train/decode/rtf steps
+#        PARTS=moe MOE_DEVICE=cpu MOE_SHAPES=24,16,4,2 ...  a CPU rehearsal of the MoE step
+#          (no GPU needed: checks the step's plumbing, tests/test_gpu_check_script.py)
+# Output: WORKDIR/gpu_check.json, WORKDIR/bench_moe_cuda_{float32,bfloat16,summary}.json
+#         (MOE_DEVICE in place of cuda) and summaries on stdout.
+# The WeNet column needs WeNet's source: ../shared/third_party or ./shared/third_party (or
+# $UME_WENET_ORACLE); the HF columns need transformers; either missing leaves its column null.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 STEPS=${STEPS:-60}
+PARTS=${PARTS:-all}
+case "$PARTS" in all|train|moe) ;; *) echo "gpu_check: PARTS=$PARTS: use all, train or moe" >&2; exit 2;; esac
+# MoE layer step: shapes TOKENS,D,E,K (the --peers sizes and training-sized batches),
+# at most MOE_REPEATS timed rounds and MOE_BUDGET seconds per shape and pass
+MOE_SHAPES=${MOE_SHAPES:-"37,144,8,2 128,144,8,2 512,144,8,2 37,256,8,2 128,256,8,2 512,256,8,2 2048,144,8,2 8192,144,8,2 8192,256,8,2"}
+MOE_REPEATS=${MOE_REPEATS:-30}
+MOE_BUDGET=${MOE_BUDGET:-2}
+MOE_DEVICE=${MOE_DEVICE:-cuda}
 W=${1:-$(mktemp -d /tmp/ume_gpu_check.XXXXXX)}
 mkdir -p "$W"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+if [[ $PARTS != moe || $MOE_DEVICE != cpu ]]; then
 "$PY" - <<'PY'
 import sys, torch
 if not torch.cuda.is_available():
     sys.exit("gpu_check: CUDA is not available here; run this on a machine with a GPU")
 print("gpu:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| cuda", torch.version.cuda)
 PY
+fi
 
+if [[ $PARTS != moe ]]; then
 # data: the tiny synthetic corpus when the TTS engines are installed, else tones (no tools)
 if command -v espeak-ng >/dev/null && command -v flite >/dev/null; then
   "$PY" -m ume.cli data synth --preset tiny --out "$W/data" >/dev/null
@@ -132,3 +154,61 @@ for name, dev, amp in (("cuda_fp32", "cuda", False), ("cuda_bf16", "cuda", True)
 print(json.dumps(out, indent=2, ensure_ascii=False))
 PY
 echo "gpu_check: results in $W/gpu_check.json"
+fi
+
+if [[ $PARTS != train ]]; then
+if [[ -z ${UME_WENET_ORACLE:-} ]]; then
+  for c in ../shared/third_party/wenet_oracle.py shared/third_party/wenet_oracle.py; do
+    if [[ -f $c ]]; then export UME_WENET_ORACLE=$PWD/$c; break; fi
+  done
+fi
+[[ -n ${UME_WENET_ORACLE:-} ]] || echo "gpu_check: no WeNet oracle found: the WeNet columns stay null"
+SHAPE_ARGS=()
+for s in $MOE_SHAPES; do SHAPE_ARGS+=(--shape "$s"); done
+for dtype in float32 bfloat16; do
+  echo "bench moe on $MOE_DEVICE, $dtype: $((${#SHAPE_ARGS[@]} / 2)) shapes, at most" \
+    "${MOE_BUDGET}s per shape and pass ..."
+  if ! "$PY" -m ume.cli bench moe --device "$MOE_DEVICE" --dtype "$dtype" --peers \
+      "${SHAPE_ARGS[@]}" --repeats "$MOE_REPEATS" --budget "$MOE_BUDGET" --json \
+      > "$W/bench_moe_${MOE_DEVICE}_$dtype.json" 2> "$W/bench_moe_${MOE_DEVICE}_$dtype.log"; then
+    tail -n 20 "$W/bench_moe_${MOE_DEVICE}_$dtype.log" >&2
+    echo "gpu_check: bench moe $dtype failed (log: $W/bench_moe_${MOE_DEVICE}_$dtype.log)" >&2
+    exit 1
+  fi
+done
+"$PY" - "$W" "$MOE_DEVICE" <<'PY'
+import json, sys
+from pathlib import Path
+w, dev = Path(sys.argv[1]), sys.argv[2]
+out = {}
+for dtype in ("float32", "bfloat16"):
+    rows = json.loads((w / f"bench_moe_{dev}_{dtype}.json").read_text())
+    print(f"\n{rows[0]['device']} ({rows[0]['gpu']}), {dtype}, autocast {rows[0]['autocast']}: "
+          "tokens/s of one layer. UME = the default dispatch; UME/peer = UME's tokens/s over the "
+          "peer's, grp/UME and auto/UME = those paths' over UME's (> 1: the first is faster)")
+    print(f"{'tokens':>6} {'D':>4} {'pass':>8} {'UME tok/s':>11} {'dense tok/s':>11} "
+          f"{'UME/dense':>9} {'UME/WeNet':>9} {'UME/HF':>7} {'grp/UME':>8} {'auto/UME':>8} {'auto':>7}")
+    def inv(v):
+        return None if v is None else round(1 / v, 3)
+    cells = []
+    for r in rows:
+        cell = {
+            "tokens": r["tokens"], "d": r["d"], "e": r["e"], "k": r["k"], "pass": r["pass"],
+            "ume_tok_s": r["ours_tok_s"], "dense_tok_s": r["dense_tok_s"],
+            "wenet_tok_s": r["wenet_tok_s"], "hf_tok_s": r["hf_tok_s"], "hf_best": r["hf_best"],
+            "ume_vs_dense": r["tok_s_vs_dense"], "ume_vs_wenet": r["tok_s_vs_wenet"],
+            "ume_vs_hf": inv(r["ratio_hf"]),
+            "grouped_vs_ume": inv(r["ratio_grouped"]), "auto_vs_ume": inv(r["ratio_auto"]),
+            "auto_path": r["auto_path"],
+        }
+        cells.append(cell)
+        f = lambda v, width, p=".3f": f"{'-':>{width}}" if v is None else f"{v:>{width}{p}}"
+        print(f"{r['tokens']:>6} {r['d']:>4} {r['pass']:>8} {f(cell['ume_tok_s'], 11, '.4g')} "
+              f"{f(cell['dense_tok_s'], 11, '.4g')} {f(cell['ume_vs_dense'], 9)} "
+              f"{f(cell['ume_vs_wenet'], 9)} {f(cell['ume_vs_hf'], 7)} "
+              f"{f(cell['grouped_vs_ume'], 8)} {f(cell['auto_vs_ume'], 8)} {cell['auto_path']:>7}")
+    out[dtype] = {k: rows[0][k] for k in ("device", "gpu", "dtype", "autocast")} | {"cells": cells}
+(w / f"bench_moe_{dev}_summary.json").write_text(json.dumps(out, indent=1) + "\n")
+print(f"\ngpu_check: MoE layer results in {w}/bench_moe_{dev}_{{float32,bfloat16,summary}}.json")
+PY
+fi

@@ -25,6 +25,7 @@ from ume.model.moe_dispatch import DispatchOptions
 ROW_KEYS = {"tokens", "d", "h", "e", "k", "pass", "ratio_bound", "ratio_loop", "ratio_hf"}
 ROW_KEYS |= {"router", "ratio_wenet", "wenet_ms", "hf_ms"}
 ROW_KEYS |= {"grouped_ms", "ratio_grouped", "auto_ms", "ratio_auto", "auto_path"}
+ROW_KEYS |= {"device", "gpu", "dtype", "autocast", "ours_tok_s", "tok_s_vs_dense", "tok_s_vs_wenet"}
 
 
 def tiny_cfg(moe: MoEConfig | None = None) -> ModelConfig:

@@ -24,6 +24,17 @@ that background load hits every method alike:
             and k x the dense FFN in onnxruntime (ort_bound_ms); ratio_ort = ours / the
             faster onnxruntime MoE graph (ume/bench/ort_layer.py)
 
+Each row also gives tokens/s per method (`<method>_tok_s` = tokens / median seconds of one
+call; in "fwd_bwd" rows that is training throughput of the layer), and two of them as ratios:
+tok_s_vs_dense = ours / the dense FFN the MoE layer replaces (the cost of upcycling one FFN:
+below 1, about 1/k at large N) and tok_s_vs_wenet = ours / WeNet's layer (> 1: ours faster).
+
+Device and dtype (`--device {cpu,cuda,auto}`, `--dtype {float32,bfloat16}`; ume/bench/run_on.py):
+every layer, input and peer runs there; each timed call sits between two device
+synchronisations (CUDA), and every row names "device", "gpu", "dtype" and "autocast".
+bfloat16 is float32 weights under torch.autocast, as `ume train` runs train.precision=bf16.
+The onnxruntime columns are CPU float32 only (with --peers elsewhere they stay null).
+
 The router is normal-initialised (std 1/sqrt(D), so routing is varied but not uniform), or with
 --router zeros as right after upcycling (MoEConfig's default: every token picks the same k
 experts, the most skewed load). Every method routes identically (the same router; checked:
@@ -34,6 +45,7 @@ Examples:
     ume bench moe --quick
     ume bench moe --peers --router zeros --threads 1   # <= 512 tokens vs WeNet, HF, onnxruntime
     ume bench moe --shape 2048,144,8,2 --shape 37,144,8,2 --threads 1
+    ume bench moe --device cuda --dtype bfloat16 --peers --json   # on a GPU
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -49,12 +62,17 @@ import torch
 from torch import nn
 
 from ume.bench.peers import PeerWrap, hf_blocks, hf_routing, wenet_layer
+from ume.bench.run_on import DTYPES, RunOn
 from ume.config import MoEConfig
+from ume.device import DEVICE_CHOICES
+from ume.errors import UmeError
 from ume.machine import machine_info
 from ume.model.dispatch_tuner import clear_chosen_paths, lookup, round_order
 from ume.model.ffn import FeedForward
 from ume.model.moe import MoEFeedForward
 from ume.model.moe_dispatch import DispatchOptions, shape_key
+
+log = logging.getLogger(__name__)
 
 # (tokens, d_model, experts, top_k); d_ff = 4·d_model
 FULL_GRID = [
@@ -107,44 +125,76 @@ class LoopMoE(nn.Module):
 
 # ---- timing -------------------------------------------------------------------------------
 def _interleaved_medians(
-    fns: dict[str, Callable[[], None]], repeats: int, budget_s: float
+    fns: dict[str, Callable[[], None]],
+    repeats: int,
+    budget_s: float,
+    sync: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
     """Median ms of each fn; rounds interleave the fns, in an order rotated every round
     (`round_order`). One warm-up call each; the number of rounds is cut to fit budget_s (but
-    at least 3)."""
+    at least 3). `sync` runs right before and right after every call (`RunOn.sync`: on CUDA a
+    call's time is then its kernels' time, not their launch)."""
     t_round = 0.0
     for fn in fns.values():  # warm-up (also sizes the budget)
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         t_round += time.perf_counter() - t0
     rounds = max(3, min(repeats, int(budget_s / max(t_round, 1e-9))))
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(rounds):
         for name in round_order(list(fns), r):
+            sync()
             t0 = time.perf_counter()
             fns[name]()
+            sync()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) * 1000 for name, ts in times.items()}
 
 
-def _fwd(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def _fwd(module: nn.Module, x: torch.Tensor, on: RunOn) -> Callable[[], None]:
     def run() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), on.autocast():
             module(x)
 
     return run
 
 
-def _fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+def _fwd_bwd(
+    module: nn.Module, x: torch.Tensor, grad: torch.Tensor, on: RunOn
+) -> Callable[[], None]:
     params = [p for p in module.parameters() if p.requires_grad]
 
     def run() -> None:
         for p in params:
             p.grad = None
         x.grad = None
-        module(x).backward(grad)
+        with on.autocast():  # the forward under autocast, the backward outside, as in training
+            y = module(x)
+        y.backward(grad.to(y.dtype))
 
     return run
+
+
+def _runs_here(module: nn.Module, d: int, on: RunOn) -> bool:
+    """Whether a peer's forward and backward run on this device and dtype (2 tokens)."""
+    x = torch.randn(1, 2, d, device=on.device, requires_grad=True)
+    try:
+        with on.autocast():
+            y = module(x)
+        y.float().sum().backward()
+    except (RuntimeError, NotImplementedError, TypeError) as e:
+        log.warning("peer %s does not run on %s here: %s", type(module).__name__, on.device, e)
+        return False
+    finally:
+        module.zero_grad(set_to_none=True)
+    return True
+
+
+def tokens_per_s(tokens: int, ms: float | None) -> float | None:
+    """Throughput of one layer call: tokens / (median ms / 1000); None without a time."""
+    return tokens / (ms / 1000.0) if ms else None
 
 
 def build_layer(d: int, e: int, k: int, seed: int = 0, router: str = "normal") -> MoEFeedForward:
@@ -158,6 +208,38 @@ def build_layer(d: int, e: int, k: int, seed: int = 0, router: str = "normal") -
     return MoEFeedForward(d, 4 * d, "swish", 0.0, cfg)
 
 
+def _check_same_math(
+    moe: MoEFeedForward,
+    mods: dict[str, nn.Module],
+    hf: nn.Module | None,
+    x: torch.Tensor,
+    on: RunOn,
+) -> None:
+    """Before timing: in float32, ours == loop == grouped == auto (== WeNet's layer), and HF's
+    block picks our experts; under bf16 autocast also ours == grouped == auto within bf16
+    rounding (one float32 router, so the same experts; the peers' gates run in bf16 there
+    and may flip near-ties, so they are compared in float32 only). Raises RuntimeError."""
+    d = moe.d_model
+    with torch.inference_mode():
+        ref = moe(x)
+        others = [mods[n] for n in ("loop", "grouped", "auto", "wenet") if n in mods]
+        diff = max((ref - m(x)).abs().max().item() for m in others)
+    if diff > 1e-4 * max(1.0, ref.abs().max().item()):
+        raise RuntimeError(f"MoE layer and loop/grouped/WeNet references disagree by {diff:.2e}")
+    if on.autocast_on:
+        with torch.inference_mode(), on.autocast():
+            ref = moe(x).float()
+            diff = max((ref - mods[n](x).float()).abs().max().item() for n in ("grouped", "auto"))
+        if diff > 2e-2 * max(1.0, ref.abs().max().item()):
+            raise RuntimeError(
+                f"under {on.dtype} autocast the grouped/auto paths differ from ours by {diff:.2e}"
+            )
+    if hf is not None:
+        ours_e = moe.route(x.reshape(-1, d))[1].sort(-1).values
+        if not torch.equal(hf_routing(hf, x.reshape(-1, d)), ours_e):
+            raise RuntimeError("HF block routes differently from ours despite the copied router")
+
+
 def bench_shape(
     tokens: int,
     d: int,
@@ -168,10 +250,18 @@ def bench_shape(
     router: str = "normal",
     peers: bool = True,
     onnx: bool = False,
+    on: RunOn | None = None,
 ) -> list[dict]:
     """Rows for one shape: pass "fwd" and "fwd_bwd" (peers: also WeNet's and HF's layers;
-    onnx: the forward also in onnxruntime). The auto path's table is cleared first, so its
-    choice for this shape is measured in this run."""
+    onnx: the forward also in onnxruntime, CPU float32 only). Everything runs on `on`'s
+    device and dtype (default: CPU float32), named in each row. The auto path's table is
+    cleared first, so its choice for this shape is measured in this run."""
+    on = on or RunOn(torch.device("cpu"))
+    if onnx and (on.device.type != "cpu" or on.autocast_on):
+        raise UmeError(
+            f"onnxruntime columns run on the CPU in float32, not {on.device} {on.dtype}: drop "
+            "--onnx, or use --device cpu --dtype float32"
+        )
     moe = build_layer(d, e, k, router=router)
     dense = FeedForward(d, 4 * d, "swish")
     loop = LoopMoE(moe)
@@ -187,46 +277,39 @@ def bench_shape(
         "loop": loop,
     }
     # transformers first: the WeNet oracle stubs torchaudio, which transformers' import probes
-    hfs = hf_blocks(moe) if peers else {}
-    hf = next(iter(hfs.values()), None)
+    hfs = hf_blocks(moe, tokens) if peers else {}
     wenet = wenet_layer(moe) if peers else None
     if wenet is not None:
         mods["wenet"] = wenet
+    for m in mods.values():
+        m.to(on.device)
     for impl, block in hfs.items():
-        mods[f"hf_{impl}"] = PeerWrap(block)
+        wrapped = PeerWrap(block).to(on.device)
+        if _runs_here(wrapped, d, on):
+            mods[f"hf_{impl}"] = wrapped
+    hf = next((m.block for n, m in mods.items() if n.startswith("hf_")), None)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, tokens, d, generator=g)
-    grad = torch.randn(1, tokens, d, generator=g)
+    x = torch.randn(1, tokens, d, generator=g).to(on.device)  # (1, N, D)
+    grad = torch.randn(1, tokens, d, generator=g).to(on.device)  # (1, N, D)
 
-    # same math: ours == loop reference (also a guard against a broken fast path)
     for m in mods.values():
         m.eval()
-    with torch.inference_mode():
-        ref = moe(x)
-        diff = max((ref - m(x)).abs().max().item() for m in (loop, grouped, auto))
-        if wenet is not None:
-            diff = max(diff, (ref - wenet(x)).abs().max().item())
-    if diff > 1e-4:
-        raise RuntimeError(f"MoE layer and loop/grouped/WeNet references disagree by {diff:.2e}")
-    if hf is not None:
-        ours_e = moe.route(x.reshape(-1, d))[1].sort(-1).values
-        if not torch.equal(hf_routing(hf, x.reshape(-1, d)), ours_e):
-            raise RuntimeError("HF block routes differently from ours despite the copied router")
+    _check_same_math(moe, mods, hf, x, on)
 
     rows = []
     for pass_ in ("fwd", "fwd_bwd"):
         for m in mods.values():
             m.train(pass_ == "fwd_bwd")
         if pass_ == "fwd":
-            fns = {name: _fwd(m, x) for name, m in mods.items()}
+            fns = {name: _fwd(m, x, on) for name, m in mods.items()}
             if onnx:
                 from ume.bench.ort_layer import ort_layer_fns
 
                 fns.update(ort_layer_fns(moe, dense, x, torch.get_num_threads()))
         else:
             xg = x.clone().requires_grad_(True)
-            fns = {name: _fwd_bwd(m, xg, grad) for name, m in mods.items()}
-        ms = _interleaved_medians(fns, repeats, budget_s)
+            fns = {name: _fwd_bwd(m, xg, grad, on) for name, m in mods.items()}
+        ms = _interleaved_medians(fns, repeats, budget_s, on.sync)
         bound = k * ms["dense"]
         wenet_ms = ms.get("wenet")
         hf_each = {n.removeprefix("hf_"): v for n, v in ms.items() if n.startswith("hf_")}
@@ -234,10 +317,19 @@ def bench_shape(
         hf_ms = hf_each[hf_best] if hf_best else None
         ort_each = {n: v for n, v in ms.items() if n in ("ort_portable", "ort_fused")}
         ort_ms = min(ort_each.values()) if ort_each else None
-        key = shape_key(auto, x.reshape(-1, d), graph=pass_ == "fwd_bwd")
+        with on.autocast():  # the key names the compute dtype, autocast's where it is on
+            key = shape_key(auto, x.reshape(-1, d), graph=pass_ == "fwd_bwd")
         choice = lookup(key)
+        tok_s = {
+            n: tokens_per_s(tokens, v)
+            for n, v in (
+                ("ours", ms["ours"]), ("grouped", ms["grouped"]), ("auto", ms["auto"]),
+                ("dense", ms["dense"]), ("loop", ms["loop"]), ("wenet", wenet_ms), ("hf", hf_ms),
+            )
+        }  # fmt: skip
         rows.append(
             {
+                **on.fields(),
                 "router": router,
                 "tokens": tokens,
                 "d": d,
@@ -249,22 +341,28 @@ def bench_shape(
                 "ratio_loop": round(ms["ours"] / ms["loop"], 3),
                 "ratio_wenet": round(ms["ours"] / wenet_ms, 3) if wenet_ms else None,
                 "ratio_hf": round(ms["ours"] / hf_ms, 3) if hf_ms else None,
-                "ours_ms": round(ms["ours"], 3),
-                "dense_ms": round(ms["dense"], 3),
-                "bound_ms": round(bound, 3),
-                "loop_ms": round(ms["loop"], 3),
-                "grouped_ms": round(ms["grouped"], 3),
+                "ours_ms": round(ms["ours"], 4),
+                "dense_ms": round(ms["dense"], 4),
+                "bound_ms": round(bound, 4),
+                "loop_ms": round(ms["loop"], 4),
+                "grouped_ms": round(ms["grouped"], 4),
                 "ratio_grouped": round(ms["grouped"] / ms["ours"], 3),
-                "auto_ms": round(ms["auto"], 3),
+                "auto_ms": round(ms["auto"], 4),
                 "ratio_auto": round(ms["auto"] / ms["ours"], 3),
                 "auto_path": choice.path if choice else "loop",
-                "wenet_ms": round(wenet_ms, 3) if wenet_ms else None,
-                "hf_ms": round(hf_ms, 3) if hf_ms else None,
+                "wenet_ms": round(wenet_ms, 4) if wenet_ms else None,
+                "hf_ms": round(hf_ms, 4) if hf_ms else None,
                 "hf_best": hf_best,
-                **{f"hf_{i}_ms": round(v, 3) for i, v in hf_each.items()},
+                **{f"hf_{i}_ms": round(v, 4) for i, v in hf_each.items()},
                 "ratio_ort": round(ms["ours"] / ort_ms, 3) if ort_ms else None,
                 **{f"{n}_ms": round(v, 3) for n, v in ort_each.items()},
                 "ort_bound_ms": round(k * ms["ort_dense"], 3) if "ort_dense" in ms else None,
+                **{f"{n}_tok_s": round(v) if v else None for n, v in tok_s.items()},
+                # UME's layer vs the dense FFN it replaces / vs WeNet's MoE layer, tokens/s
+                "tok_s_vs_dense": round(tok_s["ours"] / tok_s["dense"], 3),
+                "tok_s_vs_wenet": (
+                    round(tok_s["ours"] / tok_s["wenet"], 3) if tok_s["wenet"] else None
+                ),
             }
         )
     return rows
@@ -278,11 +376,14 @@ def bench_moe(
     progress: Callable[[dict], None] | None = None,
     router: str = "normal",
     onnx: bool = False,
+    on: RunOn | None = None,
 ) -> list[dict]:
+    """`bench_shape` rows for every shape of `grid` (default: the full or quick grid) on `on`'s
+    device and dtype; `progress` sees each row as it is measured."""
     grid = grid if grid is not None else (QUICK_GRID if quick else FULL_GRID)
     rows: list[dict] = []
     for tokens, d, e, k in grid:
-        for row in bench_shape(tokens, d, e, k, repeats, budget_s, router, onnx=onnx):
+        for row in bench_shape(tokens, d, e, k, repeats, budget_s, router, onnx=onnx, on=on):
             rows.append(row)
             if progress is not None:
                 progress(row)
@@ -304,9 +405,12 @@ def summarize(rows: list[dict]) -> dict:
         return {p: (max(v) if v else None) for p, v in vals.items()}
 
     def spread(key: str) -> dict:
-        vals = {p: sorted(r[key] for r in rows if r["pass"] == p) for p in ("fwd", "fwd_bwd")}
+        vals = {
+            p: sorted(r[key] for r in rows if r["pass"] == p and r[key] is not None)
+            for p in ("fwd", "fwd_bwd")
+        }
         return {
-            p: {"min": v[0], "median": statistics.median(v), "max": v[-1]} if v else None
+            p: {"min": v[0], "median": round(statistics.median(v), 4), "max": v[-1]} if v else None
             for p, v in vals.items()
         }
 
@@ -316,6 +420,8 @@ def summarize(rows: list[dict]) -> dict:
         for p in ("fwd", "fwd_bwd")
     }  # fmt: skip
     return {
+        "tok_s_vs_dense": spread("tok_s_vs_dense"),
+        "tok_s_vs_wenet": spread("tok_s_vs_wenet"),
         "ratio_grouped": spread("ratio_grouped"),
         "ratio_auto": spread("ratio_auto"),
         "auto_picks": picks,
@@ -338,13 +444,14 @@ _HEADER = (
     f"{'grp ms':>9} {'auto ms':>9} {'auto':>7} "
     f"{'bound ms':>9} {'loop ms':>9} {'wenet ms':>9} {'hf ms (best)':>21} {'ort ms':>8} "
     f"{'ort bnd':>8} {'r_grp':>6} {'r_bound':>8} {'r_loop':>7} {'r_wenet':>7} {'r_hf':>6} "
-    f"{'r_ort':>6}"
+    f"{'r_ort':>6} {'ours tok/s':>11} {'t/s÷dense':>9} {'t/s÷wenet':>9}"
 )
 
 
 def _fmt_row(r: dict) -> str:
     """One table row: times side by side, then ratios (r_grp = grouped / ours: < 1 = grouped
-    faster; the others ours / each: < 1 = ours faster)."""
+    faster; the others ours / each: < 1 = ours faster), then ours in tokens/s and its
+    tokens/s over the dense FFN's and WeNet's (> 1 = ours faster)."""
 
     def num(v: float | None, w: int, f: str = ".2f") -> str:
         return f"{'-':>{w}}" if v is None else f"{v:>{w}{f}}"
@@ -357,7 +464,9 @@ def _fmt_row(r: dict) -> str:
         f"{r['bound_ms']:>9.2f} {r['loop_ms']:>9.2f} "
         f"{num(r.get('wenet_ms'), 9)} {hf:>21} {num(ort, 8)} {num(r.get('ort_bound_ms'), 8)} "
         f"{r['ratio_grouped']:>6.3f} {r['ratio_bound']:>8.3f} {r['ratio_loop']:>7.3f} {num(r.get('ratio_wenet'), 7)} "
-        f"{num(r.get('ratio_hf'), 6)} {num(r.get('ratio_ort'), 6)}"
+        f"{num(r.get('ratio_hf'), 6)} {num(r.get('ratio_ort'), 6)} "
+        f"{num(r['ours_tok_s'], 11, '.4g')} {num(r['tok_s_vs_dense'], 9, '.3f')} "
+        f"{num(r.get('tok_s_vs_wenet'), 9, '.3f')}"
     )
 
 
@@ -461,6 +570,11 @@ def profile_report(rows: int = 14, vocab: int = 1500, preset: str = "paper") -> 
 def main_moe(args: argparse.Namespace) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if (args.profile or args.small_crossover) and (args.device, args.dtype) != ("cpu", "float32"):
+        raise UmeError(
+            "--profile and --small-crossover measure the CPU in float32: drop --device/--dtype "
+            f"(got --device {args.device} --dtype {args.dtype})"
+        )
     if args.profile:
         info = machine_info()
         print(f"machine={info['machine']} threads={info['threads']} torch={info['torch']}")
@@ -470,11 +584,19 @@ def main_moe(args: argparse.Namespace) -> int:
         rows = small_crossover(repeats=args.repeats, budget_s=args.budget)
         print(json.dumps({**machine_info(), "d": 144, "e": 8, "k": 2, "rows": rows}, indent=1))
         return 0
-    info = {**machine_info(), "router": args.router}
+    on = RunOn.for_args(args.device, args.dtype)  # a clear error before any work
+    cpu_fp32 = on.device.type == "cpu" and not on.autocast_on
+    if args.onnx and not cpu_fp32:
+        raise UmeError(
+            f"--onnx times onnxruntime on the CPU in float32, not --device {args.device} "
+            f"--dtype {args.dtype}: drop --onnx (with --peers the ort columns stay null)"
+        )
+    info = {**machine_info(), **on.fields(), "router": args.router}
     if not args.json:
         print(
             f"machine={info['machine']} threads={info['threads']} torch={info['torch']} "
-            f"router={args.router}"
+            f"device={info['device']} gpu={info['gpu']} dtype={info['dtype']} "
+            f"autocast={info['autocast']} router={args.router}"
         )
         print(_HEADER)
     rows = bench_moe(
@@ -484,7 +606,8 @@ def main_moe(args: argparse.Namespace) -> int:
         budget_s=args.budget,
         progress=None if args.json else lambda r: print(_fmt_row(r), flush=True),
         router=args.router,
-        onnx=args.onnx or args.peers,
+        onnx=args.onnx or (args.peers and cpu_fp32),  # onnxruntime: the CPU, float32
+        on=on,
     )
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -528,6 +651,20 @@ def add_moe_args(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar="TOKENS,D,E,K",
         help="time this shape (repeatable; replaces the grid), e.g. --shape 2048,144,8,2",
+    )
+    p.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="cpu",
+        help="where the layers run (auto: CUDA if available; default cpu, so CPU figures stay "
+        "comparable); each call is timed between torch.cuda.synchronize() calls on CUDA",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="float32",
+        help="float32, or bfloat16 = float32 weights under torch.autocast(bf16), as "
+        "train.precision=bf16 trains",
     )
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")

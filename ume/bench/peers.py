@@ -14,7 +14,8 @@ our layers and given ITS router, so every method routes every token to the same 
            "eager" (a loop over the used experts), "batched_mm" (each token-slot's expert
            weights gathered, one bmm), "grouped_mm" (slots sorted by expert, torch's grouped
            GEMM or its fallback); `hf_blocks` gives one block per implementation this
-           transformers has, all with the same weights.
+           transformers has, all with the same weights. batched_mm copies k·N x 3·D·(2H/3)
+           weights; above HF_BATCHED_MAX_GATHER_BYTES (8 GiB) for the shape it is left out.
 
 Both are optional: a missing oracle or transformers gives None and the benchmark reports null.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import logging
 import os
 import sys
 import types
@@ -38,6 +40,8 @@ import torch
 from torch import nn
 
 from ume.model.moe import MoEFeedForward
+
+log = logging.getLogger(__name__)
 
 _ORACLE = Path(__file__).resolve().parents[2] / ".." / "shared/third_party/wenet_oracle.py"
 
@@ -141,17 +145,36 @@ def hf_block(moe: MoEFeedForward) -> nn.Module | None:
 
 
 HF_IMPLS = ("eager", "batched_mm", "grouped_mm")
+# "batched_mm" gathers every token-slot's expert weights: its forward alone holds this many
+# bytes, fwd+bwd about three times as much. Above it the implementation is left out.
+HF_BATCHED_MAX_GATHER_BYTES = 8 * 2**30
 
 
-def hf_blocks(moe: MoEFeedForward) -> dict[str, nn.Module]:
+def hf_batched_gather_bytes(moe: MoEFeedForward, tokens: int, itemsize: int = 4) -> int:
+    """Bytes of the per-slot weight copies HF's "batched_mm" makes for `tokens` tokens: k·N
+    slots x (gate, up, down) x D x 2H/3 elements."""
+    h = max(1, round(2 * moe.d_ff / 3))
+    return moe.top_k * tokens * 3 * moe.d_model * h * itemsize
+
+
+def hf_blocks(moe: MoEFeedForward, tokens: int = 0) -> dict[str, nn.Module]:
     """{implementation: MixtralSparseMoeBlock} for each of HF_IMPLS this transformers runs, the
-    same weights in each ({} without transformers)."""
+    same weights in each ({} without transformers). With `tokens`, "batched_mm" is left out
+    where its weight copies for that many tokens exceed HF_BATCHED_MAX_GATHER_BYTES."""
     base = hf_block(moe)
     if base is None:
         return {}
     out = {}
     x = torch.zeros(1, 2, moe.d_model)
     for impl in HF_IMPLS:
+        gather = hf_batched_gather_bytes(moe, tokens)
+        if impl == "batched_mm" and gather > HF_BATCHED_MAX_GATHER_BYTES:
+            log.warning(
+                "HF batched_mm left out at %d tokens: it would copy %.1f GiB of expert weights",
+                tokens,
+                gather / 2**30,
+            )
+            continue
         block = copy.deepcopy(base)
         experts = getattr(block, "experts", None)
         cfg = getattr(experts, "config", None)

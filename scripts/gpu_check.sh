@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check (issue 15): on a CUDA machine, train the tiny preset briefly on CUDA and on the CPU,
+# GPU check: on a CUDA machine, train the tiny preset briefly on CUDA and on the CPU,
 # decode the test split with each model on both devices, and print
 #   - training and decoding speed, CUDA vs CPU (ratios);
 #   - whether the texts decoded on CUDA equal those decoded on the CPU for the same model

@@ -102,6 +102,13 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def sync(device: torch.device) -> None:
+    """Wait until `device` has finished its queued work (CUDA runs kernels asynchronously, so
+    a timer without it measures only the launch); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ume.device import DeviceError, bf16_supported, resolve_device
+from ume.device import DeviceError, bf16_supported, resolve_device, sync
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ class RunOn:
 
     def sync(self) -> None:
         """Wait until the device has finished its queued work (CUDA); no-op on the CPU."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        sync(self.device)
 
     def gpu_name(self) -> str | None:
         return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None

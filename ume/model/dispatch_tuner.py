@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ume.device import sync
+
 ROUNDS = 3
 MARGIN = 0.03
 
@@ -84,11 +86,6 @@ def remember(key: ShapeKey, choice: Choice) -> None:
         _TABLE[key] = choice
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def round_order(names: list[str], round_index: int) -> list[str]:
     """The order the candidates run in timing round `round_index`: rotated by one per round, so
     every candidate runs in every position equally often (a fixed order gives the first one
@@ -113,10 +110,10 @@ def measure(
     for r in range(max(rounds, 1)):
         for name in round_order(list(candidates), r):
             fn = candidates[name]
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             best[name] = min(best[name], (time.perf_counter() - t0) * 1e3)
     default = next(iter(candidates))
     winner = min(best, key=best.get)

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 
-def _act(h: torch.Tensor, activation: str) -> torch.Tensor:
-    return F.silu(h) if activation == "swish" else F.relu(h)
+def activate(h: torch.Tensor, activation: str, inplace: bool = False) -> torch.Tensor:
+    """The experts' activation by name: "swish" (SiLU) or "relu"."""
+    return F.silu(h, inplace=inplace) if activation == "swish" else F.relu(h, inplace=inplace)
 
 
 def _act_grad(grad: torch.Tensor, h: torch.Tensor, activation: str) -> torch.Tensor:
@@ -53,7 +54,7 @@ class _ExpertFFN(torch.autograd.Function):
                 continue
             rows = slice(start, start + c)
             torch.addmm(b_1[e], xs[rows], w_1[e], out=hid[rows])
-            a = _act(hid[rows], activation)
+            a = activate(hid[rows], activation)
             if mask is not None:
                 a = a * mask[rows]
             acts[rows] = a

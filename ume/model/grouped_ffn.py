@@ -36,6 +36,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ume.model.expert_ffn import activate
+
 _ALIGN_BYTES = 16
 _GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _RUNS: dict[tuple[str, torch.dtype], bool] = {}  # (device type, dtype) -> the probe's answer
@@ -127,12 +129,6 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Te
     return _GroupedMM.apply(x, w, offs)
 
 
-def _act(h: torch.Tensor, activation: str, inplace: bool) -> torch.Tensor:
-    if activation == "swish":
-        return F.silu(h, inplace=inplace)
-    return F.relu(h, inplace=inplace)
-
-
 def grouped_expert_ffn(
     xs: torch.Tensor,
     counts: torch.Tensor,
@@ -156,12 +152,12 @@ def grouped_expert_ffn(
     )  # (S,) expert of each row
     if not graph:
         h = torch._grouped_mm(xs, w_1, offs=offs).add_(b_1.index_select(0, row_e))  # (S, H)
-        _act(h, activation, inplace=True)
+        activate(h, activation, inplace=True)
         if p_drop > 0:
             F.dropout(h, p_drop, True, inplace=True)
         return torch._grouped_mm(h, w_2, offs=offs).add_(b_2.index_select(0, row_e))  # (S, D)
     h = grouped_mm(xs, w_1, offs) + b_1.index_select(0, row_e)  # (S, H)
-    h = _act(h, activation, inplace=False)
+    h = activate(h, activation)
     if p_drop > 0:
         h = F.dropout(h, p_drop, True)
     return grouped_mm(h, w_2, offs) + b_2.index_select(0, row_e)  # (S, D)

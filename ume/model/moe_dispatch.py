@@ -144,14 +144,18 @@ def _act_(layer: MoELayer, h: torch.Tensor) -> torch.Tensor:
     return F.relu(h, inplace=True)
 
 
-def needs_autograd(layer: MoELayer, xt: torch.Tensor) -> bool:
-    """Whether this forward must build a graph (else the in-place, out= fast path runs).
-    Autocast also takes the graph path: ops with out= are not autocast."""
-    if torch.is_autocast_enabled(xt.device.type):
-        return True
+def backward_follows(layer: MoELayer, xt: torch.Tensor) -> bool:
+    """Whether this forward records a graph a backward will use: grad mode on, and the input
+    or an expert weight requires grad."""
     if not torch.is_grad_enabled():
         return False
     return xt.requires_grad or any(p.requires_grad for p in layer.experts.parameters())
+
+
+def needs_autograd(layer: MoELayer, xt: torch.Tensor) -> bool:
+    """Whether this forward must build a graph (else the in-place, out= fast path runs).
+    Autocast also takes the graph path: ops with out= are not autocast."""
+    return torch.is_autocast_enabled(xt.device.type) or backward_follows(layer, xt)
 
 
 def use_padded(opts: DispatchOptions, sizes: list[int], n_slots: int) -> bool:
@@ -264,7 +268,7 @@ def dispatch_grouped(
     w_1, b_1, w_2, b_2 = p.w_1, p.b_1, p.w_2, p.b_2
     autocast = torch.is_autocast_enabled(xt.device.type)
     if autocast:
-        dt = torch.get_autocast_dtype(xt.device.type)
+        dt = compute_dtype(xt)
         xs, w_1, b_1, w_2, b_2 = (t.to(dt) for t in (xs, w_1, b_1, w_2, b_2))
     drop = layer.dropout.p if layer.training else 0.0
     with torch.autocast(xt.device.type, enabled=False) if autocast else contextlib.nullcontext():
@@ -302,9 +306,7 @@ def tuned_path(
     candidate with its bias-filled and padded variants); graph calls time forward + backward
     to the input and the expert weights (torch.autograd.grad: nothing accumulates in .grad).
     The random-number state is restored after the timing, so dropout masks stay reproducible."""
-    graph = torch.is_grad_enabled() and (
-        xt.requires_grad or any(p.requires_grad for p in layer.experts.parameters())
-    )  # a backward will follow (needs_autograd is also true under autocast without one)
+    graph = backward_follows(layer, xt)  # not needs_autograd: autocast alone has no backward
     key = shape_key(layer, xt, graph)
     choice = lookup(key)
     if choice is not None:

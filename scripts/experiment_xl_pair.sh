@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The xl regime's long pair: from one trained dense model, EXTRA_STEPS more steps of dense training
+# (dense_continued) and of UME (UME_RUN, chosen on dev from the 2,000-step pairs in
+# docs/RESULTS.md), one thread each, side by side; then, on the core the dense lane frees first,
+# the saturation check the issue asks for: SAT_STEPS more dense steps from the longer dense model
+# (does more dense training still gain, CI excluding 0?).
+#   lane a: dense_continued   START -> OUT/lane_a   (then OUT/sat: +SAT_STEPS from lane_a's model)
+#   lane b: UME_RUN           START -> OUT/lane_b
+#   paired bootstraps on test, dev and the three generalisation splits -> OUT/scores.txt
+# Usage (resumable: `ume experiment` keeps finished runs):
+#   [EXTRA_STEPS=8000] [SAT_STEPS=2000] [UME_RUN=ume_kmeans_no_freeze] \
+#     bash scripts/experiment_xl_pair.sh DATA_DIR START_DENSE_EXP OUT
+#   e.g. bash scripts/experiment_xl_pair.sh work_xl/data work_xl_long/dense work_xl_pair
+# About 2 h on two cores (2-core AMD EPYC, one thread per run) for 8,000 steps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -eq 3 ] || { sed -n 2,14p "$0" >&2; exit 2; }
+D=$(realpath "$1") START=$2 OUT=$3
+UME=${UME:-.venv/bin/ume}
+EXTRA_STEPS=${EXTRA_STEPS:-8000}
+SAT_STEPS=${SAT_STEPS:-2000}
+UME_RUN=${UME_RUN:-ume_kmeans_no_freeze}
+export OMP_NUM_THREADS=1
+for need in "$START/train_info.json" "$D/train" "$D/dev" "$D/test"; do
+  [ -e "$need" ] || { echo "missing $need (DATA_DIR is the xl corpus' data dir, START a trained dense exp)" >&2; exit 2; }
+done
+for lane in lane_a lane_b sat; do mkdir -p "$OUT/$lane"; ln -sfn "$D" "$OUT/$lane/data"; done
+# a guard, not a budget: 8,000 UME steps take ~95 min at one thread
+minutes=$(( EXTRA_STEPS * 3 / 200 + 30 ))
+$UME experiment --preset xl --workdir "$OUT/lane_b" --model "$START" --runs "dense,$UME_RUN" \
+  --set "extra_steps=$EXTRA_STEPS" --set "extra_minutes=$minutes" > "$OUT/lane_b.log" 2>&1 &
+side=$!
+$UME experiment --preset xl --workdir "$OUT/lane_a" --model "$START" --runs dense,dense_continued \
+  --set "extra_steps=$EXTRA_STEPS" --set "extra_minutes=$minutes" > "$OUT/lane_a.log" 2>&1
+$UME experiment --preset xl --workdir "$OUT/sat" --model "$OUT/lane_a/runs/dense_continued" \
+  --runs dense,dense_continued --set "extra_steps=$SAT_STEPS" --set extra_minutes=60 \
+  > "$OUT/sat.log" 2>&1
+wait "$side"
+
+A="$OUT/lane_a/runs" B="$OUT/lane_b/runs/$UME_RUN" S="$OUT/sat/runs"
+for pair in test:test dev:dev test_heldout:heldout test_heldout_synth:heldout_synth \
+  test_heldout_text:heldout_text; do
+  split=${pair%%:*} hyp=${pair#*:}
+  echo "== $UME_RUN vs dense_continued (+$EXTRA_STEPS each): $split"
+  $UME score --ref "$D/$split/text" --hyp "$B/hyp_$hyp.txt" --vs "$A/dense_continued/hyp_$hyp.txt"
+  echo "== dense_continued (+$EXTRA_STEPS) vs its start: $split"
+  $UME score --ref "$D/$split/text" --hyp "$A/dense_continued/hyp_$hyp.txt" --vs "$A/dense/hyp_$hyp.txt"
+  echo "== saturation: +$SAT_STEPS more dense steps vs dense_continued (+$EXTRA_STEPS): $split"
+  $UME score --ref "$D/$split/text" --hyp "$S/dense_continued/hyp_$hyp.txt" --vs "$S/dense/hyp_$hyp.txt"
+done | tee "$OUT/scores.txt"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13: the `small_6k` comparison one continuation later. The dense model is the 14,000-step
 # dense_continued of `small_6k` (8,000 from scratch + 6,000 at 1e-3), bundled bit-exact as
-# ume/models/dense_small (scripts/train_bundled_small.sh remakes it); from it, with the same
+# models/small/dense_small (scripts/train_bundled_small.sh remakes it); from it, with the same
 # plan (6,000 steps at 1e-3, cosine, 100-step re-warm):
 #   lane a: dense_continued       (20,000 dense steps: is the 14,000-step model saturated?)
 #   lane b: ume_kmeans_no_freeze  (the recipe that beat dense_continued in small_6k, chosen on dev)
@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-work_small_sat}
-DENSE=${2:-ume/models/dense_small}
+DENSE=${2:-models/small/dense_small}
 LANE_B=${LANE_B:-ume_kmeans_no_freeze}
 LANE_A=${LANE_A:-dense_continued}
 VS=${VS:-$W/runs/dense_continued}

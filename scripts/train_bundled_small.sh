@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13: retrain the bundled `dense_small` model (ume/models/dense_small) from scratch: the
+# Issue 13: retrain the `dense_small` model (models/small/dense_small) from scratch: the
 # `small` dense (configs/small.yaml, 8,000 steps, cosine to 0) continued 6,000 steps at 1e-3
 # (small_6k's dense_continued): the nearly saturated, capacity-bound dense model that the
 # saturated comparison starts from (docs/history/RESULTS_log.md, "A (nearly) saturated dense model").
@@ -18,6 +18,6 @@ $UME experiment --preset small_6k --workdir "${W}_6k" --model "$W/runs/dense" \
   --runs dense,dense_continued
 [ "$UME" = echo ] && PY="echo python" || PY=.venv/bin/python
 $PY -m ume.experiment.bundle --exp "${W}_6k/runs/dense_continued" --data "$W/data" \
-  --out ume/models/dense_small --dtype float32 \
+  --out models/small/dense_small --dtype float32 \
   --command "bash scripts/train_bundled_small.sh $W" \
   --history "8,000 steps from scratch (ume experiment --preset small --from-scratch), then 6,000 at 1e-3 (small_6k dense_continued)"

@@ -1,5 +1,6 @@
-"""Every bundled dense model reproduces its model card on a re-synthesised test slice, and all
-bundled weights together stay under the 30 MB the package allows (issue 13)."""
+"""Every bundled dense model (and every card-carrying model kept in the repository's models/)
+reproduces its model card on a re-synthesised test slice, and all bundled weights together stay
+under the 30 MB the package allows (issue 13)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from ume.bundled import MODELS_DIR, bundled_names
+from ume.bundled import DEFAULT, DEMO, MODELS_DIR, bundled_model, bundled_names
 from ume.experiment.bundle import card_check
 
+REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
+CARDED = [MODELS_DIR / n for n in bundled_names()] + sorted(
+    p.parent for p in REPO_MODELS.glob("*/*/card.json")
+)
 
-@pytest.mark.parametrize("name", bundled_names() or ["dense_paper"])
-def test_bundled_model_reproduces_card(name: str, tmp_path: Path) -> None:
-    model = MODELS_DIR / name
+
+@pytest.mark.parametrize("model", CARDED, ids=lambda p: p.name)
+def test_bundled_model_reproduces_card(model: Path, tmp_path: Path) -> None:
     if not (model / "card.json").is_file():
-        pytest.skip(f"no bundled model {name}")
+        pytest.skip(f"no card for {model}")
     card = json.loads((model / "card.json").read_text())
     got = card_check(model, tmp_path)
     want = card["check"]
@@ -32,3 +37,10 @@ def test_bundled_model_reproduces_card(name: str, tmp_path: Path) -> None:
 def test_bundled_weights_fit_the_package_budget() -> None:
     sizes = {n: (MODELS_DIR / n / "model.safetensors").stat().st_size for n in bundled_names()}
     assert sum(sizes.values()) < 30e6, sizes
+
+
+def test_the_recogniser_and_the_demo_dense_are_bundled() -> None:
+    assert bundled_model() == MODELS_DIR / DEFAULT
+    card = json.loads((bundled_model() / "card.json").read_text())
+    assert card["data_preset"].startswith("xl"), card["data_preset"]  # trained in the xl regime
+    assert json.loads((bundled_model(DEMO) / "card.json").read_text())["data_preset"] == "paper"

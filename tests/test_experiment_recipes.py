@@ -347,7 +347,6 @@ def test_recorded_runs_resume_under_their_recorded_fingerprint(
 
     import ume.train.trainer
     import ume.upcycle.convert
-    from ume.bundled import MODELS_DIR
     from ume.experiment.fingerprint import fingerprint, model_fingerprint
 
     doc = json.loads(
@@ -368,7 +367,7 @@ def test_recorded_runs_resume_under_their_recorded_fingerprint(
 
     monkeypatch.setattr(ume.train.trainer, "Trainer", FakeTrainer)
     dense = tmp_path / "runs" / "dense"
-    shutil.copytree(MODELS_DIR / "dense_small", dense)
+    shutil.copytree(Path(__file__).parents[1] / "models/small/dense_small", dense)
     (tmp_path / "data" / "train").mkdir(parents=True)
     plan = load_plan("small_6k", doc.get("plan_set"))
     recipes.run_one(run, plan, "small_6k", tmp_path, dense)

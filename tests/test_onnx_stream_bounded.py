@@ -94,10 +94,8 @@ def test_long_stream_matches_ume_transcribe(tmp_path: Path, capsys) -> None:
     out = tmp_path / "deploy" / "encoder.onnx"
     assert main(["export", "--model", str(BUNDLED), "--out", str(out)]) == 0
     capsys.readouterr()
-    assert (
-        main(["transcribe", "--mode", "ctc_greedy", "--stream", "--chunk-size", "16", str(long)])
-        == 0
-    )
+    args = ["--model", str(BUNDLED), "--mode", "ctc_greedy", "--stream", "--chunk-size", "16"]
+    assert main(["transcribe", *args, str(long)]) == 0
     want = capsys.readouterr().out
     got = subprocess.run(
         [sys.executable, "-I", str(ROOT / "examples/onnx_transcribe.py"), str(out), str(long), "--stream"],

@@ -39,7 +39,7 @@ def test_ctc_alignment_hand_built() -> None:
 
 
 def test_bundled_model_found() -> None:
-    assert ume.bundled_model() == BUNDLED.resolve()
+    assert ume.bundled_model("dense_paper") == BUNDLED.resolve()
     with pytest.raises(FileNotFoundError, match="available"):
         ume.bundled_model("no_such_model")
 
@@ -80,8 +80,8 @@ def test_transcribe_files_errors_and_json(wavs, tmp_path: Path, capsys) -> None:
     errs = out.err.strip().splitlines()
     assert len(errs) == 2 and str(missing) in errs[0] and str(bad) in errs[1]
     assert "Traceback" not in out.err
-    # Python twin
-    assert ume.transcribe(BUNDLED, wavs["wav"], mode="ctc_greedy") == text
+    # Python twin (both use the default model, ume.bundled_model())
+    assert ume.transcribe(ume.bundled_model(), wavs["wav"], mode="ctc_greedy") == text
     # --json: per-token CTC times, in order, inside the audio
     assert main(["transcribe", "--mode", "ctc_greedy", "--json", str(wavs["wav"])]) == 0
     obj = json.loads(capsys.readouterr().out)
@@ -159,7 +159,20 @@ def test_long_audio_is_segmented_with_times(wavs, tmp_path: Path, capsys) -> Non
     assert res["text"] == rec.tokenizer.decode([t for s in segs for t in s["ids"]])
     # the CLI: one line per file; --json adds the segments
     assert (
-        main(["transcribe", "--mode", "ctc_greedy", "--max-segment", "3", "--json", str(path)]) == 0
+        main(
+            [
+                "transcribe",
+                "--model",
+                str(BUNDLED),
+                "--mode",
+                "ctc_greedy",
+                "--max-segment",
+                "3",
+                "--json",
+                str(path),
+            ]
+        )  # fmt: skip
+        == 0
     )
     obj = json.loads(capsys.readouterr().out)
     assert obj["text"] == res["text"]
@@ -171,7 +184,8 @@ def test_long_audio_is_segmented_with_times(wavs, tmp_path: Path, capsys) -> Non
     got = ume.transcribe_segments(BUNDLED, path, mode="ctc_greedy", max_segment=3.0)
     assert [s["text"] for s in got] == [s["text"] for s in segs]
     # up to --max-segment the file is decoded whole, as before
-    assert main(["transcribe", "--mode", "ctc_greedy", "--max-segment", "0", str(path)]) == 0
+    assert main(["transcribe", "--model", str(BUNDLED), "--mode", "ctc_greedy", "--max-segment",
+                 "0", str(path)]) == 0  # fmt: skip
     whole = capsys.readouterr().out.split("\t", 1)[1].strip()
     from ume.decode.transcribe import transcribe_wave
 

@@ -1,8 +1,18 @@
 """Models shipped inside the package (package data, so `pip install .` keeps them).
 
+Two roles, two models:
+- DEFAULT (``ume.bundled_model()``, ``ume transcribe`` without --model): the recogniser, the
+  best dense model of the xl regime (17.8 h, 428 voice conditions, four test splits;
+  docs/RESULTS.md "The xl regime").
+- DEMO: the quick demo's start (``ume demo --preset quick``, ``ume experiment`` with
+  ``bundled_dense``): trained on the `paper` corpus, the same text and voices as the corpus the
+  demo synthesises in a minute, small enough to upcycle and train live.
+
 Example:
     >>> from ume import bundled_model
-    >>> bundled_model()            # the default dense model
+    >>> bundled_model()            # the recogniser
+    PosixPath('.../ume/models/dense_xl')
+    >>> bundled_model(DEMO)        # the quick demo's dense
     PosixPath('.../ume/models/dense_paper')
 """
 
@@ -11,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT = "dense_paper"
+DEFAULT = "dense_xl"
+DEMO = "dense_paper"
 
 
 def bundled_names() -> list[str]:
@@ -22,7 +33,7 @@ def bundled_names() -> list[str]:
 
 
 def bundled_model(name: str = DEFAULT) -> Path:
-    """Experiment dir of a bundled model, e.g. bundled_model("dense_paper").
+    """Experiment dir of a bundled model, e.g. bundled_model("dense_paper") (default: DEFAULT).
 
     Raises FileNotFoundError naming the available models when `name` is not installed."""
     path = MODELS_DIR / name

@@ -41,7 +41,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ume.bundled import bundled_model
+from ume.bundled import DEMO, bundled_model
 from ume.data.manifest import load_audio, load_manifest
 from ume.data.synth import synthesize_slice
 from ume.data.text import normalize_text, split_units
@@ -170,7 +170,11 @@ def long_audio_bench(
 
 
 def add_long_audio_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="experiment dir (default: the bundled model)")
+    p.add_argument(
+        "--model",
+        help="experiment dir (default: the bundled dense_paper, trained on the paper-test audio"
+        " this benchmark synthesises)",
+    )
     p.add_argument("--minutes", type=float, default=10.0, help="length of the recording")
     p.add_argument("--data", help="Kaldi test dir to build it from (default: paper test slice)")
     p.add_argument("--gap", type=float, default=0.3, help="seconds of silence between utterances")
@@ -184,7 +188,7 @@ def main_long_audio(args: argparse.Namespace) -> int:
     if args.minutes <= 0 or args.gap < 0:
         raise UmeError(f"--minutes {args.minutes} must be > 0 and --gap {args.gap} >= 0")
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ume_long_"))
-    model = args.model or str(bundled_model())
+    model = args.model or str(bundled_model(DEMO))
     res = long_audio_bench(
         model, args.minutes, work, args.data, args.gap, args.mode, args.max_segment
     )

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ume.bundled import bundled_model
+from ume.bundled import DEMO, bundled_model
 from ume.data.manifest import load_audio, load_manifest
 from ume.data.synth import synthesize_slice
 from ume.decode.streaming import SAMPLE_RATE, Endpoint, StreamingDecoder
@@ -120,7 +120,11 @@ def stream_bench(
 
 
 def add_long_stream_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="experiment dir (default: the bundled model)")
+    p.add_argument(
+        "--model",
+        help="experiment dir (default: the bundled dense_paper, trained on the paper-test audio"
+        " this benchmark synthesises)",
+    )
     p.add_argument("--minutes", type=float, default=60.0)
     p.add_argument("--data", help="Kaldi dir of utterances to loop (default: paper test slice)")
     p.add_argument("--utts", type=int, default=30, help="utterances to synthesise when no --data")
@@ -143,7 +147,7 @@ def main_long_stream(args: argparse.Namespace) -> int:
     utts, _ = load_manifest(data)
     waves = [load_audio(u.wav) for u in utts]
     res = stream_bench(
-        args.model or str(bundled_model()), waves, args.minutes, args.chunk_size,
+        args.model or str(bundled_model(DEMO)), waves, args.minutes, args.chunk_size,
         args.left_chunks, args.mode, args.gap, None if args.unbounded else Endpoint(),
     )  # fmt: skip
     if args.json:

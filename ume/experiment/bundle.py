@@ -6,7 +6,7 @@ Example:
     python -m ume.experiment.bundle --exp work/paper_dense --data work/paper_data \\
         --out ume/models/dense_paper --command "bash scripts/train_bundled.sh"
     python -m ume.experiment.bundle --exp work_small_6k/runs/dense_continued \\
-        --data work_small/data --out ume/models/dense_small --dtype float32 \\
+        --data work_small/data --out models/small/dense_small --dtype float32 \\
         --command "bash scripts/train_bundled_small.sh" --history "8,000 steps from scratch ..."
 """
 
@@ -104,6 +104,8 @@ def bundle(
         "test_cer_zh": row["test_cer_zh"],
         "test_wer_en": row["test_wer_en"],
         "heldout_mer": row.get("heldout_mer"),
+        "heldout_synth_mer": row.get("heldout_synth_mer"),
+        "heldout_text_mer": row.get("heldout_text_mer"),
         "rtf_b1": row["rtf_b1"],
         "params_total": row["params_total"],
         "weights_bytes": (out / MODEL_FILE).stat().st_size,
@@ -131,6 +133,16 @@ def bundle(
         f"| dev | {card['dev_mer']} |",
         f"| test | {card['test_mer']} (CER zh {card['test_cer_zh']}, WER en {card['test_wer_en']}) |",
         f"| test, held-out voices | {card['heldout_mer']} |",
+        *(
+            [f"| test, held-out synthesiser | {card['heldout_synth_mer']} |"]
+            if card["heldout_synth_mer"] is not None
+            else []
+        ),
+        *(
+            [f"| test, held-out text domain | {card['heldout_text_mer']} |"]
+            if card["heldout_text_mer"] is not None
+            else []
+        ),
         "",
         f"Check: the first {SLICE_UTTS} paper-test utterances, re-synthesised, decode to MER "
         f"{check['mer']} ({CHECK_MODE}); `pytest tests/test_bundled.py` recomputes it.",

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ume.bundled import DEFAULT, MODELS_DIR
+from ume.bundled import DEMO, MODELS_DIR
 from ume.config import apply_override, from_dict, preset_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-BUNDLED = MODELS_DIR / DEFAULT  # package data (ume.bundled_model())
+BUNDLED = MODELS_DIR / DEMO  # package data (ume.bundled_model(DEMO))
 
 
 @dataclass

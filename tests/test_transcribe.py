@@ -158,22 +158,8 @@ def test_long_audio_is_segmented_with_times(wavs, tmp_path: Path, capsys) -> Non
                                  for t in s["tokens"])  # fmt: skip
     assert res["text"] == rec.tokenizer.decode([t for s in segs for t in s["ids"]])
     # the CLI: one line per file; --json adds the segments
-    assert (
-        main(
-            [
-                "transcribe",
-                "--model",
-                str(BUNDLED),
-                "--mode",
-                "ctc_greedy",
-                "--max-segment",
-                "3",
-                "--json",
-                str(path),
-            ]
-        )  # fmt: skip
-        == 0
-    )
+    cli = ["transcribe", "--model", str(BUNDLED), "--mode", "ctc_greedy", "--max-segment"]
+    assert main([*cli, "3", "--json", str(path)]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["text"] == res["text"]
     assert [(s["start"], s["end"]) for s in obj["segments"]] == [
@@ -184,8 +170,7 @@ def test_long_audio_is_segmented_with_times(wavs, tmp_path: Path, capsys) -> Non
     got = ume.transcribe_segments(BUNDLED, path, mode="ctc_greedy", max_segment=3.0)
     assert [s["text"] for s in got] == [s["text"] for s in segs]
     # up to --max-segment the file is decoded whole, as before
-    assert main(["transcribe", "--model", str(BUNDLED), "--mode", "ctc_greedy", "--max-segment",
-                 "0", str(path)]) == 0  # fmt: skip
+    assert main([*cli, "0", str(path)]) == 0
     whole = capsys.readouterr().out.split("\t", 1)[1].strip()
     from ume.decode.transcribe import transcribe_wave
 
@@ -240,9 +225,9 @@ def test_onnx_example_matches_transcribe(wavs, tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     example = ROOT / "examples" / "onnx_transcribe.py"
     env = {**os.environ, "PYTHONPATH": ""}
+    wavs_in = (wavs["wav"], wavs["flac"])
     for stream in ([], ["--stream"]):
-        cmd = ["transcribe", "--model", model, "--mode", "ctc_greedy", str(wavs["wav"])]
-        cmd.append(str(wavs["flac"]))
+        cmd = ["transcribe", "--model", model, "--mode", "ctc_greedy", *map(str, wavs_in)]
         if stream:
             cmd += ["--stream", "--chunk-size", "16"]
         assert main(cmd) == 0

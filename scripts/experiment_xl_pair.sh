@@ -10,7 +10,7 @@
 # Usage (resumable: `ume experiment` keeps finished runs):
 #   [EXTRA_STEPS=8000] [SAT_STEPS=2000] [UME_RUN=ume_kmeans_no_freeze] \
 #     bash scripts/experiment_xl_pair.sh DATA_DIR START_DENSE_EXP OUT
-#   e.g. bash scripts/experiment_xl_pair.sh work_xl/data work_xl_long/dense work_xl_pair
+#   e.g. bash scripts/experiment_xl_pair.sh work_xl/data ume/models/dense_xl work_xl_pair2
 # About 2 h on two cores (2-core AMD EPYC, one thread per run) for 8,000 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +21,9 @@ EXTRA_STEPS=${EXTRA_STEPS:-8000}
 SAT_STEPS=${SAT_STEPS:-2000}
 UME_RUN=${UME_RUN:-ume_kmeans_no_freeze}
 export OMP_NUM_THREADS=1
-for need in "$START/train_info.json" "$D/train" "$D/dev" "$D/test"; do
-  [ -e "$need" ] || { echo "missing $need (DATA_DIR is the xl corpus' data dir, START a trained dense exp)" >&2; exit 2; }
+# START: a trained dense exp dir, or a bundled model dir (ume/models/dense_xl: weights + card)
+for need in "$START/model.safetensors" "$D/train" "$D/dev" "$D/test"; do
+  [ -e "$need" ] || { echo "missing $need (DATA_DIR is the xl corpus' data dir, START a trained dense exp or bundled model)" >&2; exit 2; }
 done
 for lane in lane_a lane_b sat; do mkdir -p "$OUT/$lane"; ln -sfn "$D" "$OUT/$lane/data"; done
 # a guard, not a budget: 8,000 UME steps take ~95 min at one thread

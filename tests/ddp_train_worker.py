@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ume.config import load_config, preset_config
+from ume.train.distributed import teardown_distributed
 from ume.train.trainer import Trainer
 
 
@@ -55,6 +56,9 @@ def main() -> None:
     # one file per rank: two ranks printing to one pipe can interleave their lines
     row = json.dumps({"rank": tr.rank, "digest": digest, "info": info})
     (Path(args.exp) / f"result-rank{tr.rank}.json").write_text(row, encoding="utf-8")
+    # as `ume train` does: a rank that exits with the gloo group alive can abort at interpreter
+    # shutdown (SIGABRT, "terminate called without an active exception") after its work is done
+    teardown_distributed()
 
 
 if __name__ == "__main__":

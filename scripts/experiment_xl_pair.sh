@@ -8,18 +8,24 @@
 #   lane b: UME_RUN           START -> OUT/lane_b
 #   paired bootstraps on test, dev and the three generalisation splits -> OUT/scores.txt
 # Usage (resumable: `ume experiment` keeps finished runs):
-#   [EXTRA_STEPS=8000] [SAT_STEPS=2000] [UME_RUN=ume_kmeans_no_freeze] \
+#   [EXTRA_STEPS=8000] [SAT_STEPS=2000] [UME_RUN=ume_kmeans_no_freeze] [SEED=n] \
 #     bash scripts/experiment_xl_pair.sh DATA_DIR START_DENSE_EXP OUT
+#   SEED: `--set seed=N` for every lane (another seed of the same pair; a new OUT); score the
+#   seeds together with scripts/score_seeds.sh (CI over utterances and runs). SAT_STEPS=0: no
+#   saturation lane.
 #   e.g. bash scripts/experiment_xl_pair.sh work_xl/data ume/models/dense_xl work_xl_pair2
 # About 2 h on two cores (2-core AMD EPYC, one thread per run) for 8,000 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -eq 3 ] || { sed -n 2,14p "$0" >&2; exit 2; }
+[ $# -eq 3 ] || { sed -n 2,17p "$0" >&2; exit 2; }
 D=$(realpath "$1") START=$2 OUT=$3
 UME=${UME:-.venv/bin/ume}
 EXTRA_STEPS=${EXTRA_STEPS:-8000}
 SAT_STEPS=${SAT_STEPS:-2000}
 UME_RUN=${UME_RUN:-ume_kmeans_no_freeze}
+SEED=${SEED:-}
+seed_set=()
+[ -z "$SEED" ] || seed_set=(--set "seed=$SEED")
 export OMP_NUM_THREADS=1
 # START: a trained dense exp dir, or a bundled model dir (ume/models/dense_xl: weights + card)
 for need in "$START/model.safetensors" "$D/train" "$D/dev" "$D/test"; do
@@ -29,13 +35,17 @@ for lane in lane_a lane_b sat; do mkdir -p "$OUT/$lane"; ln -sfn "$D" "$OUT/$lan
 # a guard, not a budget: 8,000 UME steps take ~95 min at one thread
 minutes=$(( EXTRA_STEPS * 3 / 200 + 30 ))
 $UME experiment --preset xl --workdir "$OUT/lane_b" --model "$START" --runs "dense,$UME_RUN" \
-  --set "extra_steps=$EXTRA_STEPS" --set "extra_minutes=$minutes" > "$OUT/lane_b.log" 2>&1 &
+  --set "extra_steps=$EXTRA_STEPS" --set "extra_minutes=$minutes" "${seed_set[@]}" \
+  > "$OUT/lane_b.log" 2>&1 &
 side=$!
 $UME experiment --preset xl --workdir "$OUT/lane_a" --model "$START" --runs dense,dense_continued \
-  --set "extra_steps=$EXTRA_STEPS" --set "extra_minutes=$minutes" > "$OUT/lane_a.log" 2>&1
-$UME experiment --preset xl --workdir "$OUT/sat" --model "$OUT/lane_a/runs/dense_continued" \
-  --runs dense,dense_continued --set "extra_steps=$SAT_STEPS" --set extra_minutes=60 \
-  > "$OUT/sat.log" 2>&1
+  --set "extra_steps=$EXTRA_STEPS" --set "extra_minutes=$minutes" "${seed_set[@]}" \
+  > "$OUT/lane_a.log" 2>&1
+if [ "$SAT_STEPS" -gt 0 ]; then
+  $UME experiment --preset xl --workdir "$OUT/sat" --model "$OUT/lane_a/runs/dense_continued" \
+    --runs dense,dense_continued --set "extra_steps=$SAT_STEPS" --set extra_minutes=60 \
+    "${seed_set[@]}" > "$OUT/sat.log" 2>&1
+fi
 wait "$side"
 
 A="$OUT/lane_a/runs" B="$OUT/lane_b/runs/$UME_RUN" S="$OUT/sat/runs"
@@ -46,6 +56,7 @@ for pair in test:test dev:dev test_heldout:heldout test_heldout_synth:heldout_sy
   $UME score --ref "$D/$split/text" --hyp "$B/hyp_$hyp.txt" --vs "$A/dense_continued/hyp_$hyp.txt"
   echo "== dense_continued (+$EXTRA_STEPS) vs its start: $split"
   $UME score --ref "$D/$split/text" --hyp "$A/dense_continued/hyp_$hyp.txt" --vs "$A/dense/hyp_$hyp.txt"
+  [ "$SAT_STEPS" -gt 0 ] || continue
   echo "== saturation: +$SAT_STEPS more dense steps vs dense_continued (+$EXTRA_STEPS): $split"
   $UME score --ref "$D/$split/text" --hyp "$S/dense_continued/hyp_$hyp.txt" --vs "$S/dense/hyp_$hyp.txt"
 done | tee "$OUT/scores.txt"

@@ -219,13 +219,13 @@ def test_score_seeds_script(tmp_path: Path) -> None:
     import sys
 
     refs = {"a": "你好WORLD", "b": "HI THERE", "c": "世界"}
-    for split in ("test", "dev", "test_heldout"):
+    for split in ("test", "dev", "test_heldout", "test_heldout_text"):  # no held-out synth
         (tmp_path / "data" / split).mkdir(parents=True)
         write_text_file(refs, tmp_path / "data" / split / "text")
     runs = {"base1": {"a": "你 WORLD"}, "base2": {"b": "HI"}, "sys1": refs, "sys2": {"a": "你好"}}
     for name, hyps in runs.items():
         (tmp_path / name).mkdir()
-        for split in ("test", "dev", "heldout"):
+        for split in ("test", "dev", "heldout", "heldout_text"):
             write_text_file(hyps, tmp_path / name / f"hyp_{split}.txt")
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
@@ -243,5 +243,9 @@ def test_score_seeds_script(tmp_path: Path) -> None:
         "== test",
         "== dev",
         "== heldout",
+        "== heldout_synth: skipped (no "
+        + str(tmp_path / "data/test_heldout_synth/text")
+        + " in this corpus)",
+        "== heldout_text",
     ]
-    assert out.count("(2 runs:") == 6 and out.count("every run pair") == 3
+    assert out.count("(2 runs:") == 8 and out.count("every run pair") == 4

@@ -13,7 +13,7 @@
 #   SEED: `--set seed=N` for every lane (another seed of the same pair; a new OUT); score the
 #   seeds together with scripts/score_seeds.sh (CI over utterances and runs). SAT_STEPS=0: no
 #   saturation lane.
-#   e.g. bash scripts/experiment_xl_pair.sh work_xl/data ume/models/dense_xl work_xl_pair2
+#   e.g. bash scripts/experiment_xl_pair.sh work_xl/data models/xl/dense_22k work_xl_pair2
 # About 2 h on two cores (2-core AMD EPYC, one thread per run) for 8,000 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."

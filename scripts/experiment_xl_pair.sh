@@ -12,12 +12,14 @@
 #     bash scripts/experiment_xl_pair.sh DATA_DIR START_DENSE_EXP OUT
 #   SEED: `--set seed=N` for every lane (another seed of the same pair; a new OUT); score the
 #   seeds together with scripts/score_seeds.sh (CI over utterances and runs). SAT_STEPS=0: no
-#   saturation lane.
+#   saturation lane. Caution: a SAT_STEPS cycle much shorter than EXTRA_STEPS mostly measures
+#   the lr re-warm, not the model's headroom (2,000 steps said "saturated" where 8,000 gained
+#   10%: docs/RESULTS.md); SAT_STEPS=$EXTRA_STEPS is the real check (+65 min per 8,000 steps).
 #   e.g. bash scripts/experiment_xl_pair.sh work_xl/data models/xl/dense_22k work_xl_pair2
 # About 2 h on two cores (2-core AMD EPYC, one thread per run) for 8,000 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -eq 3 ] || { sed -n 2,17p "$0" >&2; exit 2; }
+[ $# -eq 3 ] || { sed -n 2,20p "$0" >&2; exit 2; }
 D=$(realpath "$1") START=$2 OUT=$3
 UME=${UME:-.venv/bin/ume}
 EXTRA_STEPS=${EXTRA_STEPS:-8000}

@@ -19,7 +19,7 @@
 # About 2 h on two cores (2-core AMD EPYC, one thread per run) for 8,000 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -eq 3 ] || { sed -n 2,20p "$0" >&2; exit 2; }
+[ $# -eq 3 ] || { sed -n 2,19p "$0" >&2; exit 2; }
 D=$(realpath "$1") START=$2 OUT=$3
 UME=${UME:-.venv/bin/ume}
 EXTRA_STEPS=${EXTRA_STEPS:-8000}

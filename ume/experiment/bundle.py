@@ -134,14 +134,12 @@ def bundle(
         f"| test | {card['test_mer']} (CER zh {card['test_cer_zh']}, WER en {card['test_wer_en']}) |",
         f"| test, held-out voices | {card['heldout_mer']} |",
         *(
-            [f"| test, held-out synthesiser | {card['heldout_synth_mer']} |"]
-            if card["heldout_synth_mer"] is not None
-            else []
-        ),
-        *(
-            [f"| test, held-out text domain | {card['heldout_text_mer']} |"]
-            if card["heldout_text_mer"] is not None
-            else []
+            f"| test, held-out {name} | {card[key]} |"
+            for name, key in (
+                ("synthesiser", "heldout_synth_mer"),
+                ("text domain", "heldout_text_mer"),
+            )
+            if card[key] is not None
         ),
         "",
         f"Check: the first {SLICE_UTTS} paper-test utterances, re-synthesised, decode to MER "

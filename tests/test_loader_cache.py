@@ -66,3 +66,33 @@ def test_an_unfinished_cache_is_rebuilt(tmp_path: Path) -> None:
     assert rebuilt.lengths == store.lengths
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1
     assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_ume_data_fbank_writes_the_cache_that_training_then_reads(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`ume data fbank` precomputes, once, the cache that runs started together then share:
+    the trainer's own call (same data dir, features and `<data>/../.cache`) decodes no audio."""
+    import json
+
+    from ume.cli import main
+    from ume.config import load_config, preset_config
+
+    utts = _utts(tmp_path, 4)
+    train = tmp_path / "data" / "train"
+    train.mkdir(parents=True)
+    (train / "wav.scp").write_text("".join(f"{u.key} {u.wav}\n" for u in utts))
+    (train / "text").write_text("".join(f"{u.key} HELLO\n" for u in utts))
+    assert main(["data", "fbank", "--preset", "quick", "--no-progress", str(train)]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["utts"] == 4 and row["skipped"] == 0
+    assert row["cache_dir"] == str(tmp_path / "data" / ".cache")
+    assert len(list((tmp_path / "data" / ".cache").glob("feats-*.f16"))) == 1
+
+    def no_audio(path):
+        raise AssertionError(f"read {path} although `ume data fbank` cached it")
+
+    monkeypatch.setattr(loader, "load_audio", no_audio)
+    feats = load_config(preset_config("quick")).features
+    store = FeatureStore.from_data_dir(train, feats, tmp_path / "data" / ".cache", False)
+    assert isinstance(store.feats, PackedFeats) and sum(store.lengths) == row["frames"]

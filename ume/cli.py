@@ -2,6 +2,7 @@
 
 Examples:
     ume data synth --preset quick --out data/quick
+    ume data fbank --model runs/dense data/quick/train data/quick/dev
     ume train --config configs/quick.yaml --train data/quick/train --dev data/quick/dev --exp runs/dense
     ume decode --model runs/dense --data data/quick/test --mode attention_rescoring --out hyp.txt
     ume score --ref data/quick/test/text --hyp hyp.txt [--vs baseline_hyp.txt] [--json]
@@ -47,6 +48,31 @@ def cmd_synth(args: argparse.Namespace) -> int:
         print(f"ume data synth: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_fbank(args: argparse.Namespace) -> int:
+    """Write the fbank cache that `ume train` / `ume experiment` read, once, before several runs
+    share it (two runs that start together would each compute it)."""
+    import time
+
+    from ume.data.loader import FeatureStore
+
+    config = Path(args.config) if args.config else None
+    if config is None:
+        config = Path(args.model) / "config.yaml" if args.model else preset_config(args.preset)
+    feats = load_config(config).features
+    for d in args.data:
+        cache = Path(args.cache_dir) if args.cache_dir else Path(d).parent / ".cache"
+        t0 = time.time()
+        store = FeatureStore.from_data_dir(d, feats, cache, progress=not args.no_progress)
+        frames = sum(store.lengths)
+        row = {"data": d, "cache_dir": str(cache), "utts": len(store), "frames": frames}
+        row |= {
+            "skipped": len(store.skipped),
+            "cache_mb": round(frames * feats.num_mel_bins / 2**19, 1),
+        }
+        print(json.dumps(row | {"seconds": round(time.time() - t0, 1)}))
     return 0
 
 
@@ -185,6 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=cmd_synth)
+    p = data.add_parser(
+        "fbank", help="precompute the fbank cache of data dirs (shared by runs started together)"
+    )
+    p.add_argument("data", nargs="+", help="Kaldi data dirs (wav.scp + text)")
+    p.add_argument("--model", help="experiment/model dir whose config.yaml gives the features")
+    p.add_argument("--config", help="YAML config giving the features (instead of --model)")
+    p.add_argument("--preset", default="quick", help="preset config when neither is given")
+    p.add_argument(
+        "--cache-dir", help="default: <data dir>/../.cache, where `ume experiment` looks"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_fbank)
 
     p = sub.add_parser("train", help="train (or fine-tune with --init) a model")
     p.add_argument("--config", help="YAML config (default: the preset, or --init's config)")

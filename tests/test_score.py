@@ -249,3 +249,37 @@ def test_score_seeds_script(tmp_path: Path) -> None:
         "== heldout_text",
     ]
     assert out.count("(2 runs:") == 8 and out.count("every run pair") == 4
+
+
+def test_unseen_subset_scores_only_sentences_the_model_never_trained_on(tmp_path: Path) -> None:
+    """scripts/unseen_subset.py: a split's utterances whose transcript a training text holds
+    are dropped; scoring on the subset ignores (and counts) their hypotheses."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "text").write_text("t1 你好世界\nt2 HELLO THERE\n", encoding="utf-8")
+    for split, lines in {
+        "test": "a 你好世界\nb 今天很好\nc HELLO THERE\nd GOOD DAY\n",
+        "test_heldout_text": "e 新的句子\n",
+    }.items():
+        (tmp_path / "data" / split).mkdir(parents=True)
+        (tmp_path / "data" / split / "text").write_text(lines, encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, str(root / "scripts/unseen_subset.py"), str(tmp_path / "old" / "text")]
+        + ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "unseen")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "test: 2 of 4" in out and "test_heldout_text: 1 of 1" in out and "dev" not in out
+    ref = tmp_path / "unseen" / "test" / "text"
+    assert ref.read_text(encoding="utf-8") == "b 今天很好\nd GOOD DAY\n"
+    hyp = tmp_path / "hyp.txt"
+    hyp.write_text("a 你好世界\nb 今天很好\nc HELLO\nd GOOD DAY\n", encoding="utf-8")
+    res = score(
+        dict(r.split(" ", 1) for r in ref.read_text(encoding="utf-8").splitlines()),
+        dict(r.split(" ", 1) for r in hyp.read_text(encoding="utf-8").splitlines()),
+    )
+    assert res["num_utts"] == 2 and res["extra_hyps"] == 2 and res["mer"] == 0.0

@@ -19,11 +19,13 @@
 #   e.g. one lane per session when a pair does not fit in one), and the scores are written once
 #   both lanes' hypotheses are there. DATA_DIR may hold any corpus of the xl regime (xl_16k, or
 #   the 133 h xl): its summary.json names the preset, passed on as `--set corpus=...`.
+#   REFS=DIR: score on DIR/<split>/text instead of DATA_DIR's (scripts/unseen_subset.py: only
+#   the sentences START never trained on), into OUT/scores_<DIR's name>.txt.
 #   e.g. bash scripts/experiment_xl_pair.sh work_xl/data models/xl/dense_22k work_xl_pair2
 # About 2 h on two cores (2-core AMD EPYC, one thread per run) for 8,000 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -eq 3 ] || { sed -n 2,23p "$0" >&2; exit 2; }
+[ $# -eq 3 ] || { sed -n 2,25p "$0" >&2; exit 2; }
 D=$(realpath "$1") START=$2 OUT=$3
 UME=${UME:-.venv/bin/ume}
 EXTRA_STEPS=${EXTRA_STEPS:-8000}
@@ -67,6 +69,8 @@ fi
 [ -z "$side" ] || wait "$side"
 
 A="$OUT/lane_a/runs" B="$OUT/lane_b/runs/$UME_RUN" S="$OUT/sat/runs"
+R=${REFS:-$D} scores="$OUT/scores.txt"
+[ -z "${REFS:-}" ] || scores="$OUT/scores_$(basename "$REFS").txt"
 for need in "$A/dense_continued/hyp_test.txt" "$B/hyp_test.txt"; do
   [ -e "$need" ] || { echo "no $need yet: run the other lane (LANES=a or LANES=b) to score the pair"; exit 0; }
 done
@@ -74,10 +78,10 @@ for pair in test:test dev:dev test_heldout:heldout test_heldout_synth:heldout_sy
   test_heldout_text:heldout_text; do
   split=${pair%%:*} hyp=${pair#*:}
   echo "== $UME_RUN vs dense_continued (+$EXTRA_STEPS each): $split"
-  $UME score --ref "$D/$split/text" --hyp "$B/hyp_$hyp.txt" --vs "$A/dense_continued/hyp_$hyp.txt"
+  $UME score --ref "$R/$split/text" --hyp "$B/hyp_$hyp.txt" --vs "$A/dense_continued/hyp_$hyp.txt"
   echo "== dense_continued (+$EXTRA_STEPS) vs its start: $split"
-  $UME score --ref "$D/$split/text" --hyp "$A/dense_continued/hyp_$hyp.txt" --vs "$A/dense/hyp_$hyp.txt"
+  $UME score --ref "$R/$split/text" --hyp "$A/dense_continued/hyp_$hyp.txt" --vs "$A/dense/hyp_$hyp.txt"
   [ -e "$S/dense_continued/hyp_$hyp.txt" ] || continue  # no saturation lane ran
   echo "== saturation: +$SAT_STEPS more dense steps vs dense_continued (+$EXTRA_STEPS): $split"
-  $UME score --ref "$D/$split/text" --hyp "$S/dense_continued/hyp_$hyp.txt" --vs "$S/dense/hyp_$hyp.txt"
-done | tee "$OUT/scores.txt"
+  $UME score --ref "$R/$split/text" --hyp "$S/dense_continued/hyp_$hyp.txt" --vs "$S/dense/hyp_$hyp.txt"
+done | tee "$scores"

@@ -19,21 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ume.data.manifest import read_text_file, write_text_file
+
 SPLITS = ("dev", "test", "test_heldout", "test_heldout_synth", "test_heldout_text")
-
-
-def read_text(path: Path) -> list[tuple[str, str]]:
-    """(uttid, transcript) of a Kaldi text file; a line without a transcript has ''."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            key, _, text = line.partition(" ")
-            rows.append((key, text.strip()))
-    return rows
-
-
-def unseen(rows: list[tuple[str, str]], seen: set[str]) -> list[tuple[str, str]]:
-    return [(k, t) for k, t in rows if t not in seen]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,18 +34,16 @@ def main(argv: list[str] | None = None) -> int:
         if not p.exists():
             print(f"unseen_subset: {p} does not exist", file=sys.stderr)
             return 2
-    seen = {t for p in args.train_text for _, t in read_text(p)}
+    seen = {t for p in args.train_text for t in read_text_file(p).values()}
     found = [s for s in SPLITS if (args.data / s / "text").is_file()]
     if not found:
         print(f"unseen_subset: no split with a text file in {args.data}", file=sys.stderr)
         return 2
     for split in found:
-        rows = read_text(args.data / split / "text")
-        kept = unseen(rows, seen)
+        rows = read_text_file(args.data / split / "text")
+        kept = {k: t for k, t in rows.items() if t not in seen}
         (args.out / split).mkdir(parents=True, exist_ok=True)
-        (args.out / split / "text").write_text(
-            "".join(f"{k} {t}\n" for k, t in kept), encoding="utf-8"
-        )
+        write_text_file(kept, args.out / split / "text")
         print(f"{split}: {len(kept)} of {len(rows)} utterances read a sentence not trained on")
     return 0
 

@@ -58,21 +58,17 @@ def cmd_fbank(args: argparse.Namespace) -> int:
 
     from ume.data.loader import FeatureStore
 
-    config = Path(args.config) if args.config else None
-    if config is None:
-        config = Path(args.model) / "config.yaml" if args.model else preset_config(args.preset)
-    feats = load_config(config).features
+    feats = load_config(_resolve_config(args)).features
     for d in args.data:
         cache = Path(args.cache_dir) if args.cache_dir else Path(d).parent / ".cache"
         t0 = time.time()
         store = FeatureStore.from_data_dir(d, feats, cache, progress=not args.no_progress)
         frames = sum(store.lengths)
         row = {"data": d, "cache_dir": str(cache), "utts": len(store), "frames": frames}
-        row |= {
-            "skipped": len(store.skipped),
-            "cache_mb": round(frames * feats.num_mel_bins / 2**19, 1),
-        }
-        print(json.dumps(row | {"seconds": round(time.time() - t0, 1)}))
+        row["skipped"] = len(store.skipped)
+        row["cache_mb"] = round(frames * feats.num_mel_bins * 2 / 2**20, 1)  # float16
+        row["seconds"] = round(time.time() - t0, 1)
+        print(json.dumps(row))
     return 0
 
 
@@ -215,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fbank", help="precompute the fbank cache of data dirs (shared by runs started together)"
     )
     p.add_argument("data", nargs="+", help="Kaldi data dirs (wav.scp + text)")
-    p.add_argument("--model", help="experiment/model dir whose config.yaml gives the features")
+    p.add_argument(
+        "--model", dest="init", help="experiment/model dir whose config.yaml gives the features"
+    )
     p.add_argument("--config", help="YAML config giving the features (instead of --model)")
     p.add_argument("--preset", default="quick", help="preset config when neither is given")
     p.add_argument(

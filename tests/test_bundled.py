@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from ume.bundled import DEFAULT, DEMO, MODELS_DIR, bundled_model, bundled_names
-from ume.experiment.bundle import card_check
+from ume.errors import UmeError
+from ume.experiment.bundle import card_check, unseen_scores
 
-REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
+ROOT = Path(__file__).resolve().parents[1]
+REPO_MODELS = ROOT / "models"
 CARDED = [MODELS_DIR / n for n in bundled_names()] + sorted(
     p.parent for p in REPO_MODELS.glob("*/*/card.json")
 )
@@ -32,6 +34,25 @@ def test_bundled_model_reproduces_card(model: Path, tmp_path: Path) -> None:
     assert got["wer_en"] == pytest.approx(want["wer_en"], abs=1.0)
     assert card["test_mer"] < 100
     assert card["weights_bytes"] == (model / "model.safetensors").stat().st_size
+
+
+@pytest.mark.parametrize("model", CARDED, ids=lambda p: p.name)
+def test_card_unseen_scores_recompute_from_the_shipped_hypotheses(model: Path) -> None:
+    card = json.loads((model / "card.json").read_text()) if (model / "card.json").is_file() else {}
+    if "unseen" not in card:
+        pytest.skip(f"{model.name}'s card scores no unseen subset")
+    assert unseen_scores(model, ROOT / card["unseen_refs"]) == card["unseen"]
+
+
+def test_unseen_scores_count_only_the_subset(tmp_path: Path) -> None:
+    (tmp_path / "hyp_test.txt").write_text("a 你好\nb 世界\n", encoding="utf-8")
+    (tmp_path / "hyp_dev.txt").write_text("c HELLO\n", encoding="utf-8")
+    (tmp_path / "unseen" / "test").mkdir(parents=True)
+    (tmp_path / "unseen" / "test" / "text").write_text("b 世间\n", encoding="utf-8")
+    # b alone: 1 of 2 characters wrong; a (perfect, not in the subset) does not count; no dev refs
+    assert unseen_scores(tmp_path, tmp_path / "unseen") == {"test": {"mer": 50.0, "num_utts": 1}}
+    with pytest.raises(UmeError, match="no <split>/text"):
+        unseen_scores(tmp_path, tmp_path / "elsewhere")
 
 
 def test_bundled_weights_fit_the_package_budget() -> None:

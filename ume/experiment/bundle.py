@@ -8,6 +8,10 @@ Example:
     python -m ume.experiment.bundle --exp work_small_6k/runs/dense_continued \\
         --data work_small/data --out models/small/dense_small --dtype float32 \\
         --command "bash scripts/train_bundled_small.sh" --history "8,000 steps from scratch ..."
+
+--unseen DIR (scripts/unseen_subset.py's output) also scores the shipped model's hypotheses on
+DIR/<split>/text only: the utterances whose sentence the model never trained on, for a model
+whose earlier training used another build of the corpus (docs/data.md).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from pathlib import Path
 
 import torch
 
+from ume.data.manifest import read_text_file
 from ume.data.synth import synthesize_slice
+from ume.decode.score import score
 from ume.errors import UmeError
 from ume.expdir import (
     MODEL_FILE,
@@ -30,7 +36,7 @@ from ume.expdir import (
     load_experiment,
     save_weights,
 )
-from ume.experiment.evaluate import evaluate_run, score_split
+from ume.experiment.evaluate import GENERALISATION_SPLITS, evaluate_run, score_split
 from ume.machine import cpu_model
 
 SLICE_UTTS = 60
@@ -53,6 +59,22 @@ def card_check(model_dir: Path, work: Path | None = None) -> dict:
     }
 
 
+def unseen_scores(out: Path, unseen: Path) -> dict[str, dict]:
+    """MER of the hypotheses in `out` (hyp_<split>.txt, written by evaluate_run) on the subsets
+    `unseen`/<split>/text: {split: {"mer", "num_utts"}}, for every split both have."""
+    res = {}
+    for split, suffix in (("dev", "_dev"), ("test", "_test"), *GENERALISATION_SPLITS):
+        ref, hyp = unseen / split / "text", out / f"hyp{suffix}.txt"
+        if ref.is_file() and hyp.is_file():
+            refs = read_text_file(ref)
+            hyps = {k: v for k, v in read_text_file(hyp).items() if k in refs}
+            r = score(refs, hyps)
+            res[split] = {"mer": round(r["mer"], 2), "num_utts": r["num_utts"]}
+    if not res:
+        raise UmeError(f"--unseen {unseen}: no <split>/text there matches a hypothesis in {out}")
+    return res
+
+
 CHECK_MODE = "attention_rescoring"
 DTYPES = ("float16", "float32")  # weights as shipped; float32 is bit-exact
 
@@ -64,6 +86,7 @@ def bundle(
     command: str,
     dtype: str = "float16",
     history: str = "",
+    unseen: Path | None = None,
 ) -> dict:
     """Write the bundled model `out.name` from run `exp`. dtype "float32" ships the weights
     bit-exact (runs started from the bundle then equal runs started from `exp`); history: how
@@ -111,6 +134,7 @@ def bundle(
         "weights_bytes": (out / MODEL_FILE).stat().st_size,
         "curve": info.get("curve", []),
         "check": check,
+        **({"unseen_refs": str(unseen), "unseen": unseen_scores(out, unseen)} if unseen else {}),
     }
     atomic_write_json(card, out / "card.json")
     lines = [
@@ -141,6 +165,19 @@ def bundle(
             )
             if card[key] is not None
         ),
+        *(
+            [
+                "",
+                "Only the utterances whose sentence this model never trained on"
+                f" (refs `{unseen}`, scripts/unseen_subset.py):",
+                "",
+                "| split | utterances | MER % |",
+                "|---|---|---|",
+                *(f"| {k} | {v['num_utts']} | {v['mer']} |" for k, v in card["unseen"].items()),
+            ]
+            if unseen
+            else []
+        ),
         "",
         f"Check: the first {SLICE_UTTS} paper-test utterances, re-synthesised, decode to MER "
         f"{check['mer']} ({CHECK_MODE}); `pytest tests/test_bundled.py` recomputes it.",
@@ -159,8 +196,13 @@ def main() -> int:
     ap.add_argument("--command", default="bash scripts/train_bundled.sh")
     ap.add_argument("--dtype", default="float16", choices=DTYPES)
     ap.add_argument("--history", default="", help="how the run was made, if by several commands")
+    ap.add_argument(
+        "--unseen", type=Path, help="also score on DIR/<split>/text (scripts/unseen_subset.py)"
+    )
     args = ap.parse_args()
-    card = bundle(args.exp, args.data, args.out, args.command, args.dtype, args.history)
+    card = bundle(
+        args.exp, args.data, args.out, args.command, args.dtype, args.history, args.unseen
+    )
     print(json.dumps({k: v for k, v in card.items() if k != "curve"}, indent=2))
     return 0
 

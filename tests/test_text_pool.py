@@ -292,3 +292,23 @@ def test_licence_texts_never_reach_the_pool(tmp_path, monkeypatch):
     monkeypatch.setitem(TP.HTML_MANUALS, "gimp", (tmp_path, tmp_path))
     assert [p.name for p in TP._html_files(tmp_path, "*.html")] == ["intro.html"]
     assert list(TP.domain_paragraphs("gimp", "en")) == ["The brush paints soft lines."]
+
+
+@pytest.mark.slow
+@needs_pool
+def test_xl_slices_are_the_full_corpus_utterances(xl_tiny, tmp_path):
+    """The demo's trio scores slices of the xl test splits: each slice must be the same
+    utterances, text and wav bytes, as the full corpus has (held-out voices included)."""
+    from ume.data.synth import preset_splits, synthesize_slices
+
+    out, _ = xl_tiny
+    splits = [s for s in preset_splits("xl_tiny") if s.startswith("test")]
+    assert len(splits) == 4
+    dirs = synthesize_slices("xl_tiny", splits, 3, tmp_path, num_workers=2)
+    for split, d in dirs.items():
+        part, full = _texts(d), _texts(out / split)
+        assert len(part) == 3 and part.items() <= full.items(), split
+        for uttid in part:
+            wav = f"{uttid}.wav"
+            a = next((tmp_path / "wavs").rglob(wav)).read_bytes()
+            assert a == next((out / "wavs").rglob(wav)).read_bytes(), uttid

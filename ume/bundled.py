@@ -2,8 +2,9 @@
 
 Two roles, two models:
 - DEFAULT (``ume.bundled_model()``, ``ume transcribe`` without --model): the recogniser, the
-  best dense model of the xl regime (17.8 h, 428 voice conditions, four test splits;
-  docs/RESULTS.md "The xl regime").
+  best dense model of the xl regime (the 133 h corpus, 428 voice conditions, four test splits;
+  docs/RESULTS.md "The xl regime on the 133-hour corpus"); also the demo trio's
+  dense_continued (ume/experiment/trio.py).
 - DEMO: the quick demo's start (``ume demo --preset quick``, ``ume experiment`` with
   ``bundled_dense``): trained on the `paper` corpus, the same text and voices as the corpus the
   demo synthesises in a minute, small enough to upcycle and train live.

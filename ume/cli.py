@@ -485,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-scratch", action="store_true", help="train the dense model, not the bundled one"
     )
     p.add_argument("--model", help="dense experiment dir to start from (default: bundled)")
+    p.add_argument(
+        "--trio-utts",
+        type=int,
+        help="utterances per xl test split for the shipped dense / dense_continued / UME trio"
+        " (0: skip it; default: ume.experiment.demo.TRIO_UTTS)",
+    )
     p.set_defaults(func=_lazy("ume.experiment.demo", "run_demo"))
     return ap
 

@@ -75,8 +75,10 @@ __all__ = [
     "PRESETS",
     "SPLITS",
     "SynthPreset",
+    "preset_splits",
     "synthesize",
     "synthesize_slice",
+    "synthesize_slices",
 ]
 
 FORMAT_VERSION = 2
@@ -176,6 +178,14 @@ def _complete_summary(out_dir: Path, cfg: SynthPreset, seed: int) -> dict | None
     return summary
 
 
+def preset_splits(preset: str) -> tuple[str, ...]:
+    """The Kaldi dirs a full corpus of `preset` has: train, dev, test, test_heldout, and for the
+    text-pool presets (xl) test_heldout_synth and test_heldout_text."""
+    if preset not in PRESETS:
+        raise UmeError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return _output_splits(PRESETS[preset])
+
+
 def _output_splits(cfg: SynthPreset) -> tuple[str, ...]:
     extra = (
         tuple(s for s, n in zip(EXTRA_TEST_SPLITS, (cfg.n_heldout_synth, cfg.n_heldout_text)) if n)
@@ -207,6 +217,27 @@ def _check_failure_rate(plans: Sequence[UttPlan], results: dict, max_rate: float
             f"({len(failed) / len(plans):.1%} > {max_rate:.0%}); first errors:\n  {shown}\n"
             "check the TTS engines (espeak-ng, flite) and voices, then rerun"
         )
+
+
+def _render_all(
+    jobs: list[tuple[UttPlan, bool]], num_workers: int, progress: bool, desc: str
+) -> dict[str, dict]:
+    """Render (plan, reuse) jobs in this process or a pool: {uttid: render result}."""
+    results: dict[str, dict] = {}
+    bar = tqdm(total=len(jobs), desc=desc, unit="utt", disable=not progress)
+    if num_workers <= 1:
+        for job in jobs:
+            r = _render_job(job)
+            results[r["uttid"]] = r
+            bar.update()
+    else:
+        method = "fork" if "fork" in mp.get_all_start_methods() else None
+        with mp.get_context(method).Pool(num_workers) as pool:
+            for r in pool.imap_unordered(_render_job, jobs, chunksize=4):
+                results[r["uttid"]] = r
+                bar.update()
+    bar.close()
+    return results
 
 
 def synthesize(
@@ -271,21 +302,7 @@ def synthesize(
     for split in SPLITS:
         (out / "wavs" / split).mkdir(parents=True, exist_ok=True)
 
-    jobs = [(p, reuse) for p in plans]
-    results: dict[str, dict] = {}
-    bar = tqdm(total=len(jobs), desc=f"synth {preset}", unit="utt", disable=not progress)
-    if num_workers <= 1:
-        for job in jobs:
-            r = _render_job(job)
-            results[r["uttid"]] = r
-            bar.update()
-    else:
-        method = "fork" if "fork" in mp.get_all_start_methods() else None
-        with mp.get_context(method).Pool(num_workers) as pool:
-            for r in pool.imap_unordered(_render_job, jobs, chunksize=4):
-                results[r["uttid"]] = r
-                bar.update()
-    bar.close()
+    results = _render_all([(p, reuse) for p in plans], num_workers, progress, f"synth {preset}")
 
     failures = Counter()
     by_split: dict[str, list[tuple[UttPlan, float]]] = {s: [] for s in _output_splits(cfg)}
@@ -334,22 +351,70 @@ def synthesize_slice(preset: str, split: str, n: int, out_dir: str | Path, seed:
     Example:
         >>> synthesize_slice("paper", "test", 60, "/tmp/slice")   # -> /tmp/slice/test
     """
+    return synthesize_slices(preset, [split], n, out_dir, seed, num_workers=1)[split]
+
+
+def _slice_plans(plans: Sequence[UttPlan], split: str) -> list[UttPlan]:
+    """The plans of one output split in plan order; `test_heldout` holds the held-out voices'
+    utterances, every other split its own non-held-out ones."""
+    if split == HELDOUT_SPLIT:
+        chosen = [p for p in plans if p.heldout]
+    else:
+        chosen = [p for p in plans if p.split == split and not p.heldout]
+    return sorted(chosen, key=lambda p: (p.split, p.index))
+
+
+def synthesize_slices(
+    preset: str,
+    splits: Sequence[str],
+    n: int,
+    out_dir: str | Path,
+    seed: int = 0,
+    num_workers: int = 2,
+    progress: bool = False,
+) -> dict[str, Path]:
+    """:func:`synthesize_slice` for several splits (the preset is planned once; `num_workers`
+    rendering processes). A split dir that already holds this slice (its ``slice.json`` names
+    the same preset, seed, split and n) is reused. Returns {split: Kaldi dir}.
+
+    Example:
+        >>> synthesize_slices("xl", ["test", "test_heldout"], 200, "work/trio/data")
+    """
     if preset not in PRESETS:
         raise UmeError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    if n <= 0:
+        raise UmeError(f"a slice needs n > 0 utterances, got {n}")
     out = Path(out_dir)
+    stamp = {"preset": preset, "seed": seed, "n": n, "version": FORMAT_VERSION}
+    dirs = {s: out / s for s in splits}
+
+    def done(split: str) -> bool:
+        f = dirs[split] / "slice.json"
+        try:
+            return json.loads(f.read_text(encoding="utf-8")) == {**stamp, "split": split}
+        except (OSError, ValueError):
+            return False
+
+    todo = [s for s in splits if not done(s)]
+    if not todo:
+        return dirs
     plans, _ = plan_preset(PRESETS[preset], out, seed)
-    chosen = sorted(
-        (p for p in plans if p.split == split and not p.heldout), key=lambda p: p.index
-    )[:n]
-    if not chosen:
-        raise UmeError(f"split {split!r} of preset {preset!r} has no utterances")
-    (out / "wavs" / split).mkdir(parents=True, exist_ok=True)
-    done = []
-    for plan in chosen:
-        r = _render_job((plan, True))
-        if r["ok"]:
-            done.append((plan, r["dur"]))
-        else:
-            logger.warning("skipped %s: %s", plan.uttid, r["error"])
-    write_kaldi_dir(out / split, done)
-    return out / split
+    chosen = {s: _slice_plans(plans, s)[:n] for s in todo}
+    for s, c in chosen.items():
+        if not c:
+            raise UmeError(f"split {s!r} of preset {preset!r} has no utterances")
+        for plan in c:
+            Path(plan.wav).parent.mkdir(parents=True, exist_ok=True)
+    jobs = [(p, True) for c in chosen.values() for p in c]
+    results = _render_all(jobs, num_workers, progress, f"synth {preset} slices")
+    for s, c in chosen.items():
+        kept = []
+        for plan in c:
+            r = results[plan.uttid]
+            if r["ok"]:
+                kept.append((plan, r["dur"]))
+            else:
+                logger.warning("skipped %s: %s", plan.uttid, r["error"])
+        write_kaldi_dir(dirs[s], kept)
+        atomic_write_text(dirs[s] / "slice.json", json.dumps({**stamp, "split": s}) + "\n")
+    return dirs

@@ -1,4 +1,4 @@
-"""Package a trained dense run as a bundled model (ume/models/NAME): weights (fp16 by default)
+"""Package a trained run (dense or MoE) as a bundled model (ume/models/NAME): weights (fp16 by default)
 + config + tokenizer + CMVN, scored on dev/test/held-out, with a model card (MODEL_CARD.md +
 card.json). The model's name is the output directory's.
 
@@ -131,17 +131,19 @@ def bundle(
         "heldout_text_mer": row.get("heldout_text_mer"),
         "rtf_b1": row["rtf_b1"],
         "params_total": row["params_total"],
+        "params_active": row["params_active"],
         "weights_bytes": (out / MODEL_FILE).stat().st_size,
         "curve": info.get("curve", []),
         "check": check,
         **({"unseen_refs": str(unseen), "unseen": unseen_scores(out, unseen)} if unseen else {}),
     }
     atomic_write_json(card, out / "card.json")
+    kind = "MoE" if card["params_active"] < card["params_total"] else "dense"
     lines = [
-        f"# Bundled dense model: `{out.name}`",
+        f"# Bundled {kind} model: `{out.name}`",
         "",
-        "A bilingual (Mandarin characters + English BPE) U2++ Conformer trained by this repo's",
-        f"own command on the `{card['data_preset']}` preset of the embedded synthetic corpus.",
+        f"A bilingual (Mandarin characters + English BPE) U2++ {kind} Conformer trained by this",
+        f"repo's own command on the `{card['data_preset']}` preset of the embedded synthetic corpus.",
         f"{dtype} safetensors; loaded as float32.",
         "",
         f"- command: `{command}`",
@@ -149,7 +151,8 @@ def bundle(
         f"- seed: {card['seed']}; data preset: {card['data_preset']} (synth seed {card['data_seed']})",
         f"- training (last command): {card['train_steps']} steps, {card['train_seconds']} s on {card['threads']} "
         f"threads ({card['machine']})",
-        f"- parameters: {card['params_total']:,}; weights file {card['weights_bytes'] / 1e6:.1f} MB",
+        f"- parameters: {card['params_total']:,} ({card['params_active']:,} active per frame);"
+        f" weights file {card['weights_bytes'] / 1e6:.1f} MB",
         f"- decoding: {card['decode_mode']}",
         "",
         "| split | MER % |",

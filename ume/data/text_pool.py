@@ -38,6 +38,7 @@ import html.parser
 import logging
 import re
 import unicodedata
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -281,7 +282,9 @@ def _zh_numbers(s: str) -> str:
 
     def repl(m: re.Match) -> str:
         try:
-            return cn2an.an2cn(m.group(0), "low")
+            with warnings.catch_warnings():  # its notice that it keeps 16 decimals, in Chinese
+                warnings.simplefilter("ignore", UserWarning)
+                return cn2an.an2cn(m.group(0), "low")
         except (ValueError, KeyError):
             return m.group(0)
 

@@ -32,7 +32,7 @@ from ume.experiment.evaluate import format_results
 
 log = logging.getLogger(__name__)
 
-TRIO_UTTS = 200  # per test split: four splits x three models in about 5 minutes at 1 thread
+TRIO_UTTS = 300  # per test split: 4 splits x 3 models; see docs/RESULTS.md for the time it takes
 
 
 def run_demo(args: argparse.Namespace) -> int:

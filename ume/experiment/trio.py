@@ -33,7 +33,8 @@ from ume.experiment.evaluate import score_split
 
 log = logging.getLogger(__name__)
 
-REPO_MODELS = Path(__file__).resolve().parents[2] / "models" / "xl"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_MODELS = REPO_ROOT / "models" / "xl"
 
 
 def default_trio() -> dict[str, Path]:
@@ -112,7 +113,7 @@ def score_trio(
             res["splits"][split]["num_utts"] = r["num_utts"]
         card = path / "card.json"
         res["models"][role] = {
-            "path": str(path),
+            "path": _shown(path),
             "command": json.loads(card.read_text()).get("command") if card.is_file() else None,
             "decode_seconds": round(time.time() - t1, 1),
         }
@@ -131,6 +132,15 @@ def score_trio(
     res["threads"] = torch.get_num_threads()
     atomic_write_json(res, work / "trio.json")
     return res
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the source checkout when it is inside it (shorter, and the same on
+    every machine), else as given."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _ci(v: dict) -> str:

@@ -64,9 +64,11 @@ def test_trio_slices_are_reused(trio, monkeypatch):
 
 
 def test_trio_without_its_models_says_where_they_ship(tmp_path: Path):
-    models = {"dense": tmp_path / "a", "ume": tmp_path / "b"}
-    assert missing_models(models) == ["dense", "ume"]
+    models = {"dense": tmp_path / "a", "dense_continued": tmp_path / "a", "ume": tmp_path / "b"}
+    assert missing_models(models) == ["dense", "dense_continued", "ume"]
     with pytest.raises(UmeError, match="source checkout"):
         score_trio(tmp_path, 3, models, preset="tiny")
     with pytest.raises(UmeError, match="utts must be > 0"):
         score_trio(tmp_path, 0, {"dense": tmp_path}, preset="tiny")
+    with pytest.raises(UmeError, match="needs the roles dense_continued, ume"):
+        score_trio(tmp_path, 3, {"dense": tmp_path}, preset="tiny")

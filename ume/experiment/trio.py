@@ -81,6 +81,8 @@ def score_trio(
     if utts <= 0:
         raise UmeError(f"trio: utts must be > 0 utterances per split, got {utts}")
     models = {r: Path(p) for r, p in (models or default_trio()).items()}
+    if need := sorted({r for pair in COMPARISONS for r in pair} - set(models)):
+        raise UmeError(f"trio: models needs the roles {', '.join(need)} too (got {sorted(models)})")
     if missing := missing_models(models):
         raise UmeError(
             f"trio: no model for {', '.join(missing)} "

@@ -24,16 +24,17 @@ for need in "$BASE/model.safetensors" "$MOE/model.safetensors" "$D/train" "$D/de
   [ -e "$need" ] || { echo "missing $need" >&2; exit 2; }
 done
 mkdir -p "$OUT"
-lane() {  # lane NAME INIT: train, then decode every split (skipped once hyp_test.txt is there)
+lane() {  # lane NAME INIT: train, then decode every split (skipped once results.json is there)
   local name=$1 init=$2 exp="$OUT/$1"
-  if [ ! -e "$exp/hyp_test.txt" ]; then
+  if [ ! -s "$exp/results.json" ]; then
     $UME train --init "$init" --train "$D/train" --dev "$D/dev" --exp "$exp" --no-progress \
       --cache-dir "$D/.cache" \
       --set "train.max_steps=$STEPS" --set "train.seed=$SEED" \
       --set "train.max_minutes=$(( STEPS * 3 / 200 + 30 ))"
     $PY -c 'import json, sys; from ume.experiment.evaluate import evaluate_run
 print(json.dumps(evaluate_run(sys.argv[1], sys.argv[2], threads=1)))' "$exp" "$D" \
-      > "$exp/results.json"
+      > "$exp/results.json.tmp"
+    mv "$exp/results.json.tmp" "$exp/results.json"  # written whole or not at all
   fi
 }
 lane ume "$MOE" > "$OUT/ume.log" 2>&1 &

@@ -403,9 +403,9 @@ def synthesize_slices(
     for s, c in chosen.items():
         if not c:
             raise UmeError(f"split {s!r} of preset {preset!r} has no utterances")
-        for plan in c:
-            Path(plan.wav).parent.mkdir(parents=True, exist_ok=True)
     jobs = [(p, True) for c in chosen.values() for p in c]
+    for wav_dir in {Path(p.wav).parent for p, _ in jobs}:
+        wav_dir.mkdir(parents=True, exist_ok=True)
     results = _render_all(jobs, num_workers, progress, f"synth {preset} slices")
     for s, c in chosen.items():
         kept = []

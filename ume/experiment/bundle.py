@@ -1,6 +1,6 @@
-"""Package a trained run (dense or MoE) as a bundled model (ume/models/NAME): weights (fp16 by default)
-+ config + tokenizer + CMVN, scored on dev/test/held-out, with a model card (MODEL_CARD.md +
-card.json). The model's name is the output directory's.
+"""Package a trained run (dense or MoE) as a bundled model (ume/models/NAME): weights (fp16 by
+default) + config + tokenizer + CMVN, scored on dev/test/held-out, with a model card
+(MODEL_CARD.md + card.json). The model's name is the output directory's.
 
 Example:
     python -m ume.experiment.bundle --exp work/paper_dense --data work/paper_data \\

@@ -122,8 +122,8 @@ def score_trio(
         del model
     for split, d in dirs.items():
         refs = read_text_file(d / "text")
+        hyp = {r: read_text_file(work / r / f"hyp_{split}.txt") for r in models}
         for sys_role, base_role in COMPARISONS:
-            hyp = {r: read_text_file(work / r / f"hyp_{split}.txt") for r in (sys_role, base_role)}
             b = paired_bootstrap(refs, hyp[base_role], hyp[sys_role], replicates)
             res["splits"][split]["vs"][f"{sys_role}_vs_{base_role}"] = {
                 "rel_change_pct": round(b["rel_change_pct"], 2),

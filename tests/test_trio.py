@@ -72,3 +72,11 @@ def test_trio_without_its_models_says_where_they_ship(tmp_path: Path):
         score_trio(tmp_path, 0, {"dense": tmp_path}, preset="tiny")
     with pytest.raises(UmeError, match="needs the roles dense_continued, ume"):
         score_trio(tmp_path, 3, {"dense": tmp_path}, preset="tiny")
+
+
+def test_demo_refuses_a_negative_trio_size_before_any_work(tmp_path: Path, capsys):
+    from ume.cli import main
+
+    assert main(["demo", "--workdir", str(tmp_path / "w"), "--trio-utts", "-1"]) == 2
+    assert "--trio-utts must be >= 0 (0 skips the trio), got -1" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

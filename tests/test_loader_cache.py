@@ -96,3 +96,27 @@ def test_ume_data_fbank_writes_the_cache_that_training_then_reads(
     feats = load_config(preset_config("quick")).features
     store = FeatureStore.from_data_dir(train, feats, tmp_path / "data" / ".cache", False)
     assert isinstance(store.feats, PackedFeats) and sum(store.lengths) == row["frames"]
+
+
+def test_fbank_in_two_processes_writes_the_same_cache_bytes_in_the_same_order(
+    tmp_path: Path,
+) -> None:
+    """`ume data fbank --workers 2` (FeatureStore.build(workers=2)): the packed file and index
+    are byte-identical to one process's, unreadable audio is still counted and skipped."""
+    utts = _utts(tmp_path, 7)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not a wav")
+    utts.insert(3, Utterance("bad", str(bad), "HELLO", "en", "s", 0.3))
+    cfg = FeatureConfig()
+    one = FeatureStore.build(
+        utts, cfg, cache_dir=tmp_path / "c1", speeds=[0.9, 1.0], progress=False
+    )
+    two = FeatureStore.build(
+        utts, cfg, cache_dir=tmp_path / "c2", speeds=[0.9, 1.0], progress=False, workers=2
+    )
+    assert [u.key for u in two.utts] == [u.key for u in one.utts]
+    assert len(one.utts) == 14 and len(two.skipped) == 1 and two.skipped[0].startswith("bad:")
+    for ext in ("*.f16", "*.json"):
+        (a,) = (tmp_path / "c1").glob(ext)
+        (b,) = (tmp_path / "c2").glob(ext)
+        assert a.name == b.name and a.read_bytes() == b.read_bytes()

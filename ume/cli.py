@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -51,6 +52,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def cmd_fbank(args: argparse.Namespace) -> int:
     """Write the fbank cache that `ume train` / `ume experiment` read, once, before several runs
     share it (two runs that start together would each compute it)."""
@@ -62,12 +70,15 @@ def cmd_fbank(args: argparse.Namespace) -> int:
     for d in args.data:
         cache = Path(args.cache_dir) if args.cache_dir else Path(d).parent / ".cache"
         t0 = time.time()
-        store = FeatureStore.from_data_dir(d, feats, cache, progress=not args.no_progress)
+        store = FeatureStore.from_data_dir(
+            d, feats, cache, progress=not args.no_progress, workers=args.workers
+        )
         frames = sum(store.lengths)
         row = {"data": d, "cache_dir": str(cache), "utts": len(store), "frames": frames}
         row["skipped"] = len(store.skipped)
         row["cache_mb"] = round(frames * feats.num_mel_bins * 2 / 2**20, 1)  # float16
         row["seconds"] = round(time.time() - t0, 1)
+        row["workers"] = args.workers
         print(json.dumps(row))
     return 0
 
@@ -218,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", help="preset config when neither is given")
     p.add_argument(
         "--cache-dir", help="default: <data dir>/../.cache, where `ume experiment` looks"
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="processes computing fbank (default: every core); the cache is the same bytes",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fbank)

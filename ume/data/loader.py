@@ -19,6 +19,7 @@ import hashlib
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import random
 from dataclasses import asdict
@@ -54,6 +55,30 @@ def _cache_key(utts: list[Utterance], cfg: FeatureConfig, speeds: list[float]) -
 
 
 CACHE_FORMAT = 2  # packed float16 frames + JSON index (1: one safetensors tensor per utt)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _fbank_job(
+    job: tuple[Utterance, FeatureConfig, list[float], int],
+) -> tuple[Utterance, list[tuple[str, np.ndarray]], str | None]:
+    """One utterance's fbank at every speed: (utt, [(key, (T, F) float16)], why skipped)."""
+    u, cfg, speeds, min_frames = job
+    try:
+        wave = load_audio(u.wav)
+    except DataError as e:
+        return u, [], str(e)
+    out = []
+    for sp in speeds:
+        w = wave if sp == 1.0 else speed_perturb(wave, sp)
+        f = compute_fbank(w, cfg)  # (T, F)
+        if f.shape[0] < min_frames:
+            return u, out, f"only {f.shape[0]} frames (< {min_frames}), too short"
+        key = u.key if sp == 1.0 else f"{u.key}-sp{sp}"
+        out.append((key, f.astype(np.float16)))
+    return u, out, None
 
 
 def _raw_path(stem: Path) -> Path:
@@ -116,9 +141,11 @@ class FeatureStore:
         cfg: FeatureConfig,
         cache_dir: str | os.PathLike | None = None,
         progress: bool = True,
+        workers: int = 1,
     ) -> FeatureStore:
         """The store of a data dir (wav.scp + text): unreadable manifest lines and audio are
-        skipped, counted and logged, not fatal.
+        skipped, counted and logged, not fatal. `workers` > 1 computes fbank in that many
+        processes (same bytes, in the same order).
 
         Example:
             >>> store = FeatureStore.from_data_dir("data/train", cfg.features, "data/.cache")
@@ -128,7 +155,7 @@ class FeatureStore:
             log.warning("data %s: skipped %s", path, msg)
         if skipped:
             log.warning("data %s: %d utterance(s) skipped, %d kept", path, len(skipped), len(utts))
-        store = cls.build(utts, cfg, cache_dir, progress=progress)
+        store = cls.build(utts, cfg, cache_dir, progress=progress, workers=workers)
         store.skipped = skipped + store.skipped
         return store
 
@@ -141,12 +168,17 @@ class FeatureStore:
         speeds: list[float] | None = None,
         min_frames: int = 1,
         progress: bool = True,
+        workers: int = 1,
     ) -> FeatureStore:
         """Compute (or load cached) fbank for every utterance; skip-and-count unreadable ones.
 
         With speeds (e.g. [0.9, 1.0, 1.1]) each utterance is stored once per speed (offline
-        speed perturbation), keys suffixed with `-sp0.9` etc.
+        speed perturbation), keys suffixed with `-sp0.9` etc. With workers > 1 the fbank is
+        computed in that many processes and gathered in utterance order (the cache is the same
+        bytes as with one).
         """
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         speeds = speeds or [1.0]
         cache = None
         if cache_dir is not None:
@@ -160,7 +192,9 @@ class FeatureStore:
         raw_tmp = temp_path(_raw_path(cache)) if cache is not None else None
         raw = open(raw_tmp, "wb") if raw_tmp is not None else None  # noqa: SIM115
         try:
-            cls._compute(utts, cfg, speeds, min_frames, progress, out_utts, feats, skipped, raw)
+            cls._compute(
+                utts, cfg, speeds, min_frames, progress, out_utts, feats, skipped, raw, workers
+            )
             for msg in skipped:
                 log.warning("skipped %s", msg)
             if not out_utts:
@@ -204,28 +238,40 @@ class FeatureStore:
         feats: list,
         skipped: list[str],
         raw,
+        workers: int = 1,
     ) -> None:
         """fbank of every utterance into `feats` (tensors), or, when `raw` is an open file,
         appended to it as float16 bytes with only the frame counts kept in `feats`."""
-        for u in tqdm(utts, desc="fbank", disable=not progress, unit="utt", mininterval=2):
-            try:
-                wave = load_audio(u.wav)
-            except DataError as e:
-                skipped.append(f"{u.key}: {e}")
-                continue
-            for sp in speeds:
-                w = wave if sp == 1.0 else speed_perturb(wave, sp)
-                f = compute_fbank(w, cfg)  # (T, F)
-                if f.shape[0] < min_frames:
-                    skipped.append(f"{u.key}: only {f.shape[0]} frames (< {min_frames}), too short")
-                    break
-                key = u.key if sp == 1.0 else f"{u.key}-sp{sp}"
-                out_utts.append(Utterance(key, u.wav, u.text, u.lang, u.spk, u.duration))
-                if raw is None:
-                    feats.append(torch.from_numpy(f).to(torch.float16))
-                else:
-                    raw.write(np.ascontiguousarray(f, dtype=np.float16).tobytes())
-                    feats.append(int(f.shape[0]))
+        jobs = ((u, cfg, speeds, min_frames) for u in utts)
+        pool = None
+        if workers > 1 and len(utts) > 1:
+            # spawn, not fork: the parent's torch/OpenMP state is not safe to fork
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_one_thread)
+            results = pool.imap(_fbank_job, jobs, chunksize=32)  # in utterance order
+        else:
+            results = map(_fbank_job, jobs)
+        try:
+            bar = tqdm(
+                results,
+                total=len(utts),
+                desc="fbank",
+                disable=not progress,
+                unit="utt",
+                mininterval=2,
+            )
+            for u, out, why in bar:
+                if why is not None:
+                    skipped.append(f"{u.key}: {why}")
+                for key, f in out:  # f: (T, F) float16
+                    out_utts.append(Utterance(key, u.wav, u.text, u.lang, u.spk, u.duration))
+                    if raw is None:
+                        feats.append(torch.from_numpy(f))
+                    else:
+                        raw.write(np.ascontiguousarray(f).tobytes())
+                        feats.append(int(f.shape[0]))
+        finally:
+            if pool is not None:
+                pool.terminate()
 
     @classmethod
     def _from_cache(cls, utts: list[Utterance], speeds: list[float], path: Path) -> FeatureStore:

@@ -1,7 +1,8 @@
 """Keep a trained experiment dir in the repository as a start point for later runs (not package
 data: the package's bundled models have a 30 MB budget, tests/test_bundled.py): config,
 tokenizer, CMVN, dev curve, train_info, the scores of an `ume experiment` row if given, and
-the weights (float16 by default, half the bytes; they load as float32).
+the weights (float16 by default, half the bytes; they load as float32). --results: an `ume
+experiment` results.json (with --run) or one evaluate_run row (experiment_xl_cycle.sh's).
 
 Usage:
     python scripts/keep_model.py --exp /work/xl16_long/dense --out models/xl/dense_12k \\
@@ -45,7 +46,10 @@ def main() -> None:
     card: dict = {"command": args.command, "weights_dtype": args.dtype}
     if args.results:
         rows = json.loads(args.results.read_text(encoding="utf-8"))
-        row = rows.get("runs", rows)[args.run]
+        runs = rows.get("runs", rows)
+        # an `ume experiment` results.json ({"runs": {run: row}}), or one evaluate_run row
+        # (scripts/experiment_xl_cycle.sh's OUT/<lane>/results.json)
+        row = runs[args.run] if args.run in runs else rows if "test_mer" in rows else runs[args.run]
         card["scores_attention_rescoring_fp32"] = {
             k: row[k] for k in (*SCORES, *SCORES_EXTRA) if k in row
         }

@@ -263,5 +263,6 @@ def test_cpu_time_leaves_out_a_pause(corpus: Path, tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "exp" / "train_info.json").read_text())
     assert saved["train_cpu_seconds"] == info["train_cpu_seconds"]
     state = read_state(tmp_path / "exp" / "checkpoints" / "step-00000002")
-    assert 0 < state["train_cpu_seconds"] <= info["train_cpu_seconds"]
+    # info["train_cpu_seconds"] is rounded to 0.1 s; the checkpoint keeps the raw value
+    assert 0 < state["train_cpu_seconds"] <= info["train_cpu_seconds"] + 0.05
     assert info["curve"][0]["cpu_minutes"] == round(state["train_cpu_seconds"] / 60, 3)

@@ -46,10 +46,9 @@ def main() -> None:
     card: dict = {"command": args.command, "weights_dtype": args.dtype}
     if args.results:
         rows = json.loads(args.results.read_text(encoding="utf-8"))
-        runs = rows.get("runs", rows)
-        # an `ume experiment` results.json ({"runs": {run: row}}), or one evaluate_run row
-        # (scripts/experiment_xl_cycle.sh's OUT/<lane>/results.json)
-        row = runs[args.run] if args.run in runs else rows if "test_mer" in rows else runs[args.run]
+        # one evaluate_run row (experiment_xl_cycle.sh's OUT/<lane>/results.json), or an
+        # `ume experiment` results.json ({"runs": {run: row}})
+        row = rows if "test_mer" in rows else rows.get("runs", rows)[args.run]
         card["scores_attention_rescoring_fp32"] = {
             k: row[k] for k in (*SCORES, *SCORES_EXTRA) if k in row
         }

@@ -120,3 +120,15 @@ def test_fbank_in_two_processes_writes_the_same_cache_bytes_in_the_same_order(
         (a,) = (tmp_path / "c1").glob(ext)
         (b,) = (tmp_path / "c2").glob(ext)
         assert a.name == b.name and a.read_bytes() == b.read_bytes()
+
+
+def test_fbank_workers_below_one_are_refused(tmp_path: Path, capsys) -> None:
+    import pytest
+
+    from ume.cli import main
+
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        FeatureStore.build(_utts(tmp_path, 1), FeatureConfig(), progress=False, workers=0)
+    with pytest.raises(SystemExit):
+        main(["data", "fbank", "--workers", "0", str(tmp_path)])
+    assert "--workers: must be >= 1, got 0" in capsys.readouterr().err

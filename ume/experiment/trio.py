@@ -39,8 +39,9 @@ REPO_MODELS = REPO_ROOT / "models" / "xl"
 
 def default_trio() -> dict[str, Path]:
     """{role: model dir} of the shipped trio: the 22,000-step dense start, the bundled
-    recogniser (its dense_continued: +6,000 dense steps on 133 h) and UME (+6,000 steps of
-    `ume_kmeans_no_freeze` from the same start, seed 1 of the same pair)."""
+    recogniser (its dense_continued: +6,000, +4,000 and +4,000 dense steps on 133 h, three
+    cosine cycles) and UME (`ume_kmeans_no_freeze` from the same start, the same three cycles
+    side by side; seed 1 of the 133 h pair). Each model's card names its last command."""
     return {
         "dense": REPO_MODELS / "dense_22k",
         "dense_continued": bundled_model("dense_xl"),

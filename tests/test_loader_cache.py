@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -123,8 +124,6 @@ def test_fbank_in_two_processes_writes_the_same_cache_bytes_in_the_same_order(
 
 
 def test_fbank_workers_below_one_are_refused(tmp_path: Path, capsys) -> None:
-    import pytest
-
     from ume.cli import main
 
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
